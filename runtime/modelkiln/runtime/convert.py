@@ -1,0 +1,284 @@
+"""`modelkiln convert`: a model file in, a verified OpenVINO IR version in the repository out.
+
+This is the operator's conversion Job and the first half of `modelkiln up`. Its outputs are a
+contract (docs/interfaces.md): on success the last stdout line and the termination log hold a
+JSON summary; on failure stderr holds exactly one line `modelkiln convert: <cause>`, the
+termination log the cause, and the exit code says whether a retry may help (3) or not (1).
+Library chatter that would go to stderr is sent to stdout so that line stays alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import errno
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import sys
+import time
+from typing import Iterator
+
+from modelkiln.runtime.conversion_errors import ConversionFailed
+
+PRECISIONS = ("FP32", "FP16", "INT8")
+DEFAULT_TERMINATION_LOG = pathlib.Path("/dev/termination-log")
+TERMINATION_LOG_LIMIT = 4096        # what Kubernetes keeps of a termination message
+VERIFICATION_SAMPLES = 32           # rows compared when the samples carry no labels
+EXIT_PERMANENT, EXIT_TRANSIENT = 1, 3
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:     # one line and exit 1, like every other failure
+        raise ConversionFailed(f"{message} (see modelkiln convert --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="modelkiln convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", required=True,
+                        help="model path or URI: file://, http(s)://, pvc://CLAIM/path; a file or a directory")
+    parser.add_argument("--output", required=True, type=pathlib.Path, help="REPO/MODEL: versions go below it")
+    parser.add_argument("--precision", required=True, type=str.upper, choices=PRECISIONS)
+    parser.add_argument("--format", choices=("onnx", "tensorflow", "tflite", "paddle", "pytorch", "ir"),
+                        help="source format (detected from the file when absent)")
+    parser.add_argument("--sha256", help="expected sha256 of the source file")
+    parser.add_argument("--input-shape", action="append", default=[], metavar="[NAME=]D,D,...",
+                        help="input shape; -1 or ? for a dynamic dimension (repeat per input)")
+    parser.add_argument("--layout", action="append", default=[], metavar="[NAME=]NCHW", help="input layout")
+    parser.add_argument("--mean", action="append", default=[], metavar="[NAME=]V,V,V",
+                        help="subtracted from the input inside the model (per channel)")
+    parser.add_argument("--scale", action="append", default=[], metavar="[NAME=]V,V,V",
+                        help="the input is divided by it inside the model, after --mean")
+    parser.add_argument("--reverse-channels", action="store_true",
+                        help="swap RGB<->BGR inside the model, before --mean and --scale")
+    parser.add_argument("--calibration", metavar="URI",
+                        help=".npy/.npz of input tensors (an npz may add 'labels') or a directory of images")
+    parser.add_argument("--calibration-samples", type=int, default=300, metavar="N")
+    parser.add_argument("--synthetic-calibration", action="store_true",
+                        help="calibrate INT8 on random inputs (recorded in modelkiln.json; usually less accurate)")
+    parser.add_argument("--max-accuracy-drop", type=float, metavar="X",
+                        help="fail when accuracy drops by more than X (0.01 = 1 point; without labels: "
+                             "the share of changed top-1 answers); with labelled INT8 calibration data, "
+                             "NNCF's accuracy-controlled quantization keeps the drop under X")
+    parser.add_argument("--min-cosine", type=float, metavar="X", help="fail when the mean cosine similarity is below X")
+    parser.add_argument("--artifact-key", help="identity of this artifact (computed from the arguments when absent)")
+    parser.add_argument("--termination-log", type=pathlib.Path,
+                        help=f"where the one-line result goes (default {DEFAULT_TERMINATION_LOG} when it exists)")
+    return parser
+
+
+def artifact_key_of(args: argparse.Namespace) -> str:
+    """A stable hash of everything that shapes the artifact."""
+    fields = {name: value for name, value in sorted(vars(args).items())
+              if name not in ("output", "artifact_key", "termination_log")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    with stderr_sent_to_stdout() as stderr:
+        termination_log = None
+        try:
+            args = build_parser().parse_args(argv)
+            termination_log = args.termination_log
+            summary = convert(args)
+        except ConversionFailed as failure:
+            return fail(str(failure), transient=failure.transient, stderr=stderr, termination_log=termination_log)
+        except OSError as error:
+            return fail(describe_os_error(error), transient=error.errno in (errno.ENOSPC, errno.EDQUOT),
+                        stderr=stderr, termination_log=termination_log)
+        line = json.dumps(summary)
+        print(line, flush=True)
+        write_termination_log(termination_log, line)
+        return 0
+
+
+def fail(cause: str, *, transient: bool, stderr, termination_log: pathlib.Path | None) -> int:
+    sys.stdout.flush()
+    print(f"modelkiln convert: {cause}", file=stderr, flush=True)
+    write_termination_log(termination_log, cause)
+    return EXIT_TRANSIENT if transient else EXIT_PERMANENT
+
+
+def describe_os_error(error: OSError) -> str:
+    where = f" writing {error.filename}" if error.filename else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on device{where}"
+    return f"{error.strerror or error}{where}"
+
+
+def write_termination_log(path: pathlib.Path | None, text: str) -> None:
+    path = path or (DEFAULT_TERMINATION_LOG if DEFAULT_TERMINATION_LOG.exists() else None)
+    if path is None:
+        return
+    with contextlib.suppress(OSError):      # the log is a courtesy; never fail because of it
+        path.write_text(text[:TERMINATION_LOG_LIMIT])
+
+
+@contextlib.contextmanager
+def stderr_sent_to_stdout() -> Iterator:
+    """Point fd 2 (C++ frontends, absl, NNCF warnings) at stdout; yield the real stderr."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(1, 2)
+    real_stderr = os.fdopen(os.dup(saved), "w")
+    try:
+        yield real_stderr
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        real_stderr.close()
+
+
+def convert(args: argparse.Namespace) -> dict:
+    from modelkiln.runtime import publish
+
+    model_dir = args.output
+    key = args.artifact_key or artifact_key_of(args)
+    existing = publish.find_published(model_dir, key)
+    if existing:
+        print(f"artifact {key} is already version {existing['version']} of {model_dir}", flush=True)
+        return summary_of(existing, model_dir=model_dir, reused=True)
+    with publish.staging_directory(model_dir) as staging:
+        metadata = build_artifact(args, staging=staging, artifact_key=key)
+        published, reused = publish.publish_version(model_dir=model_dir, staging=staging, metadata=metadata)
+    print(f"{'reused' if reused else 'published'} version {published['version']} of {model_dir}", flush=True)
+    return summary_of(published, model_dir=model_dir, reused=reused)
+
+
+def summary_of(metadata: dict, *, model_dir: pathlib.Path, reused: bool) -> dict:
+    verification = {k: v for k, v in metadata.get("verification", {}).items() if k not in ("reference", "samples")}
+    return {"version": metadata["version"], "path": str(model_dir / str(metadata["version"])),
+            "artifactKey": metadata["artifactKey"], "precision": metadata["precision"],
+            "sha256": metadata["sha256"], "sizeBytes": metadata["sizeBytes"], "reused": reused,
+            "verification": verification}
+
+
+def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, artifact_key: str) -> dict:
+    """Fetch, convert, quantize, save into `staging` and verify; returns the metadata."""
+    import openvino as ov
+
+    from modelkiln.runtime import calibration, formats, preprocessing, sources, verification
+
+    if args.precision == "INT8" and not (args.calibration or args.synthetic_calibration):
+        raise ConversionFailed("INT8 needs calibration data: pass --calibration URI (.npy, .npz or a "
+                               "directory of images), or --synthetic-calibration to accept random inputs")
+    if args.calibration_samples < 1:
+        raise ConversionFailed(f"--calibration-samples must be at least 1 (got {args.calibration_samples})")
+    downloads = staging / "downloads"
+    source = sources.fetch_source(args.source, download_dir=downloads, expected_sha256=args.sha256)
+    model_file = formats.detect_format(source.path, declared=args.format)
+    print(f"converting {model_file.format} model {model_file.path.name} to {args.precision}", flush=True)
+
+    started = time.monotonic()
+    raw_options = preprocessing.parse_input_options(
+        shapes=args.input_shape, layouts=args.layout, means=args.mean, scales=args.scale,
+        reverse_channels=args.reverse_channels)
+    model = formats.read_model(model_file, example_inputs=raw_options.shapes)
+    options = preprocessing.resolved(model, raw_options)
+    preprocessing.reshape(model, options)
+    reference_model = model.clone()
+    model = preprocessing.embed_preprocessing(model, options)
+
+    samples, calibration_record = None, None
+    if args.calibration:
+        data = sources.fetch_source(args.calibration, download_dir=downloads)
+        samples = calibration.load_samples(data.path, model=model, limit=args.calibration_samples,
+                                           layouts=options.layouts)
+        calibration_record = {"source": args.calibration, "sha256": data.sha256, "samples": samples.rows(),
+                              "synthetic": False}
+    elif args.precision == "INT8":
+        samples = calibration.synthetic_samples(model, count=args.calibration_samples)
+        calibration_record = {"source": "synthetic", "samples": samples.rows(), "synthetic": True}
+    if args.precision == "INT8":
+        from modelkiln.runtime.quantization import quantize_int8
+
+        print(f"quantizing to INT8 on {samples.rows()} calibration samples", flush=True)
+        model, controlled = quantize_int8(model, calibration=samples, max_accuracy_drop=args.max_accuracy_drop)
+        calibration_record["accuracyControl"] = controlled
+    else:
+        calibration_record = None   # samples given with FP32/FP16 only serve verification
+    xml = staging / "model.xml"
+    save_ir(model, xml=xml, compress_to_fp16=args.precision == "FP16")
+    convert_seconds = time.monotonic() - started
+
+    started = time.monotonic()
+    check_samples = verification_samples(samples, model=model)
+    result = verification.verify(
+        artifact=verification.openvino_runner(str(xml)),
+        reference=verification.reference_for(model_file, source_model=reference_model),
+        samples=check_samples, options=options)
+    verify_seconds = time.monotonic() - started
+    print(f"verification: {json.dumps(result)}", flush=True)
+    verification.check_gate(result, max_accuracy_drop=args.max_accuracy_drop, min_cosine=args.min_cosine)
+
+    shutil.rmtree(downloads, ignore_errors=True)
+    saved = ov.Core().read_model(str(xml))
+    return {
+        "name": args.output.name, "version": None, "artifactKey": artifact_key, "precision": args.precision,
+        "source": {"uri": args.source, "sha256": source.sha256, "format": model_file.format},
+        "inputs": signature(saved.inputs), "outputs": signature(saved.outputs),
+        "preprocessing": preprocessing_record(options),
+        "sizeBytes": sum(p.stat().st_size for p in staging.iterdir() if p.is_file()),
+        "sha256": sources.sha256_of(staging / "model.bin"),
+        "convertedAt": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "timings": {"fetchSeconds": round(source.seconds, 3), "convertSeconds": round(convert_seconds, 3),
+                    "verifySeconds": round(verify_seconds, 3)},
+        "calibration": calibration_record,
+        "verification": result,
+    }
+
+
+def verification_samples(samples, *, model):
+    """Labelled data is checked in full (it measures accuracy); otherwise a few rows suffice."""
+    from modelkiln.runtime.calibration import SampleSet, synthetic_samples
+
+    if samples is None:
+        return synthetic_samples(model, count=8, seed=1)
+    if samples.labels is not None:
+        return samples
+    kept, rows = [], 0
+    for sample in samples.samples:
+        if rows >= VERIFICATION_SAMPLES:
+            break
+        kept.append(sample)
+        rows += len(next(iter(sample.values())))
+    return SampleSet(samples=kept, synthetic=samples.synthetic)
+
+
+def save_ir(model, *, xml: pathlib.Path, compress_to_fp16: bool) -> None:
+    import openvino as ov
+
+    try:
+        ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
+    except RuntimeError as error:
+        # OpenVINO reports a full disk as a generic write error: make it say so.
+        if shutil.disk_usage(xml.parent).free < (1 << 20):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(xml.parent)) from error
+        raise ConversionFailed(f"cannot save the IR: {str(error).strip().splitlines()[-1]}") from error
+
+
+def signature(ports) -> list[dict]:
+    from openvino import Type
+
+    names = {Type.f32: "FP32", Type.f16: "FP16", Type.f64: "FP64", Type.i64: "INT64", Type.i32: "INT32",
+             Type.i8: "INT8", Type.u8: "UINT8", Type.boolean: "BOOL", Type.i16: "INT16", Type.u16: "UINT16",
+             Type.bf16: "BF16", Type.u32: "UINT32", Type.u64: "UINT64"}
+    return [{"name": port.get_any_name(), "datatype": names.get(port.get_element_type(), str(port.get_element_type())),
+             "shape": [dim.get_length() if dim.is_static else -1 for dim in port.get_partial_shape()]}
+            for port in ports]
+
+
+def preprocessing_record(options) -> dict | None:
+    record = {"layout": options.layouts, "mean": options.means, "scale": options.scales,
+              "reverseChannels": options.reverse_channels}
+    return record if any(record.values()) else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

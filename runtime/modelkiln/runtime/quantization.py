@@ -1,0 +1,56 @@
+"""INT8 post-training quantization with NNCF, accuracy-controlled when labels are at hand.
+
+Plain `nncf.quantize` uses the calibration samples to pick quantization ranges. When the
+calibration data carries labels and a `--max-accuracy-drop` is set, NNCF's accuracy-aware
+variant measures top-1 accuracy and keeps the layers that cost most accuracy in floating
+point until the drop is within bounds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import openvino as ov
+
+from modelkiln.runtime.calibration import SampleSet
+from modelkiln.runtime.conversion_errors import ConversionFailed
+from modelkiln.runtime.verification import classifier_output
+
+
+def quantize_int8(model: ov.Model, *, calibration: SampleSet, max_accuracy_drop: float | None) -> tuple[ov.Model, bool]:
+    """The quantized model, and whether accuracy control was used."""
+    import nncf
+
+    dataset = nncf.Dataset(calibration.samples)
+    subset = len(calibration.samples)
+    try:
+        if calibration.labels is None or max_accuracy_drop is None:
+            return nncf.quantize(model, dataset, subset_size=subset), False
+        validation = nncf.Dataset(list(zip(calibration.samples, label_batches(calibration))), lambda item: item[0])
+        quantized = nncf.quantize_with_accuracy_control(
+            model, calibration_dataset=dataset, validation_dataset=validation,
+            validation_fn=top1_accuracy, max_drop=max_accuracy_drop, drop_type=nncf.DropType.ABSOLUTE,
+            subset_size=subset)
+        return quantized, True
+    except (ValueError, RuntimeError) as error:
+        raise ConversionFailed(f"INT8 quantization failed: {str(error).strip().splitlines()[-1]}") from error
+
+
+def label_batches(calibration: SampleSet) -> list[np.ndarray]:
+    batches, start = [], 0
+    for sample in calibration.samples:
+        rows = len(next(iter(sample.values())))
+        batches.append(calibration.labels[start:start + rows])
+        start += rows
+    return batches
+
+
+def top1_accuracy(compiled: ov.CompiledModel, validation_data) -> float:
+    hits = total = 0
+    for inputs, labels in validation_data:
+        outputs = [np.asarray(value) for value in compiled(inputs).values()]
+        index = classifier_output(outputs)
+        if index is None:
+            raise ConversionFailed("accuracy-controlled quantization needs a [batch, classes] output")
+        hits += int(np.sum(np.argmax(outputs[index], axis=-1) == labels))
+        total += len(labels)
+    return hits / max(total, 1)
