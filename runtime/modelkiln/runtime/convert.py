@@ -20,6 +20,7 @@ import pathlib
 import shutil
 import sys
 import time
+import traceback
 from typing import Iterator
 
 from modelkiln.runtime.conversion_errors import ConversionFailed
@@ -89,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             return fail(str(failure), transient=failure.transient, stderr=stderr, termination_log=termination_log)
         except OSError as error:
             return fail(describe_os_error(error), transient=error.errno in (errno.ENOSPC, errno.EDQUOT),
+                        stderr=stderr, termination_log=termination_log)
+        except Exception as error:  # noqa: BLE001 - a bug still owes the operator its one line
+            traceback.print_exc(file=sys.stdout)
+            lines = str(error).strip().splitlines()
+            return fail(f"unexpected {type(error).__name__}: {lines[0] if lines else ''}", transient=False,
                         stderr=stderr, termination_log=termination_log)
         line = json.dumps(summary)
         print(line, flush=True)

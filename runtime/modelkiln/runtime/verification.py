@@ -87,7 +87,14 @@ def verify(*, artifact: Runner, reference: Reference, samples: SampleSet,
     max_error, cosines, ours, theirs = 0.0, [], [], []
     for sample in samples.samples:
         got = artifact(sample)
-        want = reference.run(preprocessing.apply_to_arrays(sample, options))
+        try:
+            want = reference.run(preprocessing.apply_to_arrays(sample, options))
+        except Exception as error:  # noqa: BLE001 - reference runtimes raise their own types
+            lines = [line for line in str(error).strip().splitlines() if line.strip()]
+            raise ConversionFailed(
+                f"cannot verify: {reference.name} rejected the sample inputs "
+                f"({', '.join(f'{k} {list(v.shape)}' for k, v in sample.items())}): {' '.join(lines[:3])}; "
+                "pass --input-shape with the source's dimensions or --calibration data") from error
         if len(got) != len(want):
             raise ConversionFailed(f"the artifact has {len(got)} outputs, the source model {len(want)}")
         floats = [(np.asarray(g, np.float64), np.asarray(w, np.float64)) for g, w in zip(got, want)

@@ -1,0 +1,219 @@
+"""OpenVINO behind an asyncio-friendly door: compile a model version, run requests on all streams.
+
+`Engine` owns the one `openvino.Core` and turns the serving settings (device, performance hint,
+inference precision, compiled-model cache) into compile properties. `CompiledModel.infer`
+runs one request on a pool of OpenVINO infer requests sized to the device's optimal number, so
+concurrent requests fill every stream. The event loop never blocks: a request starts
+asynchronously and OpenVINO's completion callback hands the outputs back to the loop thread.
+
+OpenVINO does not call the completion callback when an inference fails, so a slow sweep asks
+busy requests whether they failed and fails their callers; a failure never leaks a pool slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import pathlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import openvino as ov
+
+from modelkiln.runtime import datatypes
+from modelkiln.runtime.errors import InferenceFailed, one_line
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("CPU", "GPU", "NPU", "VPU", "AUTO")
+DEVICE_ALIASES = {"VPU": "NPU"}  # VPU is the older name of Intel's NPU
+PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
+INFERENCE_PRECISIONS = ("auto", "f32", "bf16", "f16")
+SWEEP_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How one model is compiled. `inference_precision="auto"` keeps the device's default."""
+
+    device: str = "CPU"
+    performance_hint: str = "THROUGHPUT"
+    inference_precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.device.upper() not in DEVICES and not self.device.upper().startswith(
+                ("AUTO:", "MULTI:", "HETERO:", "GPU.")):
+            raise ValueError(f"device {self.device!r}: expected one of {', '.join(DEVICES)}")
+        if self.performance_hint not in PERFORMANCE_HINTS:
+            raise ValueError(f"performance hint {self.performance_hint!r}: expected one of "
+                             f"{', '.join(PERFORMANCE_HINTS)}")
+        if self.inference_precision not in INFERENCE_PRECISIONS:
+            raise ValueError(f"inference precision {self.inference_precision!r}: expected one of "
+                             f"{', '.join(INFERENCE_PRECISIONS)}")
+
+    @property
+    def openvino_device(self) -> str:
+        device = self.device.upper()
+        return DEVICE_ALIASES.get(device, device)
+
+    def compile_properties(self) -> dict[str, str]:
+        properties = {"PERFORMANCE_HINT": self.performance_hint}
+        if self.inference_precision != "auto":
+            properties["INFERENCE_PRECISION_HINT"] = self.inference_precision
+        return properties
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output as the protocols describe it; dynamic dimensions are -1."""
+
+    name: str
+    index: int
+    datatype: datatypes.Datatype
+    shape: tuple[int, ...]
+    rank_is_dynamic: bool = False
+
+
+def _tensor_specs(ports) -> list[TensorSpec]:
+    specs = []
+    for index, port in enumerate(ports):
+        partial = port.get_partial_shape()
+        dynamic_rank = partial.rank.is_dynamic
+        shape = () if dynamic_rank else tuple(
+            -1 if dim.is_dynamic else dim.get_length() for dim in partial)
+        specs.append(TensorSpec(name=port.get_any_name(), index=index,
+                                datatype=datatypes.from_openvino(port.get_element_type()),
+                                shape=shape, rank_is_dynamic=dynamic_rank))
+    return specs
+
+
+@dataclass
+class _Slot:
+    """One OpenVINO infer request and the caller waiting on it."""
+
+    request: ov.InferRequest
+    future: asyncio.Future | None = None
+    output_indices: tuple[int, ...] = ()
+    started: float = 0.0
+    inference_seconds: float = 0.0
+
+
+@dataclass
+class InferResult:
+    outputs: list[np.ndarray]
+    queue_seconds: float
+    inference_seconds: float
+
+
+@dataclass
+class CompiledModel:
+    """One compiled model version and its pool of infer requests (create on the loop thread)."""
+
+    compiled: ov.CompiledModel
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    slots: list[_Slot] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._idle: collections.deque[_Slot] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        size = self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        for _ in range(max(1, int(size))):
+            slot = _Slot(request=self.compiled.create_infer_request())
+            slot.request.set_callback(self._on_done, slot)
+            self.slots.append(slot)
+            self._idle.append(slot)
+        self._sweeper = self._loop.create_task(self._sweep_failed())
+
+    @property
+    def streams(self) -> int:
+        return len(self.slots)
+
+    async def infer(self, arrays: dict[int, np.ndarray],
+                    output_indices: tuple[int, ...]) -> InferResult:
+        """Run one request; `arrays` maps input index to a C-contiguous array of its dtype."""
+        queued = time.perf_counter()
+        slot = self._idle.popleft() if self._idle else await self._wait_for_slot()
+        started = time.perf_counter()
+        slot.future = future = self._loop.create_future()
+        slot.output_indices = output_indices
+        slot.started = started
+        try:
+            # share_inputs: OpenVINO reads the request's numpy views in place, no copy
+            slot.request.start_async(arrays, share_inputs=True)
+        except Exception as error:  # a shape OpenVINO rejects before starting
+            self._release(slot)
+            raise InferenceFailed(f"inference failed: {one_line(error)}") from None
+        outputs = await future
+        return InferResult(outputs=outputs, queue_seconds=started - queued,
+                           inference_seconds=slot.inference_seconds)
+
+    async def _wait_for_slot(self) -> _Slot:
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        return await waiter
+
+    def _release(self, slot: _Slot) -> None:
+        slot.future = None
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():  # a cancelled caller gives its turn to the next one
+                waiter.set_result(slot)
+                return
+        self._idle.append(slot)
+
+    def _on_done(self, slot: _Slot) -> None:
+        # OpenVINO's thread: copy the outputs out before the request is reused, then hand over
+        slot.inference_seconds = time.perf_counter() - slot.started
+        request = slot.request
+        outputs = [request.get_output_tensor(i).data.copy() for i in slot.output_indices]
+        self._loop.call_soon_threadsafe(self._finish, slot, outputs, None)
+
+    def _finish(self, slot: _Slot, outputs, error: Exception | None) -> None:
+        future = slot.future
+        self._release(slot)
+        if future is None or future.done():
+            return
+        if error is None:
+            future.set_result(outputs)
+        else:
+            future.set_exception(error)
+
+    async def _sweep_failed(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            for slot in self.slots:
+                if slot.future is None:
+                    continue
+                try:
+                    slot.request.wait_for(0)
+                except Exception as error:  # the inference failed: no callback will come
+                    log.error("inference failed: %s", one_line(error))
+                    self._finish(slot, None,
+                                 InferenceFailed(f"inference failed: {one_line(error)}"))
+
+    def close(self) -> None:
+        self._sweeper.cancel()
+        self.slots.clear()
+        self._idle.clear()
+
+
+class Engine:
+    """The process's OpenVINO Core; compiles model files with per-model settings."""
+
+    def __init__(self, *, cache_dir: str | None = None) -> None:
+        self.core = ov.Core()
+        if cache_dir:
+            self.core.set_property({"CACHE_DIR": cache_dir})
+
+    def compile(self, path: pathlib.Path, settings: EngineSettings) -> ov.CompiledModel:
+        """Read and compile a model file; blocking, so callers run it in a thread."""
+        return self.core.compile_model(str(path), settings.openvino_device,
+                                       settings.compile_properties())
+
+    @staticmethod
+    def describe(compiled: ov.CompiledModel) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        return _tensor_specs(compiled.inputs), _tensor_specs(compiled.outputs)

@@ -1,0 +1,146 @@
+"""The HTTP server's core: a lean ASGI application with a route table computed at import.
+
+No web framework sits on the hot path: the request line is matched against a few compiled
+regexes, the body is read with a size limit (413 as soon as the limit is passed, before the
+rest is read), and the handler's `Response` is sent in two ASGI messages. Any `ServingError` a
+handler raises becomes its status code and a JSON body `{"error": "..."}`; anything else is a
+500 with a one-line message, and the traceback goes to the log only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from modelkiln.runtime.errors import InvalidInput, PayloadTooLarge, ServingError, one_line
+
+log = logging.getLogger(__name__)
+
+JSON = b"application/json"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[bytes, bytes]  # lower-cased names; the last value wins
+    body: bytes = b""
+
+    def header(self, name: bytes) -> bytes | None:
+        return self.headers.get(name)
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: bytes = JSON
+    extra_headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def json_response(document, status: int = 200) -> Response:
+    return Response(status, json.dumps(document, separators=(",", ":")).encode())
+
+
+def error_response(status: int, message: str) -> Response:
+    return json_response({"error": message}, status)
+
+
+def parse_json(body: bytes):
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidInput(f"malformed JSON: {error}") from None
+
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+class Router:
+    """Routes are `(method, pattern, handler)`; named groups become keyword arguments."""
+
+    def __init__(self) -> None:
+        self._routes: list[tuple[str, re.Pattern, Handler]] = []
+
+    def add(self, method: str, pattern: str, handler: Handler) -> None:
+        self._routes.append((method, re.compile(pattern + r"\Z"), handler))
+
+    def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+        allowed = []
+        for route_method, pattern, handler in self._routes:
+            found = pattern.match(path)
+            if found is None:
+                continue
+            if route_method == method or (route_method == "GET" and method == "HEAD"):
+                return handler, found.groupdict()
+            allowed.append(route_method)
+        if allowed:
+            raise MethodNotAllowed(f"{method} is not allowed on {path}; use "
+                                   f"{' or '.join(sorted(set(allowed)))}")
+        raise RouteNotFound(f"no route for {method} {path}")
+
+
+class RouteNotFound(ServingError):
+    http_status = 404
+
+
+class MethodNotAllowed(ServingError):
+    http_status = 405
+
+
+class HttpApp:
+    """The ASGI application: reads the request, calls the routed handler, sends the response."""
+
+    def __init__(self, *, router: Router, max_request_bytes: int) -> None:
+        self.router = router
+        self.max_request_bytes = max_request_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return  # lifespan: nothing to set up, the server owns the models
+        try:
+            handler, params = self.router.match(scope["method"], scope["path"])
+            request = Request(scope["method"], scope["path"], dict(scope["headers"]))
+            if scope["method"] == "POST":
+                request.body = await self._read_body(request, receive)
+            response = await handler(request, **params)
+        except ServingError as error:
+            if error.http_status >= 500:
+                log.error("%s %s: %s", scope["method"], scope["path"], error.message)
+            else:
+                log.warning("%s %s: %s", scope["method"], scope["path"], error.message)
+            response = error_response(error.http_status, error.message)
+        except Exception as error:
+            log.exception("%s %s failed", scope["method"], scope["path"])
+            response = error_response(500, f"internal error: {one_line(error)}")
+        headers = [(b"content-type", response.content_type),
+                   (b"content-length", str(len(response.body)).encode())]
+        headers.extend(response.extra_headers)
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": headers})
+        await send({"type": "http.response.body",
+                    "body": b"" if scope["method"] == "HEAD" else response.body})
+
+    async def _read_body(self, request: Request, receive) -> bytes:
+        limit = self.max_request_bytes
+        declared = request.header(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body of {int(declared)} bytes is over the limit of "
+                                  f"{limit} bytes")
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidInput("client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -1,0 +1,102 @@
+"""The SageMaker container contract: `GET /ping` and `POST /invocations`.
+
+`/invocations` takes KServe v2 JSON (with or without the binary extension), TF-Serving JSON, or
+a `.npy` body (`application/x-npy`) for a single-input model, and answers in kind (`.npy` back
+when the client accepts `application/x-npy`). The model is the one named by the
+`X-Amzn-SageMaker-Target-Model` header, or the only one served.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from modelkiln.runtime import kserve_rest, tensors, tfserving_rest
+from modelkiln.runtime.dataplane import DataPlane, Decoded
+from modelkiln.runtime.errors import InvalidInput, UnsupportedMediaType
+from modelkiln.runtime.http_app import Request, Response, Router, json_response
+from modelkiln.runtime.repository import ServedVersion
+
+TARGET_MODEL = b"x-amzn-sagemaker-target-model"
+NPY = b"application/x-npy"
+
+
+def _is_kserve(document) -> bool:
+    inputs = document.get(tfserving_rest.COLUMNAR) if isinstance(document, dict) else None
+    return isinstance(inputs, list) and bool(inputs) and all(
+        isinstance(item, dict) and "datatype" in item for item in inputs)
+
+
+def decode_npy(served: ServedVersion, body: bytes) -> Decoded:
+    if len(served.inputs) != 1:
+        raise InvalidInput(f"an application/x-npy body needs a single-input model; model "
+                           f"'{served.model}' has inputs {tensors.expected_inputs(served)}")
+    try:
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+    except Exception as error:  # numpy raises several types for a bad header
+        raise InvalidInput(f"malformed .npy body: {error}") from None
+    if not isinstance(array, np.ndarray):
+        raise InvalidInput("malformed .npy body: expected one array, got an .npz archive")
+    spec = served.inputs[0]
+    return Decoded(arrays={spec.index: tensors.array_of_dtype(spec, array)},
+                   outputs=served.outputs)
+
+
+def encode_npy(arrays: list[np.ndarray]) -> Response:
+    if len(arrays) != 1:
+        raise InvalidInput(f"Accept: application/x-npy needs a single-output model; this one "
+                           f"has {len(arrays)} outputs")
+    buffer = io.BytesIO()
+    np.save(buffer, arrays[0], allow_pickle=False)
+    return Response(200, buffer.getvalue(), content_type=NPY)
+
+
+class SageMakerRoutes:
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    def install(self, router: Router) -> None:
+        router.add("GET", r"/ping", self.ping)
+        router.add("POST", r"/invocations", self.invocations)
+
+    async def ping(self, request: Request) -> Response:
+        ready = self.dataplane.ready
+        return json_response({"ready": ready}, 200 if ready else 503)
+
+    def _target(self, request: Request) -> str:
+        named = request.header(TARGET_MODEL)
+        if named:
+            return named.decode(errors="replace").removesuffix(".tar.gz")
+        models = sorted(self.dataplane.repository.models)
+        if len(models) != 1:
+            raise InvalidInput(f"{len(models)} models are served ({', '.join(models)}); name one "
+                               f"in the X-Amzn-SageMaker-Target-Model header")
+        return models[0]
+
+    async def invocations(self, request: Request) -> Response:
+        model = self._target(request)
+        content_type = (request.header(b"content-type") or b"").split(b";")[0].strip().lower()
+        if content_type not in (NPY, b"application/json", b"application/octet-stream", b""):
+            raise UnsupportedMediaType(f"Content-Type {content_type.decode(errors='replace')!r} "
+                                       f"is not supported; send application/json or "
+                                       f"application/x-npy")
+        answer = {}
+
+        def decode(served: ServedVersion) -> Decoded:
+            if content_type == NPY:
+                return decode_npy(served, request.body)
+            document, binary = kserve_rest.split_body(request)
+            if _is_kserve(document) or binary:
+                answer["kserve"] = kserve_rest.decode_request(served, document, binary)
+                return answer["kserve"].decoded
+            decoded, answer["tfs"] = tfserving_rest.decode_predict(served, document)
+            return decoded
+
+        result = await self.dataplane.infer(model=model, version=None, protocol="sagemaker",
+                                            decode=decode)
+        if NPY in (request.header(b"accept") or b""):
+            return encode_npy(result.arrays)
+        if "kserve" in answer:
+            return kserve_rest.encode_response(result, answer["kserve"])
+        return tfserving_rest.encode_predict(result, answer.get("tfs", tfserving_rest.ROW))

@@ -1,0 +1,169 @@
+"""`modelkiln serve`: serve a model repository over KServe v2 (REST, gRPC), TF-Serving and SageMaker.
+
+One process, one event loop: uvicorn (httptools) for HTTP and grpc.aio for gRPC share it with
+the repository poller; OpenVINO runs on its own threads. Start-up order: both ports listen at
+once (liveness answers), models load, then readiness turns true. SIGTERM (or SIGINT) turns
+readiness false, stops taking new connections, lets in-flight requests finish within the drain
+timeout, and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import pathlib
+import signal
+import sys
+
+import prometheus_client
+import uvicorn
+
+from modelkiln.runtime import engine as engine_module
+from modelkiln.runtime.config import ModelSettings, ServingConfig, load_config
+from modelkiln.runtime.dataplane import DataPlane
+from modelkiln.runtime.grpc_service import build_server
+from modelkiln.runtime.http_app import HttpApp, Request, Response, Router
+from modelkiln.runtime.kserve_rest import KServeRoutes
+from modelkiln.runtime.metrics import Metrics
+from modelkiln.runtime.repository import Repository
+from modelkiln.runtime.sagemaker_rest import SageMakerRoutes
+from modelkiln.runtime.tfserving_rest import TFServingRoutes
+from modelkiln.runtime.versions import VersionPolicy
+
+log = logging.getLogger("modelkiln.serve")
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelkiln serve",
+        description="Serve every model of an OVMS-layout repository (MODEL/VERSION/model.xml) "
+                    "over KServe v2 REST and gRPC, TF-Serving REST and the SageMaker contract.")
+    parser.add_argument("--repository", required=True, type=pathlib.Path,
+                        help="model repository directory")
+    parser.add_argument("--model", action="extend", nargs="+", default=[], metavar="NAME",
+                        help="serve only these models (default: every model in the repository)")
+    parser.add_argument("--config", type=pathlib.Path,
+                        help="JSON/YAML file with per-model options, overriding the flags")
+    parser.add_argument("--device", default="CPU", type=str.upper,
+                        choices=engine_module.DEVICES, help="OpenVINO device (VPU = NPU)")
+    parser.add_argument("--performance-hint", default="THROUGHPUT", type=str.upper,
+                        choices=engine_module.PERFORMANCE_HINTS)
+    parser.add_argument("--inference-precision", default="auto", type=str.lower,
+                        choices=engine_module.INFERENCE_PRECISIONS,
+                        help="OpenVINO INFERENCE_PRECISION_HINT; f32 keeps FP32 accuracy on "
+                             "CPUs that would otherwise run bf16")
+    parser.add_argument("--version-policy", default='{"latest": 1}',
+                        help='JSON: {"latest": N}, {"specific": [1, 2]} or {"all": {}}')
+    parser.add_argument("--http-port", type=int, default=8080)
+    parser.add_argument("--grpc-port", type=int, default=8081)
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--cache-dir", help="OpenVINO compiled-model cache (CACHE_DIR)")
+    parser.add_argument("--poll-interval", type=float, default=2.0,
+                        help="seconds between repository scans")
+    parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_BYTES,
+                        help="largest REST body and gRPC message accepted (and gRPC sent)")
+    parser.add_argument("--drain-timeout", type=float, default=30.0,
+                        help="seconds in-flight requests get to finish after SIGTERM")
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+class _HttpServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):
+        # serve() owns SIGTERM/SIGINT: they start the drain for HTTP and gRPC together
+        yield
+
+
+def build_router(dataplane: DataPlane, metrics: Metrics) -> Router:
+    router = Router()
+    KServeRoutes(dataplane).install(router)
+    TFServingRoutes(dataplane).install(router)
+    SageMakerRoutes(dataplane).install(router)
+
+    async def metrics_page(request: Request) -> Response:
+        return Response(200, metrics.exposition(),
+                        content_type=prometheus_client.CONTENT_TYPE_LATEST.encode())
+
+    router.add("GET", r"/metrics", metrics_page)
+    return router
+
+
+async def serve(args: argparse.Namespace, config: ServingConfig) -> int:
+    metrics = Metrics()
+    repository = Repository(root=args.repository,
+                            engine=engine_module.Engine(cache_dir=args.cache_dir),
+                            settings_for=config.for_model, metrics=metrics, only=args.model)
+    dataplane = DataPlane(repository=repository, metrics=metrics)
+    app = HttpApp(router=build_router(dataplane, metrics), max_request_bytes=args.max_request_bytes)
+    http = _HttpServer(uvicorn.Config(
+        app, host=args.host, port=args.http_port, http="httptools", lifespan="off",
+        access_log=False, log_level="warning", timeout_graceful_shutdown=args.drain_timeout,
+        # a body over the limit is refused by the app; let uvicorn not buffer more than that
+        h11_max_incomplete_event_size=args.max_request_bytes))
+    grpc_server, grpc_port = build_server(dataplane=dataplane, host=args.host,
+                                          port=args.grpc_port,
+                                          max_message_bytes=args.max_request_bytes)
+    if grpc_port == 0:
+        log.error("cannot listen for gRPC on %s:%s", args.host, args.grpc_port)
+        return 1
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    await grpc_server.start()
+    http_task = asyncio.create_task(http.serve())
+    while not http.started:
+        if http_task.done():  # could not bind the port: uvicorn has logged why
+            await grpc_server.stop(0)
+            return 1
+        await asyncio.sleep(0.01)
+    log.info("listening: HTTP %s:%s, gRPC %s:%s", args.host, args.http_port, args.host,
+             grpc_port)
+
+    await repository.poll()
+    ready = sorted(name for name, model in repository.models.items() if model.ready)
+    log.info("ready: %d of %d model(s) serving: %s", len(ready), len(repository.models),
+             ", ".join(ready) or "none")
+    poller = asyncio.create_task(repository.poll_forever(args.poll_interval))
+
+    await stop.wait()
+    log.info("stopping: readiness false, draining in-flight requests (up to %ss)",
+             args.drain_timeout)
+    dataplane.draining = True
+    poller.cancel()
+    http.should_exit = True
+    await asyncio.gather(grpc_server.stop(args.drain_timeout), http_task)
+    await repository.close()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        policy = VersionPolicy.parse(json.loads(args.version_policy))
+        defaults = ModelSettings(engine=engine_module.EngineSettings(
+            device=args.device, performance_hint=args.performance_hint,
+            inference_precision=args.inference_precision), policy=policy)
+        if args.config is not None and not args.config.is_file():
+            raise ValueError(f"--config {args.config}: no such file")
+        config = load_config(args.config, defaults=defaults)  # fail before listening
+    except (ValueError, json.JSONDecodeError) as error:
+        parser.error(str(error))
+    try:
+        import uvloop
+    except ImportError:  # plain asyncio works too, a little slower
+        return asyncio.run(serve(args, config))
+    return uvloop.run(serve(args, config))
