@@ -7,6 +7,8 @@ import pathlib
 import pytest
 from runtime_helpers import Server, mixed_graph, mlp_graph, publish
 
+MAX_REQUEST_BYTES = 1_000_000  # small, so that the limit is cheap to cross
+
 
 @pytest.fixture
 def start_server(tmp_path):
@@ -34,7 +36,8 @@ def model_repository(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def served(model_repository, tmp_path_factory) -> Server:
     """The mlp and mixed models served by one server for the whole module."""
-    server = Server(model_repository, log=tmp_path_factory.mktemp("logs") / "server.log")
+    server = Server(model_repository, "--max-request-bytes", str(MAX_REQUEST_BYTES),
+                    log=tmp_path_factory.mktemp("logs") / "server.log")
     try:
         server.wait_until("/v2/health/ready")
         yield server
