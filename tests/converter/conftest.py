@@ -101,7 +101,7 @@ def save_onnx(path: pathlib.Path, *, nodes, inputs, outputs, initializers=(), op
 
 
 def conv_classifier(path: pathlib.Path, *, channels_out: int = 4, seed: int = 0) -> pathlib.Path:
-    """An image classifier: FP32 [-1,3,8,8] -> Conv -> ReLU -> global pool -> scores [-1, 4]."""
+    """An image classifier: FP32 [-1,3,H,W] -> Conv -> ReLU -> global pool -> scores [-1, 4]."""
     rng = np.random.default_rng(seed)
     weights = numpy_helper.from_array(rng.normal(size=(channels_out, 3, 3, 3)).astype(np.float32), "w")
     return save_onnx(
@@ -110,7 +110,7 @@ def conv_classifier(path: pathlib.Path, *, channels_out: int = 4, seed: int = 0)
                helper.make_node("Relu", ["conv"], ["relu"]),
                helper.make_node("GlobalAveragePool", ["relu"], ["pooled"]),
                helper.make_node("Flatten", ["pooled"], ["scores"])],
-        inputs=[helper.make_tensor_value_info("image", TensorProto.FLOAT, [-1, 3, 8, 8])],
+        inputs=[helper.make_tensor_value_info("image", TensorProto.FLOAT, [-1, 3, "height", "width"])],
         outputs=[helper.make_tensor_value_info("scores", TensorProto.FLOAT, [-1, channels_out])],
         initializers=[weights])
 

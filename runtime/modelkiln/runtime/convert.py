@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=".npy/.npz of input tensors (an npz may add 'labels') or a directory of images")
     parser.add_argument("--calibration-samples", type=int, default=300, metavar="N")
     parser.add_argument("--synthetic-calibration", action="store_true",
-                        help="calibrate INT8 on random inputs (recorded in modelkiln.json; usually less accurate)")
+                        help="calibrate INT8 on random inputs (recorded in modelkiln.json; usually less "
+                             "accurate); --calibration data, if given, then only serves verification")
     parser.add_argument("--max-accuracy-drop", type=float, metavar="X",
                         help="fail when accuracy drops by more than X (0.01 = 1 point; without labels: "
                              "the share of changed top-1 answers); with labelled INT8 calibration data, "
@@ -81,10 +82,9 @@ def artifact_key_of(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     with stderr_sent_to_stdout() as stderr:
-        termination_log = None
+        termination_log = termination_log_of(argv)
         try:
             args = build_parser().parse_args(argv)
-            termination_log = args.termination_log
             summary = convert(args)
         except ConversionFailed as failure:
             return fail(str(failure), transient=failure.transient, stderr=stderr, termination_log=termination_log)
@@ -100,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
         write_termination_log(termination_log, line)
         return 0
+
+
+def termination_log_of(argv: list[str]) -> pathlib.Path | None:
+    """Found before the full parse, so that bad arguments are reported there too."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--termination-log", type=pathlib.Path)
+    return early.parse_known_args(argv)[0].termination_log
 
 
 def fail(cause: str, *, transient: bool, stderr, termination_log: pathlib.Path | None) -> int:
@@ -191,24 +198,27 @@ def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, artifact_
     reference_model = model.clone()
     model = preprocessing.embed_preprocessing(model, options)
 
-    samples, calibration_record = None, None
+    samples = None      # real inputs: calibration data, and the samples verification runs on
     if args.calibration:
         data = sources.fetch_source(args.calibration, download_dir=downloads)
         samples = calibration.load_samples(data.path, model=model, limit=args.calibration_samples,
                                            layouts=options.layouts)
-        calibration_record = {"source": args.calibration, "sha256": data.sha256, "samples": samples.rows(),
-                              "synthetic": False}
-    elif args.precision == "INT8":
-        samples = calibration.synthetic_samples(model, count=args.calibration_samples)
-        calibration_record = {"source": "synthetic", "samples": samples.rows(), "synthetic": True}
+    calibration_record = None
     if args.precision == "INT8":
         from modelkiln.runtime.quantization import quantize_int8
 
-        print(f"quantizing to INT8 on {samples.rows()} calibration samples", flush=True)
-        model, controlled = quantize_int8(model, calibration=samples, max_accuracy_drop=args.max_accuracy_drop)
+        if args.synthetic_calibration:
+            calibration_set = calibration.synthetic_samples(model, count=args.calibration_samples)
+            calibration_record = {"source": "synthetic", "samples": calibration_set.rows(), "synthetic": True}
+        else:
+            calibration_set = samples
+            calibration_record = {"source": args.calibration, "sha256": data.sha256,
+                                  "samples": samples.rows(), "synthetic": False}
+        print(f"quantizing to INT8 on {calibration_set.rows()} calibration samples", flush=True)
+        model, controlled = quantize_int8(model, calibration=calibration_set,
+                                          max_accuracy_drop=args.max_accuracy_drop)
         calibration_record["accuracyControl"] = controlled
-    else:
-        calibration_record = None   # samples given with FP32/FP16 only serve verification
+        samples = samples or calibration_set
     xml = staging / "model.xml"
     save_ir(model, xml=xml, compress_to_fp16=args.precision == "FP16")
     convert_seconds = time.monotonic() - started

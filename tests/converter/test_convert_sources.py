@@ -1,0 +1,152 @@
+"""Sources: a real HTTP server on loopback (including one that drops the connection), pvc://, checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import re
+import shutil
+import socket
+import threading
+
+import pytest
+
+from conftest import DIGITS, metadata
+
+FAST_RETRIES = {"MODELKILN_FETCH_RETRIES": "3", "MODELKILN_FETCH_BACKOFF": "0.05", "MODELKILN_FETCH_TIMEOUT": "5"}
+MODEL_BYTES = (DIGITS / "model.onnx").read_bytes()
+
+
+class ModelServer(http.server.ThreadingHTTPServer):
+    """Serves `files` by path, honours Range requests, and can cut the first response short."""
+
+    daemon_threads = True
+
+    def __init__(self, files: dict[str, bytes], *, drop_first_response: bool = False) -> None:
+        super().__init__(("127.0.0.1", 0), ModelRequestHandler)
+        self.files = files
+        self.drop_first_response = drop_first_response
+        self.requests: list[dict] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class ModelRequestHandler(http.server.BaseHTTPRequestHandler):
+    server: ModelServer
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        self.server.requests.append({"path": self.path, "range": self.headers.get("Range")})
+        body = self.server.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        start = int(re.fullmatch(r"bytes=(\d+)-", self.headers["Range"]).group(1)) if self.headers["Range"] else 0
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        if self.server.drop_first_response and len(self.server.requests) == 1:
+            self.wfile.write(body[:len(body) // 2])     # half the file, then the connection dies
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(body[start:])
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(files: dict[str, bytes], **kwargs) -> ModelServer:
+        server = ModelServer(files, **kwargs)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_http_source_is_downloaded_checked_and_recorded(convert, repo, serve):
+    server = serve({"/models/digits.onnx": MODEL_BYTES})
+    digest = hashlib.sha256(MODEL_BYTES).hexdigest()
+    result = convert("--source", f"{server.url}/models/digits.onnx", "--sha256", digest,
+                     "--output", repo / "digits", "--precision", "FP32")
+
+    meta = metadata(result.summary["path"])
+    assert meta["source"] == {"uri": f"{server.url}/models/digits.onnx", "sha256": digest, "format": "onnx"}
+    assert f"downloaded {server.url}/models/digits.onnx: {len(MODEL_BYTES)} bytes" in result.stdout
+    assert "100% of" in result.stdout       # plain progress lines, as in a pod's log
+
+
+def test_dropped_connection_is_resumed_with_a_range_request(convert, repo, serve):
+    server = serve({"/digits.onnx": MODEL_BYTES}, drop_first_response=True)
+    result = convert("--source", f"{server.url}/digits.onnx", "--sha256", hashlib.sha256(MODEL_BYTES).hexdigest(),
+                     "--output", repo / "digits", "--precision", "FP32", env=FAST_RETRIES)
+
+    assert result.summary["version"] == 1
+    assert [r["range"] for r in server.requests] == [None, f"bytes={len(MODEL_BYTES) // 2}-"]
+    assert "attempt 1 of 3" in result.stdout
+
+
+def test_unreachable_url_fails_transiently_after_retries(convert, repo):
+    with socket.socket() as probe:      # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = convert("--source", f"http://127.0.0.1:{port}/model.onnx", "--output", repo / "m",
+                     "--precision", "FP32", env=FAST_RETRIES)
+
+    assert result.returncode == 3
+    assert re.fullmatch(rf"cannot download http://127\.0\.0\.1:{port}/model\.onnx after 3 attempts: .*refused.*",
+                        result.cause)
+    assert not (repo / "m").exists() or [p.name for p in (repo / "m").iterdir()] == []
+
+
+def test_missing_file_on_the_server_is_permanent(convert, repo, serve):
+    server = serve({})
+    result = convert("--source", f"{server.url}/nope.onnx", "--output", repo / "m", "--precision", "FP32",
+                     env=FAST_RETRIES)
+    assert result.returncode == 1
+    assert result.cause == f"cannot download {server.url}/nope.onnx: HTTP 404 Not Found"
+    assert len(server.requests) == 1       # no point retrying
+
+
+def test_checksum_mismatch_names_both_digests(convert, repo):
+    wrong = "0" * 64
+    result = convert("--source", DIGITS / "model.onnx", "--sha256", wrong, "--output", repo / "m",
+                     "--precision", "FP32")
+    actual = hashlib.sha256(MODEL_BYTES).hexdigest()
+    assert result.cause == (f"checksum mismatch for {DIGITS / 'model.onnx'}: expected sha256 {wrong}, got {actual}")
+    assert result.returncode == 1
+
+
+def test_pvc_source_resolves_under_the_claim_mount(convert, repo, tmp_path):
+    claim = tmp_path / "mnt" / "models-claim" / "vision"
+    claim.mkdir(parents=True)
+    shutil.copy(DIGITS / "model.onnx", claim / "digits.onnx")
+    result = convert("--source", "pvc://models-claim/vision/digits.onnx", "--output", repo / "m",
+                     "--precision", "FP32", env={"MODELKILN_PVC_ROOT": str(tmp_path / "mnt")})
+    assert metadata(result.summary["path"])["source"]["uri"] == "pvc://models-claim/vision/digits.onnx"
+
+
+def test_file_uri_and_missing_path(convert, repo, tmp_path):
+    ok = convert("--source", (DIGITS / "model.onnx").as_uri(), "--output", repo / "m", "--precision", "FP32")
+    assert ok.summary["version"] == 1
+    missing = convert("--source", f"file://{tmp_path}/absent.onnx", "--output", repo / "m", "--precision", "FP32")
+    assert missing.cause == f"source file://{tmp_path}/absent.onnx not found (looked at {tmp_path}/absent.onnx)"
+
+
+def test_calibration_data_over_http(convert, repo, serve):
+    server = serve({"/calibration.npz": (DIGITS / "calibration.npz").read_bytes()})
+    result = convert("--source", DIGITS / "model.onnx", "--output", repo / "m", "--precision", "INT8",
+                     "--calibration", f"{server.url}/calibration.npz", "--calibration-samples", "100")
+    calibration = metadata(result.summary["path"])["calibration"]
+    assert calibration["source"] == f"{server.url}/calibration.npz" and calibration["samples"] == 100
