@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-from runtime_helpers import Server, mixed_graph, mlp_graph, publish
+from runtime_helpers import Server, image_graph, mixed_graph, mlp_graph, publish
 
 MAX_REQUEST_BYTES = 1_000_000  # small, so that the limit is cheap to cross
 
@@ -30,6 +30,7 @@ def model_repository(tmp_path_factory) -> pathlib.Path:
     repository = tmp_path_factory.mktemp("repository")
     publish(repository, "mlp", 1, mlp_graph())
     publish(repository, "mixed", 1, mixed_graph())
+    publish(repository, "image", 1, image_graph())
     return repository
 
 

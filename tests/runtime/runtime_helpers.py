@@ -61,6 +61,14 @@ def mixed_graph() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def image_graph() -> onnx.ModelProto:
+    """image FP32 [1,3,8,8] -> scores FP32 [1,3]: the mean of each colour channel."""
+    nodes = [helper.make_node("ReduceMean", ["image"], ["scores"], axes=[2, 3], keepdims=0)]
+    graph = helper.make_graph(nodes, "image", [_value("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [_value("scores", TensorProto.FLOAT, [1, 3])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
 def slow_graph() -> onnx.ModelProto:
     """x FP32 [N,512] through eight 512x512 matmuls: as slow as the client makes N."""
     weight = numpy_helper.from_array(
