@@ -1,0 +1,92 @@
+"""The runtime command lines an InferenceModel turns into, shared by the cluster and the laptop.
+
+The conversion Job and the serving pod run `modelkiln convert ...` and `modelkiln serve ...`; the
+local mode (`modelkiln up`) runs the same commands as subprocesses. Building the arguments in one
+place keeps both paths converting and serving exactly alike (docs/interfaces.md lists the flags).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from modelkiln.operator.schema import with_defaults
+
+# VPU is the name people still use for Intel's NPU; OpenVINO and the device pools say NPU.
+DEVICE_ALIASES = {"VPU": "NPU"}
+
+
+def defaulted_spec(spec: dict) -> dict:
+    """`spec` with the CRD's defaults applied (an API server has done this already; a file has not)."""
+    return with_defaults({"spec": spec})["spec"]
+
+
+def canonical_device(device: str) -> str:
+    return DEVICE_ALIASES.get(device, device)
+
+
+def artifact_key(spec: dict) -> str:
+    """SHA-256 (hex) of what decides the artifact: spec.source and spec.conversion, defaults applied.
+
+    Two specs that differ only in serving share an artifact; writing a default out changes nothing.
+    """
+    spec = defaulted_spec(spec)
+    decisive = {"source": spec["source"], "conversion": spec["conversion"]}
+    canonical = json.dumps(decisive, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def convert_args(*, spec: dict, output: str, artifact_key: str, source_uri: str | None = None,
+                 calibration_uri: str | None = None) -> list[str]:
+    """Arguments after `modelkiln convert` for `spec`.
+
+    `source_uri` / `calibration_uri` replace the spec's URIs where the caller has resolved them
+    (a pvc:// claim mounted into the Job, a file:// path relative to the YAML file in local mode).
+    """
+    spec = defaulted_spec(spec)
+    source, conversion = spec["source"], spec["conversion"]
+    args = ["--source", source_uri or source["uri"], "--output", output,
+            "--precision", conversion["precision"], "--artifact-key", artifact_key]
+    if "format" in source:
+        args += ["--format", source["format"]]
+    if "sha256" in source:
+        args += ["--sha256", source["sha256"]]
+    for flag, field in (("--input-shape", "inputShape"), ("--layout", "layout"), ("--mean", "mean"),
+                        ("--scale", "scale")):
+        for name, value in conversion.get(field, {}).items():
+            text = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+            args += [flag, f"{name}={text}"]
+    if conversion.get("reverseChannels"):
+        args.append("--reverse-channels")
+    calibration = conversion.get("calibration")
+    if calibration:
+        if calibration.get("synthetic"):
+            args.append("--synthetic-calibration")
+        else:
+            args += ["--calibration", calibration_uri or calibration["uri"]]
+        args += ["--calibration-samples", str(calibration["samples"])]
+    if "maxAccuracyDrop" in conversion:
+        args += ["--max-accuracy-drop", str(conversion["maxAccuracyDrop"])]
+    if "minCosine" in conversion:
+        args += ["--min-cosine", str(conversion["minCosine"])]
+    return args
+
+
+def version_policy(*, spec: dict, version: int | None = None) -> dict:
+    """The versions to serve: the spec's policy, else exactly `version` (the artifact this spec
+    converted to: an older artifact reused after a revert is not the latest), else the latest."""
+    policy = defaulted_spec(spec)["serving"].get("versionPolicy")
+    if policy:
+        return policy
+    return {"specific": [version]} if version is not None else {"latest": 1}
+
+
+def serve_args(*, name: str, spec: dict, repository: str, version: int | None = None) -> list[str]:
+    """Arguments after `modelkiln serve` that serve model `name` of `repository` as `spec` says."""
+    serving = defaulted_spec(spec)["serving"]
+    policy = version_policy(spec=spec, version=version)
+    return ["--repository", repository, "--model", name,
+            "--device", canonical_device(serving["device"]),
+            "--performance-hint", serving["performanceHint"],
+            "--inference-precision", serving["inferencePrecision"],
+            "--version-policy", json.dumps(policy, separators=(",", ":"))]

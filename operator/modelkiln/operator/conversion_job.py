@@ -1,0 +1,145 @@
+"""The conversion Job: built from the spec, and its outcome read back from the pod.
+
+The converter reports through the termination message (the JSON summary on success, a one-line
+cause on failure) because that is what Kubernetes keeps after the pod is gone and what the
+operator can read without access to the model repository. Retries are Kubernetes' own: the Job's
+pod failure policy fails at once on a permanent cause (exit 1) and retries a transient one
+(exit 3) with the Job controller's exponential backoff, up to BACKOFF_LIMIT.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal, TypedDict
+
+from modelkiln.operator import objects
+from modelkiln.operator.commands import convert_args
+from modelkiln.operator.devicepools import DevicePool
+
+CONTAINER = "convert"
+COMPONENT = "conversion"
+TRANSIENT_EXIT_CODE = 3
+BACKOFF_LIMIT = 3
+TTL_SECONDS = 3600
+DEADLINE_SECONDS = 7200
+SOURCES_PATH = "/sources"
+RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
+
+
+class Outcome(TypedDict):
+    state: Literal["running", "succeeded", "failed"]
+    message: str
+    summary: dict | None  # the converter's JSON summary, on success
+    transient: bool
+
+
+def job_name(*, name: str, key: str) -> str:
+    return f"{name}-convert-{key[:8]}"
+
+
+def mounted_uri(uri: str) -> tuple[str, str | None]:
+    """(URI the converter reads, claim to mount): pvc://CLAIM/path is read from the mounted claim."""
+    if not uri.startswith("pvc://"):
+        return uri, None
+    claim, _, path = uri.removeprefix("pvc://").partition("/")
+    return f"file://{SOURCES_PATH}/{claim}/{path}", claim
+
+
+def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim: str,
+              pool: DevicePool) -> dict:
+    """Job `<name>-convert-<key8>` converting `spec` into `<repository>/<name>/` in `image`."""
+    name = model["metadata"]["name"]
+    source_uri, source_claim = mounted_uri(spec["source"]["uri"])
+    calibration_uri, calibration_claim = None, None
+    if spec["conversion"].get("calibration", {}).get("uri"):
+        calibration_uri, calibration_claim = mounted_uri(spec["conversion"]["calibration"]["uri"])
+    args = convert_args(spec=spec, output=f"{objects.REPOSITORY_PATH}/{name}", artifact_key=key,
+                        source_uri=source_uri, calibration_uri=calibration_uri)
+    claims = sorted({c for c in (source_claim, calibration_claim) if c})
+    mounts = [{"name": "repository", "mountPath": objects.REPOSITORY_PATH},
+              {"name": "tmp", "mountPath": "/tmp"}]
+    mounts += [{"name": f"source-{i}", "mountPath": f"{SOURCES_PATH}/{claim}", "readOnly": True}
+               for i, claim in enumerate(claims)]
+    volumes = [objects.repository_volume(claim=repository_claim, read_only=False),
+               objects.scratch_volume("tmp")]
+    volumes += [{"name": f"source-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+                for i, claim in enumerate(claims)]
+    container = {
+        "name": CONTAINER,
+        "image": image,
+        "command": ["modelkiln"],
+        "args": ["convert", *args],
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "resources": RESOURCES,
+        "volumeMounts": mounts,
+        "securityContext": objects.container_security_context(),
+        "terminationMessagePath": "/dev/termination-log",
+        # A converter killed before writing its cause (OOM, crash) still leaves its last log lines.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_labels = objects.labels(name=name, component=COMPONENT)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {**objects.metadata(model=model, name=job_name(name=name, key=key), component=COMPONENT),
+                     "annotations": {"modelkiln.io/artifact-key": key}},
+        "spec": {
+            "backoffLimit": BACKOFF_LIMIT,
+            "ttlSecondsAfterFinished": TTL_SECONDS,
+            "activeDeadlineSeconds": DEADLINE_SECONDS,
+            "podFailurePolicy": {"rules": [
+                # A drained or preempted node is nobody's fault: not counted against the limit.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                # Only a transient cause (exit 3) is worth another attempt.
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn",
+                                                      "values": [TRANSIENT_EXIT_CODE]}},
+            ]},
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": objects.pod_spec(containers=[container], volumes=volumes, pool=pool,
+                                         restartPolicy="Never"),
+            },
+        },
+    }
+
+
+def _condition(job: dict, kind: str) -> dict | None:
+    for condition in job.get("status", {}).get("conditions", []):
+        if condition.get("type") == kind and condition.get("status") == "True":
+            return condition
+    return None
+
+
+def _last_termination(pods: list[dict]) -> dict | None:
+    """The `terminated` state of the converter in the most recently started pod that has one."""
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True):
+        for status in pod.get("status", {}).get("containerStatuses", []):
+            terminated = status.get("state", {}).get("terminated")
+            if status.get("name") == CONTAINER and terminated:
+                return terminated
+    return None
+
+
+def conversion_outcome(*, job: dict, pods: list[dict]) -> Outcome:
+    """What the Job `job` and its `pods` say about the conversion."""
+    terminated = _last_termination(pods) or {}
+    message = (terminated.get("message") or "").strip()
+    if _condition(job, "Complete"):
+        last_line = message.splitlines()[-1] if message else ""
+        try:
+            summary = json.loads(last_line)
+        except json.JSONDecodeError:
+            summary = None
+        if not isinstance(summary, dict) or "version" not in summary:
+            return {"state": "failed", "summary": None, "transient": False,
+                    "message": f"conversion Job {job['metadata']['name']} succeeded but its pod's "
+                               f"termination message holds no JSON summary: {message[:200]!r}"}
+        return {"state": "succeeded", "summary": summary, "transient": False, "message": ""}
+    failed = _condition(job, "Failed")
+    if failed:
+        transient = terminated.get("exitCode") == TRANSIENT_EXIT_CODE
+        cause = message.splitlines()[-1] if message else failed.get("message") or failed.get("reason", "")
+        if transient:
+            cause += f" (transient; gave up after {BACKOFF_LIMIT + 1} attempts)"
+        return {"state": "failed", "summary": None, "transient": transient, "message": cause}
+    return {"state": "running", "summary": None, "transient": False, "message": ""}

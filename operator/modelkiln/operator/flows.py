@@ -1,0 +1,164 @@
+"""One reconcile of an InferenceModel: observe, converge the children, compute the status.
+
+Level-triggered: every call looks at the world as it is (the model's status, the conversion Job,
+the Deployment) and makes it right, so a create, a spec change, a periodic resync, an operator
+restart and a replayed event all run the same code and a replay changes nothing. Kubernetes
+decisions are made by the pure builders and status functions; only `kube` touches the API.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from modelkiln.operator import conversion_job, kube, serving
+from modelkiln.operator import status as st
+from modelkiln.operator.commands import artifact_key, defaulted_spec
+from modelkiln.operator.config import OperatorConfig
+from modelkiln.operator.objects import selector_string
+from modelkiln.operator.devicepools import (CONFIG_KEY, DevicePool, DevicePoolError, conversion_pool,
+                                            parse_device_pools, pool_for)
+
+SERVING_FIELDS = ("endpoints", "replicas", "readyReplicas", "selector")
+
+
+@dataclasses.dataclass
+class Result:
+    status: dict
+    events: list[tuple[str, str, str]]  # (type, reason, message): one per condition transition
+
+
+def reconcile(*, model: dict, api: kube.Kube, config: OperatorConfig, now: str) -> Result:
+    """Drive `model` (an InferenceModel as read from the API) one step towards Ready."""
+    old = model.get("status") or {}
+    spec = defaulted_spec(model["spec"])
+    key = artifact_key(spec)
+    generation = model["metadata"].get("generation", 1)
+    pools, pools_error = _device_pools(api=api, config=config)
+
+    converted, artifact, job = _converge_conversion(model=model, spec=spec, key=key, old=old, api=api,
+                                                     config=config, pool=conversion_pool(pools))
+    if pools_error:
+        ready, observed = st.condition(st.READY, False, reason="NoDevicePool", message=pools_error,
+                                       generation=generation), _kept_serving_fields(old)
+    else:
+        ready, observed = _converge_serving(model=model, spec=spec, artifact=artifact, converted=converted,
+                                            pools=pools, api=api, config=config)
+    old_conditions = old.get("conditions", [])
+    conditions = st.merge_conditions(old_conditions, [converted, ready], now=now)
+    status = {"observedGeneration": generation, "phase": st.phase(conditions), "conditions": conditions,
+              "conversionJob": job, **observed}
+    if artifact:
+        status["artifact"] = artifact
+    events = [("Normal" if c["status"] == "True" or c["reason"] not in st.FAILURE_REASONS else "Warning",
+               c["reason"], c["message"]) for c in st.transitions(old_conditions, conditions)]
+    return Result(status=status, events=events)
+
+
+def _device_pools(*, api: kube.Kube, config: OperatorConfig) -> tuple[dict[str, DevicePool], str | None]:
+    source = config.device_pools_source
+    configmap = api.get(kube.CONFIGMAPS, namespace=config.namespace, name=config.device_pools_configmap)
+    if configmap is None:
+        return {}, f"{source} does not exist: create it with a {CONFIG_KEY} key (see manifests/)"
+    try:
+        return parse_device_pools(configmap.get("data", {}).get(CONFIG_KEY, ""), source=source), None
+    except DevicePoolError as exc:
+        return {}, str(exc)
+
+
+def _describe(artifact: dict) -> str:
+    reused = ", reused" if artifact.get("reused") else ""
+    return (f"version {artifact['version']} ({artifact.get('precision')}, "
+            f"{artifact.get('sizeBytes', 0)} bytes{reused}) at {artifact.get('path')}")
+
+
+def _converge_conversion(*, model: dict, spec: dict, key: str, old: dict, api: kube.Kube,
+                         config: OperatorConfig, pool: DevicePool) -> tuple[st.Condition, dict | None, str]:
+    """(Converted condition, artifact to serve, conversion Job name); starts the Job when needed.
+
+    The artifact is the one converted from this spec when there is one, else the previous one,
+    which keeps serving while the new spec converts (or after its conversion failed).
+    """
+    meta = model["metadata"]
+    name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation", 1)
+    job_name = conversion_job.job_name(name=name, key=key)
+    artifact = old.get("artifact")
+    if artifact and artifact.get("key") == key:
+        return st.condition(st.CONVERTED, True, reason="ConversionSucceeded", message=_describe(artifact),
+                            generation=generation), artifact, job_name
+    job = api.get(kube.JOBS, namespace=namespace, name=job_name)
+    if job is None:
+        before = st.find(old.get("conditions", []), st.CONVERTED)
+        if old.get("conversionJob") == job_name and before and before.get("reason") == "ConversionFailed":
+            # The failed Job outlived its TTL; the failure stands until the spec changes.
+            return st.condition(st.CONVERTED, False, reason="ConversionFailed", message=before["message"],
+                                generation=generation), artifact, job_name
+        if api.get(kube.CLAIMS, namespace=namespace, name=config.repository_claim) is None:
+            return st.condition(st.CONVERTED, False, reason="RepositoryMissing", generation=generation,
+                                message=f"PersistentVolumeClaim {config.repository_claim} (the model "
+                                        f"repository) does not exist in namespace {namespace}"), \
+                artifact, job_name
+        job = api.create(kube.JOBS, conversion_job.build_job(
+            model=model, spec=spec, key=key, image=config.runtime_image,
+            repository_claim=config.repository_claim, pool=pool))
+    pods = api.list(kube.PODS, namespace=namespace, selector=f"job-name={job_name}")
+    outcome = conversion_job.conversion_outcome(job=job, pods=pods)
+    if outcome["state"] == "running":
+        return st.condition(st.CONVERTED, False, reason="Converting", generation=generation,
+                            message=f"conversion Job {job_name} is running"), artifact, job_name
+    if outcome["state"] == "failed":
+        return st.condition(st.CONVERTED, False, reason="ConversionFailed", message=outcome["message"],
+                            generation=generation), artifact, job_name
+    summary = outcome["summary"]
+    artifact = {"key": key, "version": summary["version"], "precision": summary.get("precision"),
+                "sha256": summary.get("sha256"), "sizeBytes": summary.get("sizeBytes"),
+                "path": summary.get("path"), "reused": bool(summary.get("reused"))}
+    return st.condition(st.CONVERTED, True, reason="ConversionSucceeded", message=_describe(artifact),
+                        generation=generation), artifact, job_name
+
+
+def _kept_serving_fields(old: dict) -> dict:
+    return {field: old[field] for field in SERVING_FIELDS if field in old}
+
+
+def _converge_serving(*, model: dict, spec: dict, artifact: dict | None, converted: st.Condition,
+                      pools: dict[str, DevicePool], api: kube.Kube,
+                      config: OperatorConfig) -> tuple[st.Condition, dict]:
+    """(Ready condition, observed serving status); applies the serving objects when there is an artifact."""
+    meta = model["metadata"]
+    name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation", 1)
+    if artifact is None:
+        return st.condition(st.READY, False, reason=converted["reason"], generation=generation,
+                            message=f"nothing to serve yet: {converted['message']}"), {}
+    serving_spec = spec["serving"]
+    try:
+        _, pool = pool_for(pools, device=serving_spec["device"], node_pool=spec.get("nodePool"),
+                           source=config.device_pools_source)
+    except DevicePoolError as exc:
+        return st.condition(st.READY, False, reason="NoDevicePool", message=str(exc),
+                            generation=generation), {}
+    deployment = api.apply(kube.DEPLOYMENTS, serving.build_deployment(
+        model=model, spec=spec, artifact=artifact, image=config.runtime_image,
+        repository_claim=config.repository_claim, pool=pool))
+    api.apply(kube.SERVICES, serving.build_service(model=model))
+    api.apply(kube.SERVICES, serving.build_service(model=model, headless=True))
+    if "autoscaling" in serving_spec:
+        api.apply(kube.AUTOSCALERS, serving.build_hpa(model=model, autoscaling=serving_spec["autoscaling"]))
+    else:
+        api.delete(kube.AUTOSCALERS, namespace=namespace, name=name)
+    wanted = serving.min_replicas(serving_spec)
+    if wanted > 1:
+        api.apply(kube.DISRUPTION_BUDGETS, serving.build_pdb(model=model))
+    else:
+        api.delete(kube.DISRUPTION_BUDGETS, namespace=namespace, name=name)
+
+    if converted["status"] == "True":
+        ready = st.ready_from_deployment(deployment, wanted=wanted, generation=generation)
+    else:
+        # The previous artifact keeps serving, but this spec is not in effect (kstatus: not Ready).
+        ready = st.condition(st.READY, False, reason=converted["reason"], generation=generation,
+                             message=f"serving version {artifact['version']} of an earlier spec; "
+                                     f"{converted['message']}")
+    observed = deployment.get("status", {})
+    return ready, {"endpoints": serving.endpoints(name=name, namespace=namespace),
+                   "replicas": observed.get("replicas", 0), "readyReplicas": observed.get("readyReplicas", 0),
+                   "selector": selector_string(deployment["spec"]["selector"]["matchLabels"])}

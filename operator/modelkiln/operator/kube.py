@@ -1,0 +1,137 @@
+"""The one module that talks to the Kubernetes API (besides kopf, which watches and patches status).
+
+Objects travel as plain dicts, as the builders make them. Writes are idempotent: `apply` is
+server-side apply (creates, updates, and removes fields we stopped setting; a replay is a no-op),
+`create` takes "already exists" as done, `delete` takes "already gone" as done.
+
+PERMISSIONS lists every (resource, verb) this module may use and every request is checked against
+it, so the operator's ClusterRole (manifests/rbac.yaml) can grant exactly these, and a test keeps
+the two equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import urllib.parse
+
+import kubernetes
+
+FIELD_MANAGER = "modelkiln-operator"
+
+
+@dataclasses.dataclass(frozen=True)
+class Resource:
+    group: str  # "" for the core API
+    version: str
+    plural: str
+    namespaced: bool = True
+
+    def path(self, namespace: str | None, name: str | None = None) -> str:
+        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        path = f"{base}/namespaces/{namespace}/{self.plural}" if self.namespaced else f"{base}/{self.plural}"
+        return f"{path}/{name}" if name else path
+
+
+JOBS = Resource("batch", "v1", "jobs")
+PODS = Resource("", "v1", "pods")
+DEPLOYMENTS = Resource("apps", "v1", "deployments")
+SERVICES = Resource("", "v1", "services")
+AUTOSCALERS = Resource("autoscaling", "v2", "horizontalpodautoscalers")
+DISRUPTION_BUDGETS = Resource("policy", "v1", "poddisruptionbudgets")
+CLAIMS = Resource("", "v1", "persistentvolumeclaims")
+CONFIGMAPS = Resource("", "v1", "configmaps")
+PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings", namespaced=False)
+
+# Server-side apply may create the object: the API server asks for `create` and `patch` then.
+_APPLY = frozenset({"create", "patch"})
+PERMISSIONS: dict[Resource, frozenset[str]] = {
+    JOBS: frozenset({"get", "create"}),
+    PODS: frozenset({"list"}),
+    DEPLOYMENTS: _APPLY,
+    SERVICES: _APPLY,
+    AUTOSCALERS: _APPLY | {"delete"},
+    DISRUPTION_BUDGETS: _APPLY | {"delete"},
+    CLAIMS: frozenset({"get"}),
+    PEERINGS: frozenset({"create"}),  # the operator creates its peering object at startup
+}
+# Read in the operator's own namespace only (a Role, not the ClusterRole).
+NAMESPACED_PERMISSIONS: dict[Resource, frozenset[str]] = {CONFIGMAPS: frozenset({"get"})}
+
+
+class KubeError(Exception):
+    """The API refused a request; the message carries the API server's own explanation."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+class Kube:
+    """Requests to the API server through a configured `kubernetes.client.ApiClient`."""
+
+    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+        self.client = client
+
+    @classmethod
+    def from_environment(cls) -> Kube:
+        """In a pod, the ServiceAccount; elsewhere, KUBECONFIG or ~/.kube/config."""
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()
+        return cls(kubernetes.client.ApiClient())
+
+    def get(self, resource: Resource, *, namespace: str | None, name: str) -> dict | None:
+        """The object, or None when it does not exist."""
+        return self._request("GET", "get", resource, resource.path(namespace, name), missing_ok=True)
+
+    def list(self, resource: Resource, *, namespace: str, selector: str) -> list[dict]:
+        found = self._request("GET", "list", resource, resource.path(namespace),
+                              query={"labelSelector": selector})
+        return found["items"]
+
+    def create(self, resource: Resource, body: dict) -> dict:
+        """Create `body`; when it exists already, the existing object."""
+        meta = body["metadata"]
+        created = self._request("POST", "create", resource, resource.path(meta.get("namespace")), body=body,
+                                exists_ok=True)
+        return created or self.get(resource, namespace=meta.get("namespace"), name=meta["name"])
+
+    def apply(self, resource: Resource, body: dict) -> dict:
+        """Server-side apply `body` as the operator's field manager (forcing over conflicts)."""
+        meta = body["metadata"]
+        return self._request("PATCH", "patch", resource, resource.path(meta["namespace"], meta["name"]),
+                             body=body, content_type="application/apply-patch+yaml",
+                             query={"fieldManager": FIELD_MANAGER, "force": "true"})
+
+    def delete(self, resource: Resource, *, namespace: str, name: str) -> None:
+        self._request("DELETE", "delete", resource, resource.path(namespace, name), missing_ok=True,
+                      query={"propagationPolicy": "Background"})
+
+    def _request(self, method: str, verb: str, resource: Resource, path: str, *, body: dict | None = None,
+                 query: dict | None = None, content_type: str = "application/json",
+                 missing_ok: bool = False, exists_ok: bool = False) -> dict | None:
+        allowed = PERMISSIONS.get(resource, frozenset()) | NAMESPACED_PERMISSIONS.get(resource, frozenset())
+        if verb not in allowed:
+            raise PermissionError(f"{verb} {resource.plural} is not in kube.PERMISSIONS (nor in the RBAC rules)")
+        if query:
+            path += "?" + urllib.parse.urlencode(query)
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        method, url, headers, body, _ = self.client.param_serialize(
+            method=method, resource_path=path, header_params=headers, body=body,
+            auth_settings=["BearerToken"])
+        response = self.client.call_api(method, url, headers, body, _request_timeout=30)
+        data = response.read()
+        if response.status == 404 and missing_ok or response.status == 409 and exists_ok:
+            return None
+        if response.status >= 400:
+            raise KubeError(response.status, _explanation(data))
+        return json.loads(data) if data else None
+
+
+def _explanation(data: bytes) -> str:
+    try:
+        return json.loads(data).get("message") or data.decode(errors="replace")
+    except (ValueError, AttributeError):
+        return data.decode(errors="replace")

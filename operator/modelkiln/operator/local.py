@@ -1,0 +1,340 @@
+"""`modelkiln up`: the cluster's flow on one machine.
+
+The same InferenceModel YAML that a cluster takes is validated against the same CRD schema and
+CEL rules, converted by the same `modelkiln convert` command the conversion Job runs, and served
+by the same `modelkiln serve` the serving pods run. Both run as subprocesses, as they would in
+their own containers, so this module (part of the control plane) never imports OpenVINO.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+import yaml
+
+from modelkiln.operator import conversion, schema
+
+ALWAYS_PRESENT_DEVICES = {"CPU", "AUTO"}
+
+
+class UpError(Exception):
+    """A problem `up` reports in one line before exiting non-zero."""
+
+
+@dataclass
+class LocalModel:
+    name: str
+    spec: dict
+    origin: pathlib.Path  # the YAML file the model came from
+
+
+def default_repository() -> pathlib.Path:
+    if os.environ.get("MODELKILN_REPOSITORY"):
+        return pathlib.Path(os.environ["MODELKILN_REPOSITORY"])
+    cache = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    return pathlib.Path(cache) / "modelkiln" / "repository"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="modelkiln up",
+        description="Validate, convert and serve InferenceModels on this machine, as the operator "
+                    "would in a cluster. Stops cleanly on Ctrl-C or SIGTERM.")
+    parser.add_argument("-f", "--filename", required=True, type=pathlib.Path,
+                        help="a YAML file with one or more InferenceModels, or a directory of them")
+    parser.add_argument("--repository", type=pathlib.Path, default=default_repository(),
+                        help="model repository directory (default: $MODELKILN_REPOSITORY or "
+                             "~/.cache/modelkiln/repository); existing artifacts are reused")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to serve on (default: 127.0.0.1)")
+    parser.add_argument("--http-port", type=int, default=8080,
+                        help="KServe v2 / TF-Serving / SageMaker REST port (default: 8080)")
+    parser.add_argument("--grpc-port", type=int, default=8081,
+                        help="KServe v2 gRPC port (default: 8081)")
+    parser.add_argument("--device-fallback", metavar="DEVICE",
+                        help="serve on this device when a model's device is missing here "
+                             "(without it, a missing device is an error)")
+    parser.add_argument("--predict", metavar="FILE.npz", type=pathlib.Path,
+                        help="once serving, send the inputs in FILE.npz (arrays named as the "
+                             "model's inputs, optional `labels`) and print the predictions")
+    return parser.parse_args(argv)
+
+
+# ---- reading and validating -------------------------------------------------------------------
+
+def read_models(path: pathlib.Path) -> list[LocalModel]:
+    """Every InferenceModel in a file or directory, validated and defaulted; errors name the file."""
+    if not path.exists():
+        raise UpError(f"{path}: no such file or directory")
+    files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")) if path.is_dir() \
+        else [path]
+    models, problems = [], []
+    for file in files:
+        try:
+            documents = [d for d in yaml.safe_load_all(file.read_text()) if d]
+        except yaml.YAMLError as exc:
+            raise UpError(f"{file}: not valid YAML: {exc}") from None
+        for doc in documents:
+            if doc.get("kind") != "InferenceModel":
+                continue
+            name = (doc.get("metadata") or {}).get("name", "<unnamed>")
+            errors = schema.validate(doc)
+            problems += [f"{file}: InferenceModel {name!r} is invalid: {e}" for e in errors]
+            if not errors:
+                models.append(LocalModel(name, schema.with_defaults(doc)["spec"], file))
+    if problems:
+        raise UpError("\n".join(problems))
+    if not models:
+        raise UpError(f"{path}: no InferenceModel found")
+    names = [m.name for m in models]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise UpError(f"{path}: InferenceModel names must be unique, repeated: {duplicated}")
+    return models
+
+
+def localize(model: LocalModel) -> dict:
+    """The spec with relative file:// URIs made absolute (relative to the YAML file's directory).
+
+    A local source's sha256 is filled in when absent, so that editing the model file changes
+    the artifact key and the next `up` converts again instead of reusing a stale artifact.
+    """
+    spec = json.loads(json.dumps(model.spec))
+    base = model.origin.resolve().parent
+    source = spec["source"]
+    source["uri"] = absolute_file_uri(source["uri"], base)
+    calibration = spec.get("conversion", {}).get("calibration")
+    if calibration and calibration.get("uri"):
+        calibration["uri"] = absolute_file_uri(calibration["uri"], base)
+    local = local_path(source["uri"])
+    if local is not None and local.is_file() and not source.get("sha256"):
+        source["sha256"] = sha256_of(local)
+    return spec
+
+
+def absolute_file_uri(uri: str, base: pathlib.Path) -> str:
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme not in ("", "file"):
+        return uri
+    raw = urllib.parse.unquote(parsed.netloc + parsed.path) if parsed.scheme else uri
+    return (base / raw).resolve().as_uri()
+
+
+def local_path(uri: str) -> pathlib.Path | None:
+    parsed = urllib.parse.urlparse(uri)
+    return pathlib.Path(urllib.parse.unquote(parsed.path)) if parsed.scheme == "file" else None
+
+
+def sha256_of(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---- devices ----------------------------------------------------------------------------------
+
+def machine_devices() -> set[str]:
+    """OpenVINO's devices on this machine, asked of the runtime in its own process."""
+    result = subprocess.run([*modelkiln_command(), "serve", "--list-devices"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise UpError(f"cannot list this machine's devices: {result.stderr.strip()}")
+    # "GPU.0" and "GPU.1" are both a GPU.
+    return {line.split(".")[0] for line in result.stdout.split()} | ALWAYS_PRESENT_DEVICES
+
+
+def choose_device(name: str, wanted: str, available: set[str], fallback: str | None) -> str:
+    device = "NPU" if wanted == "VPU" else wanted
+    if device in available:
+        return wanted
+    if fallback:
+        print(f"modelkiln up: {name}: device {wanted} is not on this machine "
+              f"(found {', '.join(sorted(available))}); serving on {fallback} as "
+              f"--device-fallback asks", file=sys.stderr)
+        return fallback
+    raise UpError(f"{name}: spec.serving.device is {wanted}, but this machine has only "
+                  f"{', '.join(sorted(available))}; pass --device-fallback CPU to serve on "
+                  f"CPU instead, or run it on a cluster with a {wanted} node pool")
+
+
+# ---- converting -------------------------------------------------------------------------------
+
+def modelkiln_command() -> list[str]:
+    return [sys.executable, "-m", "modelkiln.cli"]
+
+
+def convert(name: str, spec: dict, repository: pathlib.Path) -> dict:
+    """Run `modelkiln convert` as the conversion Job would; its JSON summary, or UpError."""
+    key = conversion.artifact_key(spec)
+    args = conversion.convert_args(spec=spec, output=str(repository / name), artifact_key=key)
+    with tempfile.NamedTemporaryFile("r", suffix=".termination-log") as log:
+        print(f"modelkiln up: {name}: converting {spec['source']['uri']} to "
+              f"{spec['conversion']['precision']} (artifact {key[:8]})", file=sys.stderr)
+        result = subprocess.run([*modelkiln_command(), "convert", *args,
+                                 "--termination-log", log.name],
+                                stdout=subprocess.PIPE, text=True)  # stderr: progress, to the user
+        message = log.read().strip()
+    if result.returncode != 0:
+        raise UpError(f"{name}: conversion failed: {message or 'exit code %d' % result.returncode}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ---- serving ----------------------------------------------------------------------------------
+
+def serve_config(models: list[LocalModel], devices: dict[str, str]) -> dict:
+    return {"models": {m.name: {**conversion.runtime_options(m.spec), "device": devices[m.name]}
+                       for m in models}}
+
+
+def wait_until_ready(server: subprocess.Popen, base_url: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise UpError(f"the server exited with code {server.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"{base_url}/v2/health/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise UpError(f"the server was not ready after {timeout:.0f}s")
+
+
+def model_metadata(base_url: str, name: str) -> dict:
+    with urllib.request.urlopen(f"{base_url}/v2/models/{name}", timeout=10) as response:
+        return json.load(response)
+
+
+def example_request(metadata: dict) -> dict | None:
+    """A KServe v2 JSON request of zeros shaped like the model's inputs (dynamic dims as 1)."""
+    inputs = []
+    for tensor in metadata["inputs"]:
+        shape = [1 if d < 0 else d for d in tensor["shape"]]
+        count = 1
+        for d in shape:
+            count *= d
+        if count > 4096:  # too long to paste
+            return None
+        inputs.append({"name": tensor["name"], "shape": shape, "datatype": tensor["datatype"],
+                       "data": [0] * count})
+    return {"inputs": inputs}
+
+
+def print_endpoints(models: list[LocalModel], host: str, http_port: int, grpc_port: int) -> None:
+    base_url = f"http://{host}:{http_port}"
+    for model in models:
+        metadata = model_metadata(base_url, model.name)
+        print(f"\n{model.name}: ready")
+        print(f"  REST (KServe v2): {base_url}/v2/models/{model.name}")
+        print(f"  gRPC (KServe v2): {host}:{grpc_port}")
+        print(f"  TF-Serving REST:  {base_url}/v1/models/{model.name}:predict")
+        request = example_request(metadata)
+        if request is not None:
+            print(f"  try: curl -s {base_url}/v2/models/{model.name}/infer "
+                  f"-H 'Content-Type: application/json' -d '{json.dumps(request)}'")
+        else:
+            print(f"  try: modelkiln predict --url {base_url} --model {model.name} "
+                  f"--input {metadata['inputs'][0]['name']}=FILE.npy")
+
+
+def print_predictions(base_url: str, name: str, samples: pathlib.Path) -> None:
+    """Send the arrays of an .npz (named as the model's inputs) and print top-1 per row."""
+    import numpy as np  # only this step needs it
+
+    data = np.load(samples)
+    labels = data["labels"] if "labels" in data.files else None
+    metadata = model_metadata(base_url, name)
+    inputs = [{"name": t["name"], "shape": list(data[t["name"]].shape),
+               "datatype": t["datatype"], "data": data[t["name"]].ravel().tolist()}
+              for t in metadata["inputs"]]
+    request = urllib.request.Request(
+        f"{base_url}/v2/models/{name}/infer", data=json.dumps({"inputs": inputs}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        output = json.load(response)["outputs"][0]
+    scores = np.asarray(output["data"]).reshape(output["shape"])
+    predicted = scores.argmax(axis=-1) if scores.ndim > 1 else scores
+    right = 0
+    print(f"\npredictions from {name} over REST ({samples.name}):")
+    for row, label in enumerate(predicted):
+        truth = "" if labels is None else f"   true {labels[row]}"
+        right += labels is not None and label == labels[row]
+        print(f"  sample {row:2d}: predicted {label}{truth}")
+    if labels is not None:
+        print(f"  {right}/{len(predicted)} correct")
+
+
+def run(args: argparse.Namespace) -> int:
+    models = read_models(args.filename)
+    available = machine_devices()
+    devices = {m.name: choose_device(m.name, m.spec["serving"]["device"], available,
+                                     args.device_fallback) for m in models}
+    args.repository.mkdir(parents=True, exist_ok=True)
+    for model in models:
+        summary = convert(model.name, localize(model), args.repository)
+        state = "reused" if summary.get("reused") else "converted"
+        print(f"modelkiln up: {model.name}: {state} version {summary['version']} "
+              f"({summary['precision']}, {summary['sizeBytes']} bytes)", file=sys.stderr)
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as config:
+        json.dump(serve_config(models, devices), config)
+        config.flush()
+        command = [*modelkiln_command(), "serve", "--repository", str(args.repository),
+                   "--config", config.name, "--host", args.host,
+                   "--http-port", str(args.http_port), "--grpc-port", str(args.grpc_port)]
+        for model in models:
+            command += ["--model", model.name]
+        # Its own session: Ctrl-C reaches only us, and we pass one SIGTERM on, so the server
+        # drains exactly as a pod does.
+        server = subprocess.Popen(command, start_new_session=True)
+        try:
+            base_url = f"http://{args.host}:{args.http_port}"
+            wait_until_ready(server, base_url)
+            print_endpoints(models, args.host, args.http_port, args.grpc_port)
+            if args.predict:
+                print_predictions(base_url, models[0].name, args.predict)
+            print("\nServing. Press Ctrl-C (or send SIGTERM) to stop.", flush=True)
+            return server.wait()
+        except KeyboardInterrupt:
+            print("modelkiln up: stopping: draining in-flight requests", file=sys.stderr)
+            server.send_signal(signal.SIGTERM)
+            return server.wait()
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+
+
+def raise_keyboard_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    # SIGTERM stops `up` as Ctrl-C does: a conversion in progress is abandoned (its version is
+    # published atomically, so nothing half-written remains) and the server drains.
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    try:
+        return run(args)
+    except UpError as exc:
+        print(f"modelkiln up: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("modelkiln up: stopped", file=sys.stderr)
+        return 130

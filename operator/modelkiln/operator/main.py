@@ -1,0 +1,53 @@
+"""`modelkiln operator`: run the InferenceModel operator (kopf) with its metrics and liveness endpoints."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import kopf
+import prometheus_client
+
+from modelkiln.operator import config as operator_config
+from modelkiln.operator import handlers
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="modelkiln operator",
+        description="Run the InferenceModel operator. Settings from the environment: "
+                    "MODELKILN_RUNTIME_IMAGE, MODELKILN_REPOSITORY_CLAIM, MODELKILN_NAMESPACE, "
+                    "MODELKILN_DEVICE_POOLS_CONFIGMAP, MODELKILN_RESYNC_SECONDS (docs/interfaces.md).")
+    p.add_argument("--namespace", action="append", default=[], metavar="NS",
+                   help="watch only this namespace (repeatable; default: all namespaces)")
+    p.add_argument("--peering", metavar="NAME",
+                   help="coordinate with other replicas through the ClusterKopfPeering NAME "
+                        "(only one replica acts at a time); without it the operator runs standalone")
+    p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: off)")
+    p.add_argument("--health-port", type=int, default=8080,
+                   help="liveness endpoint port, GET /healthz (0: off)")
+    p.add_argument("--verbose", action="store_true", help="log at DEBUG level")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    try:
+        config = operator_config.from_environment()
+    except ValueError as exc:
+        parser().error(str(exc))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.metrics_port:
+        prometheus_client.start_http_server(args.metrics_port)
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, config)
+    kopf.run(
+        registry=registry,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
+    )
+    return 0

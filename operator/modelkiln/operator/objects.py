@@ -1,0 +1,71 @@
+"""Pieces every object the operator builds shares: names, labels, ownership, a locked-down pod.
+
+Pure functions returning new dicts, so the Job and serving builders stay short and agree on
+labels (the Service selects exactly the serving pods) and on the pod's security posture.
+"""
+
+from __future__ import annotations
+
+from modelkiln.operator.devicepools import DevicePool
+from modelkiln.operator.schema import API_VERSION, KIND
+
+MODEL_LABEL = "modelkiln.io/model"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+REPOSITORY_PATH = "/models"
+RUNTIME_UID = 1000  # the runtime image's user (docker/runtime.Dockerfile)
+
+
+def selector_labels(*, name: str, component: str) -> dict[str, str]:
+    return {MODEL_LABEL: name, COMPONENT_LABEL: component}
+
+
+def labels(*, name: str, component: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "modelkiln", "app.kubernetes.io/instance": name,
+            "app.kubernetes.io/managed-by": "modelkiln-operator",
+            **selector_labels(name=name, component=component)}
+
+
+def selector_string(selector: dict[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+
+
+def metadata(*, model: dict, name: str, component: str) -> dict:
+    """Metadata of a child of `model` (an InferenceModel): same namespace, owned by it."""
+    owner = model["metadata"]
+    return {
+        "name": name,
+        "namespace": owner["namespace"],
+        "labels": labels(name=owner["name"], component=component),
+        "ownerReferences": [{"apiVersion": API_VERSION, "kind": KIND, "name": owner["name"],
+                             "uid": owner["uid"], "controller": True, "blockOwnerDeletion": True}],
+    }
+
+
+def container_security_context() -> dict:
+    return {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def pod_spec(*, containers: list[dict], volumes: list[dict], pool: DevicePool, **extra) -> dict:
+    """A pod that runs as the runtime's non-root user on `pool`, without an API token."""
+    spec = {
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUNTIME_UID, "runAsGroup": RUNTIME_UID,
+                            "fsGroup": RUNTIME_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": containers,
+        "volumes": volumes,
+        **extra,
+    }
+    if pool.get("nodeSelector"):
+        spec["nodeSelector"] = dict(pool["nodeSelector"])
+    if pool.get("tolerations"):
+        spec["tolerations"] = [dict(t) for t in pool["tolerations"]]
+    return spec
+
+
+def scratch_volume(name: str) -> dict:
+    return {"name": name, "emptyDir": {}}
+
+
+def repository_volume(*, claim: str, read_only: bool) -> dict:
+    return {"name": "repository", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}

@@ -1,0 +1,151 @@
+"""The serving objects of an InferenceModel: Deployment, Services, autoscaler, disruption budget.
+
+Pure builders: the spec, the artifact to serve and the device pool in, new dicts out. The
+operator applies them with server-side apply, so a field dropped here (say the GPU's extended
+resource after a switch to CPU) is dropped from the live object too.
+"""
+
+from __future__ import annotations
+
+from modelkiln.operator import objects
+from modelkiln.operator.commands import serve_args
+from modelkiln.operator.devicepools import DevicePool
+
+COMPONENT = "serving"
+HTTP_PORT = 8080
+GRPC_PORT = 8081
+CACHE_PATH = "/var/cache/modelkiln"
+DRAIN_SECONDS = 30
+INFLIGHT_METRIC = "modelkiln_inflight_requests"
+
+
+def min_replicas(serving: dict) -> int:
+    """The replicas the model must keep: the autoscaler's floor, else `replicas` (default 1)."""
+    if "autoscaling" in serving:
+        return serving["autoscaling"]["minReplicas"]
+    return serving.get("replicas", 1)
+
+
+def headless_name(name: str) -> str:
+    return f"{name}-headless"
+
+
+def endpoints(*, name: str, namespace: str) -> dict[str, str]:
+    host = f"{name}.{namespace}.svc"
+    return {"rest": f"http://{host}:{HTTP_PORT}", "grpc": f"{host}:{GRPC_PORT}"}
+
+
+def _probe(path: str, *, period: int, failures: int) -> dict:
+    return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period,
+            "failureThreshold": failures, "timeoutSeconds": 2}
+
+
+def _resources(serving: dict, pool: DevicePool) -> dict:
+    wanted = serving.get("resources", {})
+    resources = {kind: dict(wanted[kind]) for kind in ("requests", "limits") if wanted.get(kind)}
+    if pool.get("resource"):
+        # Extended resources are requested through limits (requests follow); one device per pod.
+        resources.setdefault("limits", {})[pool["resource"]] = 1
+    return resources
+
+
+def build_deployment(*, model: dict, spec: dict, artifact: dict, image: str, repository_claim: str,
+                     pool: DevicePool) -> dict:
+    """Deployment `<name>` serving `artifact` (from status.artifact) with the runtime image."""
+    name = model["metadata"]["name"]
+    serving = spec["serving"]
+    args = serve_args(name=name, spec=spec, repository=objects.REPOSITORY_PATH, version=artifact["version"])
+    ready_path = f"/v2/models/{name}/ready"
+    container = {
+        "name": "runtime",
+        "image": image,
+        "command": ["modelkiln"],
+        "args": ["serve", *args, "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT),
+                 "--cache-dir", CACHE_PATH, "--drain-timeout", str(DRAIN_SECONDS)],
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+                  {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
+        # Compiling a large model for a GPU can take minutes: the startup probe allows 10.
+        "startupProbe": _probe(ready_path, period=5, failures=120),
+        "readinessProbe": _probe(ready_path, period=5, failures=2),
+        "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
+        "resources": _resources(serving, pool),
+        "volumeMounts": [
+            # Only this model's directory, read-only: a serving pod cannot touch other artifacts.
+            {"name": "repository", "mountPath": f"{objects.REPOSITORY_PATH}/{name}", "subPath": name,
+             "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "cache", "mountPath": CACHE_PATH},
+        ],
+        "securityContext": objects.container_security_context(),
+    }
+    selector = objects.selector_labels(name=name, component=COMPONENT)
+    deployment_spec = {
+        "selector": {"matchLabels": selector},
+        # Never below the wanted count during a rollout: a new pod is Ready only with its model loaded.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": {
+            "metadata": {
+                "labels": objects.labels(name=name, component=COMPONENT),
+                "annotations": {"modelkiln.io/artifact-key": artifact["key"],
+                                "modelkiln.io/artifact-version": str(artifact["version"]),
+                                "prometheus.io/scrape": "true", "prometheus.io/port": str(HTTP_PORT),
+                                "prometheus.io/path": "/metrics"},
+            },
+            "spec": objects.pod_spec(
+                containers=[container],
+                volumes=[objects.repository_volume(claim=repository_claim, read_only=True),
+                         objects.scratch_volume("tmp"), objects.scratch_volume("cache")],
+                pool=pool, terminationGracePeriodSeconds=DRAIN_SECONDS + 15),
+        },
+    }
+    if "autoscaling" not in serving:
+        # With an autoscaler the replica count is the HPA's: leaving it out hands the field over.
+        deployment_spec["replicas"] = min_replicas(serving)
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": objects.metadata(model=model, name=name, component=COMPONENT),
+            "spec": deployment_spec}
+
+
+def build_service(*, model: dict, headless: bool = False) -> dict:
+    """Service `<name>` (load-balanced), or its headless twin for client-side gRPC balancing."""
+    name = model["metadata"]["name"]
+    spec = {
+        "selector": objects.selector_labels(name=name, component=COMPONENT),
+        "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP",
+                   "appProtocol": "http"},
+                  {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",
+                   "appProtocol": "grpc"}],
+    }
+    if headless:
+        # DNS returns the ready pods' addresses; gRPC clients balance over them themselves.
+        spec["clusterIP"] = "None"
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": objects.metadata(model=model, name=headless_name(name) if headless else name,
+                                         component=COMPONENT),
+            "spec": spec}
+
+
+def build_hpa(*, model: dict, autoscaling: dict) -> dict:
+    """An autoscaling/v2 HPA on the Deployment: CPU utilization or in-flight requests per pod."""
+    name = model["metadata"]["name"]
+    if "targetCPUUtilization" in autoscaling:
+        metric = {"type": "Resource", "resource": {"name": "cpu", "target": {
+            "type": "Utilization", "averageUtilization": autoscaling["targetCPUUtilization"]}}}
+    else:
+        metric = {"type": "Pods", "pods": {"metric": {"name": INFLIGHT_METRIC}, "target": {
+            "type": "AverageValue", "averageValue": str(autoscaling["targetInflightRequests"])}}}
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": objects.metadata(model=model, name=name, component=COMPONENT),
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                     "minReplicas": autoscaling["minReplicas"], "maxReplicas": autoscaling["maxReplicas"],
+                     "metrics": [metric]}}
+
+
+def build_pdb(*, model: dict) -> dict:
+    """A PodDisruptionBudget letting a drain take one serving pod at a time."""
+    name = model["metadata"]["name"]
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": objects.metadata(model=model, name=name, component=COMPONENT),
+            "spec": {"maxUnavailable": 1,
+                     "selector": {"matchLabels": objects.selector_labels(name=name, component=COMPONENT)}}}

@@ -1,0 +1,84 @@
+"""Status of an InferenceModel, computed from what was observed: pure functions.
+
+Conditions follow the Kubernetes API conventions and kstatus: a `Ready` summary condition and
+`observedGeneration`, so `kubectl wait --for=condition=Ready`, Argo CD and Flux need no custom
+health check. `phase` is only a summary for people (a printer column), derived from conditions.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypedDict
+
+CONVERTED = "Converted"
+READY = "Ready"
+
+# Reasons that need a person (a spec or configuration change), not time.
+FAILURE_REASONS = frozenset({"ConversionFailed", "NoDevicePool", "RepositoryMissing"})
+
+
+class Condition(TypedDict, total=False):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str
+    lastTransitionTime: str
+    observedGeneration: int
+
+
+def condition(kind: str, ok: bool, *, reason: str, message: str, generation: int) -> Condition:
+    return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message,
+            "observedGeneration": generation}
+
+
+def merge_conditions(old: list[Condition], new: list[Condition], *, now: str) -> list[Condition]:
+    """`new` with lastTransitionTime kept from `old` where the status did not change."""
+    previous = {c.get("type"): c for c in old}
+    merged = []
+    for cond in new:
+        before = previous.get(cond["type"])
+        unchanged = before is not None and before.get("status") == cond["status"]
+        merged.append({**cond, "lastTransitionTime": before["lastTransitionTime"]
+                       if unchanged and before.get("lastTransitionTime") else now})
+    return merged
+
+
+def find(conditions: list[Condition], kind: str) -> Condition | None:
+    return next((c for c in conditions if c.get("type") == kind), None)
+
+
+def phase(conditions: list[Condition]) -> str:
+    converted, ready = find(conditions, CONVERTED), find(conditions, READY)
+    if any(c.get("status") == "False" and c.get("reason") in FAILURE_REASONS for c in conditions):
+        return "Failed"
+    if ready and ready.get("status") == "True":
+        return "Ready"
+    if converted and converted.get("status") == "True":
+        return "Deploying"
+    if converted:
+        return "Converting"
+    return "Pending"
+
+
+def ready_from_deployment(deployment: dict, *, wanted: int, generation: int) -> Condition:
+    """Ready when the Deployment has rolled out this spec and keeps `wanted` pods available.
+
+    A pod is available only once its readiness probe (the model's ready endpoint) passes, so
+    Ready means the model answers, not merely that a port is open.
+    """
+    status = deployment.get("status", {})
+    updated = status.get("updatedReplicas", 0)
+    available = status.get("availableReplicas", 0)
+    if status.get("observedGeneration", 0) < deployment["metadata"].get("generation", 0) or updated < wanted:
+        return condition(READY, False, reason="RollingOut", generation=generation,
+                         message=f"{updated} of {wanted} replicas run the current spec")
+    if available < wanted:
+        return condition(READY, False, reason="MinimumReplicasUnavailable", generation=generation,
+                         message=f"{available} of {wanted} replicas have the model loaded")
+    return condition(READY, True, reason="MinimumReplicasAvailable", generation=generation,
+                     message=f"{available} of {wanted} replicas have the model loaded")
+
+
+def transitions(old: list[Condition], new: list[Condition]) -> list[Condition]:
+    """Conditions of `new` whose status or reason differs from `old`: each is worth an Event."""
+    before = {c.get("type"): (c.get("status"), c.get("reason")) for c in old}
+    return [c for c in new if before.get(c["type"]) != (c["status"], c["reason"])]

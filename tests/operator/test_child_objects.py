@@ -1,0 +1,177 @@
+"""Spec to Kubernetes objects: the conversion Job and the serving Deployment, Services, HPA, PDB."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelkiln.operator.commands import artifact_key
+from modelkiln.operator.conversion_job import build_job, job_name
+from modelkiln.operator.serving import build_deployment, build_hpa, build_pdb, build_service
+
+IMAGE = "registry.example.com/modelkiln/runtime:1"
+ARTIFACT = {"key": "f" * 64, "version": 4, "precision": "FP16"}
+
+
+def job_for(model, pools, key=None):
+    return build_job(model=model, spec=model["spec"], key=key or artifact_key(model["spec"]), image=IMAGE,
+                     repository_claim="models", pool={"nodeSelector": pools["CPU"]["nodeSelector"]})
+
+
+def deployment_for(model, pool):
+    return build_deployment(model=model, spec=model["spec"], artifact=ARTIFACT, image=IMAGE,
+                            repository_claim="models", pool=pool)
+
+
+def container(obj):
+    (only,) = obj["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+@pytest.mark.parametrize("conversion, expected", [
+    ({"precision": "FP32"}, {"--precision": "FP32"}),
+    ({"precision": "FP16"}, {"--precision": "FP16"}),
+    ({"precision": "INT8", "calibration": {"uri": "https://data.example.com/calib.npz", "samples": 50}},
+     {"--precision": "INT8", "--calibration": "https://data.example.com/calib.npz", "--calibration-samples": "50"}),
+])
+def test_the_job_converts_at_the_requested_precision(make_model, pools, conversion, expected):
+    model = make_model(conversion=conversion)
+    job = job_for(model, pools)
+    args = container(job)["args"]
+    assert args[0] == "convert" and container(job)["command"] == ["modelkiln"]
+    assert {flag: args[args.index(flag) + 1] for flag in expected} == expected
+    assert args[args.index("--output") + 1] == "/models/digits"
+    assert args[args.index("--artifact-key") + 1] == artifact_key(model["spec"])
+
+
+def test_the_job_is_named_after_the_model_and_key_and_owned_by_the_model(make_model, pools):
+    model = make_model()
+    key = artifact_key(model["spec"])
+    job = job_for(model, pools, key)
+    assert job["metadata"]["name"] == job_name(name="digits", key=key) == f"digits-convert-{key[:8]}"
+    assert job["metadata"]["namespace"] == "vision"
+    (owner,) = job["metadata"]["ownerReferences"]
+    assert owner == {"apiVersion": "modelkiln.io/v1alpha1", "kind": "InferenceModel", "name": "digits",
+                     "uid": "0a1b2c3d-uid", "controller": True, "blockOwnerDeletion": True}
+
+
+def test_the_job_retries_only_transient_failures_and_cleans_up(make_model, pools):
+    spec = job_for(make_model(), pools)["spec"]
+    assert spec["backoffLimit"] >= 1 and spec["ttlSecondsAfterFinished"] > 0
+    fail_job = [r for r in spec["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+    assert fail_job == [{"action": "FailJob", "onExitCodes": {"containerName": "convert", "operator": "NotIn",
+                                                              "values": [3]}}]
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_the_job_reports_through_the_termination_message_with_bounded_resources(make_model, pools):
+    convert = container(job_for(make_model(), pools))
+    assert convert["terminationMessagePath"] == "/dev/termination-log"
+    assert convert["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert convert["resources"]["limits"]["memory"] and convert["resources"]["requests"]["cpu"]
+
+
+def test_the_job_writes_the_repository_on_the_cpu_pool(make_model, pools):
+    pod = job_for(make_model(), pools)["spec"]["template"]["spec"]
+    assert {"name": "repository", "persistentVolumeClaim": {"claimName": "models", "readOnly": False}} in pod["volumes"]
+    assert pod["nodeSelector"] == {"modelkiln.io/pool": "cpu"}
+    assert "tolerations" not in pod
+
+
+def test_a_pvc_source_and_calibration_are_mounted_read_only_and_read_as_files(make_model, pools):
+    model = make_model(source={"uri": "pvc://uploads/team/model.onnx"},
+                       conversion={"precision": "INT8", "calibration": {"uri": "pvc://uploads/calib.npz"}})
+    job = job_for(model, pools)
+    args = container(job)["args"]
+    assert args[args.index("--source") + 1] == "file:///sources/uploads/team/model.onnx"
+    assert args[args.index("--calibration") + 1] == "file:///sources/uploads/calib.npz"
+    assert {"name": "source-0", "mountPath": "/sources/uploads", "readOnly": True} in container(job)["volumeMounts"]
+    assert {"name": "source-0", "persistentVolumeClaim": {"claimName": "uploads", "readOnly": True}} in \
+        job["spec"]["template"]["spec"]["volumes"]
+
+
+@pytest.mark.parametrize("build", ["job", "deployment"])
+def test_every_pod_is_locked_down(make_model, pools, build):
+    model = make_model()
+    obj = job_for(model, pools) if build == "job" else deployment_for(model, pools["CPU"])
+    pod = obj["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    security = container(obj)["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    writable = {m["mountPath"] for m in container(obj)["volumeMounts"] if not m.get("readOnly")}
+    assert "/tmp" in writable
+
+
+@pytest.mark.parametrize("device, pool_name, resource, openvino_device", [
+    ("CPU", "CPU", None, "CPU"),
+    ("GPU", "GPU", "gpu.intel.com/i915", "GPU"),
+    ("VPU", "NPU", "npu.intel.com/accel", "NPU"),
+    ("NPU", "NPU", "npu.intel.com/accel", "NPU"),
+])
+def test_the_deployment_lands_on_the_device_pool(make_model, pools, device, pool_name, resource, openvino_device):
+    model = make_model(serving={"device": device, "resources": {"requests": {"cpu": "2"}}})
+    deployment = deployment_for(model, pools[pool_name])
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == pools[pool_name]["nodeSelector"]
+    assert pod.get("tolerations") == pools[pool_name].get("tolerations")
+    limits = container(deployment)["resources"].get("limits", {})
+    assert (limits.get(resource) == 1) if resource else limits == {}
+    assert container(deployment)["resources"]["requests"] == {"cpu": "2"}
+    args = container(deployment)["args"]
+    assert args[args.index("--device") + 1] == openvino_device
+
+
+def test_the_deployment_serves_the_artifact_with_probes_on_the_model(make_model, pools):
+    deployment = deployment_for(make_model(serving={"replicas": 3}), pools["CPU"])
+    runtime = container(deployment)
+    assert runtime["args"][:5] == ["serve", "--repository", "/models", "--model", "digits"]
+    assert runtime["args"][runtime["args"].index("--version-policy") + 1] == '{"specific":[4]}'
+    assert runtime["startupProbe"]["httpGet"]["path"] == "/v2/models/digits/ready"
+    assert runtime["readinessProbe"]["httpGet"]["path"] == "/v2/models/digits/ready"
+    assert runtime["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert {p["containerPort"] for p in runtime["ports"]} == {8080, 8081}
+    assert {"name": "repository", "mountPath": "/models/digits", "subPath": "digits", "readOnly": True} in \
+        runtime["volumeMounts"]
+    assert deployment["spec"]["replicas"] == 3
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["modelkiln.io/artifact-version"] == "4"  # a new artifact rolls the pods
+
+
+def test_with_autoscaling_the_deployment_leaves_replicas_to_the_hpa(make_model, pools):
+    model = make_model(serving={"autoscaling": {"minReplicas": 2, "maxReplicas": 5, "targetCPUUtilization": 60}})
+    assert "replicas" not in deployment_for(model, pools["CPU"])["spec"]
+
+
+def test_the_service_and_its_headless_twin_select_only_serving_pods(make_model, pools):
+    model = make_model()
+    service, headless = build_service(model=model), build_service(model=model, headless=True)
+    assert service["metadata"]["name"] == "digits" and headless["metadata"]["name"] == "digits-headless"
+    assert headless["spec"]["clusterIP"] == "None" and "clusterIP" not in service["spec"]
+    assert {p["port"] for p in service["spec"]["ports"]} == {8080, 8081}
+    pod_labels = deployment_for(model, pools["CPU"])["spec"]["template"]["metadata"]["labels"]
+    job_labels = job_for(model, pools)["spec"]["template"]["metadata"]["labels"]
+    selector = service["spec"]["selector"]
+    assert selector.items() <= pod_labels.items()
+    assert not selector.items() <= job_labels.items()
+
+
+def test_the_hpa_scales_on_cpu_or_on_in_flight_requests(make_model):
+    model = make_model()
+    cpu = build_hpa(model=model, autoscaling={"minReplicas": 1, "maxReplicas": 5, "targetCPUUtilization": 70})
+    assert cpu["apiVersion"] == "autoscaling/v2"
+    assert cpu["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "digits"}
+    assert cpu["spec"]["metrics"] == [{"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
+    inflight = build_hpa(model=model, autoscaling={"minReplicas": 2, "maxReplicas": 9, "targetInflightRequests": 8})
+    assert (inflight["spec"]["minReplicas"], inflight["spec"]["maxReplicas"]) == (2, 9)
+    assert inflight["spec"]["metrics"] == [{"type": "Pods", "pods": {
+        "metric": {"name": "modelkiln_inflight_requests"}, "target": {"type": "AverageValue", "averageValue": "8"}}}]
+
+
+def test_the_pdb_keeps_all_but_one_serving_pod(make_model):
+    pdb = build_pdb(model=make_model())
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {
+        "modelkiln.io/model": "digits", "app.kubernetes.io/component": "serving"}}}
+    assert pdb["metadata"]["ownerReferences"][0]["name"] == "digits"

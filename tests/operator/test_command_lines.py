@@ -1,0 +1,74 @@
+"""The command lines an InferenceModel turns into (shared by conversion Jobs, serving pods and `modelkiln up`)."""
+
+from __future__ import annotations
+
+import json
+
+from modelkiln.operator.commands import artifact_key, convert_args, serve_args
+
+SOURCE = {"uri": "https://models.example.com/digits.onnx"}
+
+
+def test_the_artifact_key_ignores_serving_and_written_out_defaults():
+    plain = {"source": SOURCE}
+    explicit = {"source": SOURCE, "conversion": {"precision": "FP32"},
+                "serving": {"device": "GPU", "replicas": 3}}
+    assert artifact_key(plain) == artifact_key(explicit)
+    assert len(artifact_key(plain)) == 64 and int(artifact_key(plain), 16) >= 0
+
+
+def test_the_artifact_key_changes_with_the_source_or_the_conversion():
+    keys = {artifact_key({"source": SOURCE}),
+            artifact_key({"source": {**SOURCE, "uri": "https://models.example.com/other.onnx"}}),
+            artifact_key({"source": SOURCE, "conversion": {"precision": "FP16"}}),
+            artifact_key({"source": SOURCE, "conversion": {"inputShape": {"input": [1, 64]}}})}
+    assert len(keys) == 4
+
+
+def test_convert_args_for_fp32_name_source_output_precision_and_key():
+    args = convert_args(spec={"source": {**SOURCE, "format": "onnx"}}, output="/models/digits", artifact_key="k1")
+    assert args == ["--source", SOURCE["uri"], "--output", "/models/digits", "--precision", "FP32",
+                    "--artifact-key", "k1", "--format", "onnx"]
+
+
+def test_convert_args_for_int8_carry_calibration_and_accuracy_bounds():
+    spec = {"source": SOURCE, "conversion": {"precision": "INT8", "calibration": {"uri": "file://calib.npz"},
+                                             "maxAccuracyDrop": 0.02, "minCosine": 0.98}}
+    args = convert_args(spec=spec, output="/m/d", artifact_key="k")
+    joined = " ".join(args)
+    assert "--precision INT8" in joined
+    assert "--calibration file://calib.npz --calibration-samples 300" in joined
+    assert "--max-accuracy-drop 0.02" in joined and "--min-cosine 0.98" in joined
+
+
+def test_convert_args_take_resolved_uris_and_preprocessing():
+    spec = {"source": {**SOURCE, "sha256": "a" * 64},
+            "conversion": {"precision": "INT8", "calibration": {"synthetic": True, "samples": 10},
+                           "inputShape": {"input": [-1, 3, 224, 224]}, "layout": {"input": "NCHW"},
+                           "mean": {"input": [123.7, 116.3, 103.5]}, "scale": {"input": [58.4, 57.1, 57.4]},
+                           "reverseChannels": True}}
+    args = convert_args(spec=spec, output="/m/d", artifact_key="k", source_uri="file:///abs/model.onnx")
+    assert args[:2] == ["--source", "file:///abs/model.onnx"]
+    joined = " ".join(args)
+    for expected in ("--sha256 " + "a" * 64, "--input-shape input=-1,3,224,224", "--layout input=NCHW",
+                     "--mean input=123.7,116.3,103.5", "--scale input=58.4,57.1,57.4", "--reverse-channels",
+                     "--synthetic-calibration --calibration-samples 10"):
+        assert expected in joined
+    assert "--calibration " not in joined
+
+
+def test_serve_args_say_device_hint_precision_and_pin_the_converted_version():
+    args = serve_args(name="digits", spec={"source": SOURCE, "serving": {"device": "VPU"}},
+                      repository="/models", version=3)
+    assert args == ["--repository", "/models", "--model", "digits", "--device", "NPU",
+                    "--performance-hint", "THROUGHPUT", "--inference-precision", "auto",
+                    "--version-policy", '{"specific":[3]}']
+
+
+def test_serve_args_follow_the_spec_version_policy_and_default_to_latest():
+    spec = {"source": SOURCE, "serving": {"versionPolicy": {"latest": 2}, "performanceHint": "LATENCY"}}
+    args = serve_args(name="m", spec=spec, repository="/r", version=7)
+    assert json.loads(args[args.index("--version-policy") + 1]) == {"latest": 2}
+    assert args[args.index("--performance-hint") + 1] == "LATENCY"
+    unpinned = serve_args(name="m", spec={"source": SOURCE}, repository="/r")
+    assert json.loads(unpinned[unpinned.index("--version-policy") + 1]) == {"latest": 1}

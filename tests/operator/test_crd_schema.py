@@ -1,0 +1,201 @@
+"""The CRD as the API: what it accepts, what it refuses (with the API server's words), its defaults."""
+
+from __future__ import annotations
+
+import copy
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tomllib
+
+import pytest
+import yaml
+
+from modelkiln.operator import schema
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").rglob("*.yaml"))
+
+VALID = {
+    "apiVersion": "modelkiln.io/v1alpha1",
+    "kind": "InferenceModel",
+    "metadata": {"name": "resnet50"},
+    "spec": {"source": {"uri": "https://models.example.com/resnet50.onnx"}},
+}
+
+
+def with_spec(**parts) -> dict:
+    obj = copy.deepcopy(VALID)
+    obj["spec"].update(parts)
+    return obj
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_example_is_valid(path):
+    for obj in yaml.safe_load_all(path.read_text()):
+        if obj and obj.get("kind") == "InferenceModel":
+            assert schema.validate(obj) == []
+
+
+def test_the_examples_cover_each_precision_and_device():
+    specs = [schema.with_defaults(yaml.safe_load(p.read_text()))["spec"] for p in EXAMPLES]
+    assert {s["conversion"]["precision"] for s in specs} >= {"FP32", "FP16", "INT8"}
+    assert {s["serving"]["device"] for s in specs} >= {"CPU", "GPU", "VPU"}
+    assert any("calibration" in s["conversion"] for s in specs)
+
+
+def test_a_minimal_model_is_valid_and_gets_the_documented_defaults():
+    assert schema.validate(VALID) == []
+    spec = schema.with_defaults(VALID)["spec"]
+    assert spec["conversion"] == {"precision": "FP32"}
+    assert spec["serving"] == {"device": "CPU", "performanceHint": "THROUGHPUT", "inferencePrecision": "auto"}
+    assert "replicas" not in spec["serving"]  # a default would collide with autoscaling
+
+
+def test_defaults_do_not_change_the_input_and_fill_nested_objects():
+    obj = with_spec(conversion={"precision": "INT8", "calibration": {"uri": "file://c.npz"}},
+                    serving={"autoscaling": {"maxReplicas": 3, "targetCPUUtilization": 60}})
+    before = copy.deepcopy(obj)
+    spec = schema.with_defaults(obj)["spec"]
+    assert obj == before
+    assert spec["conversion"]["calibration"]["samples"] == 300
+    assert spec["serving"]["autoscaling"]["minReplicas"] == 1
+
+
+@pytest.mark.parametrize("obj, message", [
+    (with_spec(serving={"device": "TPU"}),
+     'spec.serving.device: Unsupported value: "TPU": supported values: "CPU", "GPU", "VPU", "NPU", "AUTO"'),
+    (with_spec(conversion={"precision": "FP8"}),
+     'spec.conversion.precision: Unsupported value: "FP8": supported values: "FP32", "FP16", "INT8"'),
+    (with_spec(conversion={"precision": "FP16", "calibration": {"uri": "file://c.npz"}}),
+     'spec.conversion: Invalid value: "object": calibration is only valid with precision INT8'),
+    (with_spec(conversion={"precision": "INT8"}),
+     'spec.conversion: Invalid value: "object": precision INT8 needs calibration: '
+     'set calibration.uri, or calibration.synthetic: true'),
+    (with_spec(conversion={"precision": "INT8", "calibration": {"uri": "file://c.npz", "synthetic": True}}),
+     'spec.conversion.calibration: Invalid value: "object": calibration needs exactly one of uri or synthetic: true'),
+    (with_spec(serving={"autoscaling": {"minReplicas": 5, "maxReplicas": 2, "targetCPUUtilization": 70}}),
+     'spec.serving.autoscaling.minReplicas: Invalid value: "object": '
+     'autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas'),
+    (with_spec(serving={"autoscaling": {"maxReplicas": 2}}),
+     'spec.serving.autoscaling: Invalid value: "object": '
+     'autoscaling needs exactly one target, targetCPUUtilization or targetInflightRequests'),
+    (with_spec(serving={"autoscaling": {"maxReplicas": 2, "targetCPUUtilization": 50,
+                                        "targetInflightRequests": 4}}),
+     'spec.serving.autoscaling: Invalid value: "object": '
+     'autoscaling needs exactly one target, targetCPUUtilization or targetInflightRequests'),
+    (with_spec(serving={"replicas": 2, "autoscaling": {"maxReplicas": 4, "targetCPUUtilization": 50}}),
+     'spec.serving: Invalid value: "object": set either replicas or autoscaling, not both'),
+    (with_spec(serving={"replicas": -1}),
+     "spec.serving.replicas: Invalid value: -1: spec.serving.replicas in body should be greater than or equal to 0"),
+    (with_spec(serving={"replicas": "two"}),
+     'spec.serving.replicas: Invalid value: "string": spec.serving.replicas in body must be of type integer: "string"'),
+    (with_spec(source={"uri": "s3://bucket/model.onnx"}),
+     'spec.source.uri: Invalid value: "string": source.uri must start with file://, http://, https:// or pvc://'),
+    (with_spec(source={"uri": "pvc://models"}),
+     'spec.source.uri: Invalid value: "string": a pvc:// URI must name the claim and a path: '
+     'pvc://CLAIM/path/to/model.onnx'),
+    (with_spec(source={"uri": "https://x/m.onnx", "sha256": "ABC"}),
+     "spec.source.sha256: Invalid value: \"ABC\": spec.source.sha256 in body should match '^[0-9a-f]{64}$'"),
+    (with_spec(source={}), "spec.source.uri: Required value"),
+    (with_spec(serving={"versionPolicy": {"latest": 1, "all": True}}),
+     'spec.serving.versionPolicy: Invalid value: "object": versionPolicy needs exactly one of latest, specific or all'),
+    (with_spec(serving={"device": "CPU", "gpus": 1}), 'unknown field "spec.serving.gpus"'),
+    (with_spec(nodePool="x" * 64), "spec.nodePool: Too long: may not be more than 63 bytes"),
+], ids=lambda v: v if isinstance(v, str) and len(v) < 40 else None)
+def test_an_invalid_model_is_refused_with_the_api_servers_message(obj, message):
+    assert message in schema.validate(obj)
+
+
+def test_a_model_without_source_is_refused():
+    obj = copy.deepcopy(VALID)
+    del obj["spec"]["source"]
+    assert schema.validate(obj) == ["spec.source: Required value"]
+
+
+def test_a_name_too_long_for_the_job_name_is_refused():
+    obj = copy.deepcopy(VALID)
+    obj["metadata"]["name"] = "m" * 47
+    assert schema.validate(obj) == [
+        '<nil>: Invalid value: "object": metadata.name must be at most 46 characters: '
+        "it names the Service and the conversion Job <name>-convert-<key8>"]
+
+
+def test_wrong_kind_and_missing_name_are_refused():
+    errors = schema.validate({"apiVersion": "v1", "kind": "Model", "metadata": {}, "spec": {}})
+    assert errors == ['apiVersion: Unsupported value: "v1": supported values: "modelkiln.io/v1alpha1"',
+                      'kind: Unsupported value: "Model": supported values: "InferenceModel"',
+                      "metadata.name: Required value: name or generateName is required"]
+
+
+def test_every_error_is_reported_at_once():
+    obj = with_spec(source={"uri": "ftp://x"}, serving={"device": "TPU", "replicas": -3})
+    assert len(schema.validate(obj)) == 3
+
+
+def test_the_crd_has_the_subresources_columns_and_short_name_kubectl_uses():
+    crd = schema.load_crd()
+    assert crd["spec"]["names"]["shortNames"] == ["im"]
+    (version,) = crd["spec"]["versions"]
+    assert version["subresources"]["status"] == {}
+    assert version["subresources"]["scale"] == {"specReplicasPath": ".spec.serving.replicas",
+                                                "statusReplicasPath": ".status.replicas",
+                                                "labelSelectorPath": ".status.selector"}
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Device", "Precision", "Phase",
+                                                                          "Ready", "Age"]
+
+
+def _spec_fields(node: dict, path: str):
+    for key, sub in node.get("properties", {}).items():
+        yield f"{path}.{key}", sub
+        yield from _spec_fields(sub, f"{path}.{key}")
+
+
+def test_every_spec_field_has_a_description_for_kubectl_explain():
+    spec = schema.load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    undocumented = [path for path, sub in _spec_fields(spec, "spec")
+                    if "description" not in sub and path.count(".") < 4
+                    and not path.startswith(("spec.serving.autoscaling.m", "spec.serving.resources.",
+                                             "spec.serving.versionPolicy."))]
+    assert undocumented == []
+
+
+def _walk(node):
+    if isinstance(node, dict):
+        yield node
+        for key, value in node.items():
+            if key != "anyOf":  # int-or-string alternatives, bounded by the pattern
+                yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def test_every_string_list_and_map_under_spec_is_bounded_for_cel_cost_estimation():
+    spec = schema.load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for node in _walk(spec):
+        if node.get("type") == "string" and "enum" not in node and "pattern" not in node:
+            assert "maxLength" in node, node
+        if node.get("type") == "array":
+            assert "maxItems" in node, node
+        if node.get("type") == "object" and "additionalProperties" in node:
+            assert "maxProperties" in node, node
+
+
+def test_the_crd_is_found_where_the_wheel_puts_it(tmp_path):
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packaged = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]["crds"]
+    # Lay the package out as the wheel does: the module tree plus crds/ at the force-include target.
+    shutil.copytree(ROOT / "operator" / "modelkiln", tmp_path / "modelkiln")
+    shutil.copytree(ROOT / "crds", tmp_path / packaged)
+    result = subprocess.run(
+        [sys.executable, "-c", "from modelkiln.operator import schema; print(schema.crd_path()); "
+                               "print(schema.load_crd()['metadata']['name'])"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == [str(tmp_path / packaged / schema.CRD_FILE), "inferencemodels.modelkiln.io"]
+
+
+def test_the_crd_is_found_in_a_checkout():
+    assert schema.crd_path() == ROOT / "crds" / schema.CRD_FILE

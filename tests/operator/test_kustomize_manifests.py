@@ -1,0 +1,90 @@
+"""manifests/ renders with kubectl, grants exactly what the operator calls, and runs it locked down."""
+
+from __future__ import annotations
+
+import collections
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from modelkiln.operator import config, handlers, kube
+from modelkiln.operator.devicepools import CONFIG_KEY, parse_device_pools
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    """`kubectl kustomize manifests/`, objects by kind."""
+    result = subprocess.run(["kubectl", "kustomize", str(ROOT / "manifests")], capture_output=True, text=True,
+                            check=True)
+    by_kind = collections.defaultdict(list)
+    for obj in yaml.safe_load_all(result.stdout):
+        by_kind[obj["kind"]].append(obj)
+    return by_kind
+
+
+def grants(rules: list[dict]) -> set[tuple[str, str, str]]:
+    return {(group, resource, verb) for rule in rules for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def test_the_base_installs_every_piece(rendered):
+    assert {"Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+            "Role", "RoleBinding", "Deployment", "ConfigMap", "PersistentVolumeClaim"} <= rendered.keys()
+    crds = {crd["metadata"]["name"] for crd in rendered["CustomResourceDefinition"]}
+    assert "inferencemodels.modelkiln.io" in crds
+
+
+def test_the_cluster_role_grants_exactly_what_the_operator_and_kopf_call(rendered):
+    (role,) = rendered["ClusterRole"]
+    needed = {(r.group, r.plural, verb) for r, verbs in kube.PERMISSIONS.items() for verb in verbs}
+    needed |= {(group, plural, verb) for (group, plural), verbs in handlers.FRAMEWORK_PERMISSIONS.items()
+               for verb in verbs}
+    assert grants(role["rules"]) == needed
+
+
+def test_the_namespaced_role_reads_only_the_device_pool_configmap(rendered):
+    (role,) = rendered["Role"]
+    assert role["metadata"]["namespace"] == "modelkiln-system"
+    needed = {(r.group, r.plural, verb) for r, verbs in kube.NAMESPACED_PERMISSIONS.items() for verb in verbs}
+    assert grants(role["rules"]) == needed
+    assert [rule["resourceNames"] for rule in role["rules"]] == [["modelkiln-device-pools"]]
+
+
+def test_the_bindings_give_the_roles_to_the_operators_service_account(rendered):
+    (account,) = rendered["ServiceAccount"]
+    (deployment,) = rendered["Deployment"]
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    for binding in rendered["ClusterRoleBinding"] + rendered["RoleBinding"]:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
+                                        "namespace": account["metadata"]["namespace"]}]
+
+
+def test_the_operator_runs_non_root_with_a_read_only_root_filesystem(rendered):
+    (deployment,) = rendered["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (operator,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert operator["securityContext"]["readOnlyRootFilesystem"] is True
+    assert operator["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert operator["args"][0] == "operator" and "--peering=modelkiln" in operator["args"]
+    assert operator["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_the_shipped_configuration_matches_the_operators_defaults(rendered):
+    (deployment,) = rendered["Deployment"]
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    defaults = config.from_environment({})
+    (configmap,) = rendered["ConfigMap"]
+    assert configmap["metadata"]["name"] == env["MODELKILN_DEVICE_POOLS_CONFIGMAP"] == defaults.device_pools_configmap
+    pools = parse_device_pools(configmap["data"][CONFIG_KEY], source="manifests")
+    assert {"CPU", "GPU", "NPU"} <= pools.keys()
+    (claim,) = rendered["PersistentVolumeClaim"]
+    assert claim["metadata"]["name"] == env["MODELKILN_REPOSITORY_CLAIM"] == defaults.repository_claim
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]

@@ -1,0 +1,112 @@
+"""Status from observations: the conversion outcome, conditions, phase and readiness."""
+
+from __future__ import annotations
+
+import json
+
+from modelkiln.operator import status as st
+from modelkiln.operator.conversion_job import conversion_outcome
+
+SUMMARY = {"version": 3, "path": "/models/digits/3", "artifactKey": "abc", "precision": "INT8",
+           "sha256": "e" * 64, "sizeBytes": 5120, "reused": False,
+           "verification": {"maxAbsError": 0.01, "cosine": 0.999, "top1Agreement": 1.0}}
+
+
+def job(condition: str | None) -> dict:
+    conditions = [{"type": condition, "status": "True", "reason": "BackoffLimitExceeded",
+                   "message": "Job has reached the specified backoff limit"}] if condition else []
+    return {"metadata": {"name": "digits-convert-abc12345"}, "status": {"conditions": conditions}}
+
+
+def pod(created: str, *, exit_code: int, message: str) -> dict:
+    return {"metadata": {"creationTimestamp": created},
+            "status": {"containerStatuses": [{"name": "convert", "state": {"terminated": {
+                "exitCode": exit_code, "message": message, "reason": "Error" if exit_code else "Completed"}}}]}}
+
+
+def test_a_succeeded_job_yields_the_converters_summary():
+    done = pod("2026-11-26T01:00:00Z", exit_code=0, message="converting...\n" + json.dumps(SUMMARY))
+    outcome = conversion_outcome(job=job("Complete"), pods=[done])
+    assert outcome == {"state": "succeeded", "summary": SUMMARY, "transient": False, "message": ""}
+
+
+def test_a_failed_job_yields_the_one_line_cause_of_the_last_attempt():
+    first = pod("2026-11-26T01:00:00Z", exit_code=3, message="download timed out")
+    last = pod("2026-11-26T01:02:00Z", exit_code=1, message="source sha256 mismatch: expected aa…, got bb…")
+    outcome = conversion_outcome(job=job("Failed"), pods=[last, first])
+    assert outcome["state"] == "failed" and outcome["transient"] is False
+    assert outcome["message"] == "source sha256 mismatch: expected aa…, got bb…"
+
+
+def test_a_transient_failure_that_ran_out_of_retries_says_so():
+    outcome = conversion_outcome(job=job("Failed"), pods=[pod("t", exit_code=3, message="connection reset")])
+    assert outcome["transient"] is True
+    assert outcome["message"].startswith("connection reset (transient; gave up after")
+
+
+def test_a_failed_job_without_a_pod_message_uses_the_jobs_reason():
+    outcome = conversion_outcome(job=job("Failed"), pods=[])
+    assert outcome["message"] == "Job has reached the specified backoff limit"
+
+
+def test_a_success_without_a_summary_is_a_failure_naming_the_job():
+    outcome = conversion_outcome(job=job("Complete"), pods=[pod("t", exit_code=0, message="done")])
+    assert outcome["state"] == "failed"
+    assert "digits-convert-abc12345 succeeded but its pod's termination message holds no JSON summary" in \
+        outcome["message"]
+
+
+def test_a_job_without_a_final_condition_is_running():
+    assert conversion_outcome(job=job(None), pods=[])["state"] == "running"
+
+
+def test_last_transition_time_moves_only_when_the_status_changes():
+    old = st.merge_conditions([], [st.condition(st.READY, False, reason="RollingOut", message="0 of 1",
+                                                generation=1)], now="T1")
+    same = st.merge_conditions(old, [st.condition(st.READY, False, reason="MinimumReplicasUnavailable",
+                                                  message="0 of 1", generation=2)], now="T2")
+    flipped = st.merge_conditions(same, [st.condition(st.READY, True, reason="MinimumReplicasAvailable",
+                                                      message="1 of 1", generation=2)], now="T3")
+    assert [c["lastTransitionTime"] for c in (*old, *same, *flipped)] == ["T1", "T1", "T3"]
+    assert same[0]["observedGeneration"] == 2 and same[0]["reason"] == "MinimumReplicasUnavailable"
+
+
+def conds(converted: tuple[bool, str] | None, ready: tuple[bool, str] | None = None) -> list:
+    made = []
+    if converted:
+        made.append(st.condition(st.CONVERTED, converted[0], reason=converted[1], message="", generation=1))
+    if ready:
+        made.append(st.condition(st.READY, ready[0], reason=ready[1], message="", generation=1))
+    return made
+
+
+def test_the_phase_is_derived_from_the_conditions():
+    assert st.phase([]) == "Pending"
+    assert st.phase(conds((False, "Converting"), (False, "Converting"))) == "Converting"
+    assert st.phase(conds((False, "ConversionFailed"), (False, "ConversionFailed"))) == "Failed"
+    assert st.phase(conds((True, "ConversionSucceeded"), (False, "RollingOut"))) == "Deploying"
+    assert st.phase(conds((True, "ConversionSucceeded"), (False, "NoDevicePool"))) == "Failed"
+    assert st.phase(conds((True, "ConversionSucceeded"), (True, "MinimumReplicasAvailable"))) == "Ready"
+
+
+def deployment(*, generation=2, observed=2, updated=2, available=2) -> dict:
+    return {"metadata": {"generation": generation},
+            "status": {"observedGeneration": observed, "updatedReplicas": updated, "availableReplicas": available,
+                       "replicas": updated, "readyReplicas": available}}
+
+
+def test_ready_needs_the_rollout_done_and_enough_pods_with_the_model_loaded():
+    rolling = st.ready_from_deployment(deployment(observed=1), wanted=2, generation=5)
+    assert (rolling["status"], rolling["reason"]) == ("False", "RollingOut")
+    short = st.ready_from_deployment(deployment(available=1), wanted=2, generation=5)
+    assert (short["status"], short["reason"], short["message"]) == (
+        "False", "MinimumReplicasUnavailable", "1 of 2 replicas have the model loaded")
+    ready = st.ready_from_deployment(deployment(), wanted=2, generation=5)
+    assert (ready["status"], ready["reason"], ready["observedGeneration"]) == ("True", "MinimumReplicasAvailable", 5)
+
+
+def test_only_changed_conditions_are_transitions():
+    old = conds((False, "Converting"), (False, "Converting"))
+    new = conds((True, "ConversionSucceeded"), (False, "Converting"))
+    assert [c["type"] for c in st.transitions(old, new)] == [st.CONVERTED]
+    assert st.transitions(new, new) == []
