@@ -136,9 +136,9 @@ def load_pytorch(path: pathlib.Path):
 
 
 def pytorch_conversion_arguments(path: pathlib.Path, *, example_inputs: dict[str, list[int]]) -> dict:
+    model = load_pytorch(path)     # first: it explains a missing torch
     import torch
 
-    model = load_pytorch(path)
     if isinstance(model, torch.export.ExportedProgram):
         return {"input_model": model}   # carries its own input signature
     if not example_inputs:
