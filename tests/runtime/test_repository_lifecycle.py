@@ -38,37 +38,39 @@ def test_new_version_takes_over_under_load_with_zero_failed_requests(tmp_path, s
     outcomes: list[tuple[str, str, str]] = []  # (transport, version or error, check)
     stop = threading.Event()
 
-    def http_loop():
+    def http_caller():
         client = triton_http.InferenceServerClient(server.http.removeprefix("http://"))
-        while not stop.is_set():
+
+        def infer():
             tensor = triton_http.InferInput("x", [2, 4], "FP32")
             tensor.set_data_from_numpy(X)
-            try:
-                result = client.infer("mlp", [tensor])
-            except Exception as error:
-                outcomes.append(("http", f"error: {error}", ""))
-                continue
-            version = result.get_response()["model_version"]
-            ok = np.allclose(result.as_numpy("scores"), _scores(100 * (int(version) - 1)),
-                             rtol=1e-5)
-            outcomes.append(("http", version, "ok" if ok else "wrong result"))
+            result = client.infer("mlp", [tensor])
+            return result.get_response()["model_version"], result.as_numpy("scores")
+        return infer
 
-    def grpc_loop():
+    def grpc_caller():
         client = triton_grpc.InferenceServerClient(server.grpc)
-        while not stop.is_set():
+
+        def infer():
             tensor = triton_grpc.InferInput("x", [2, 4], "FP32")
             tensor.set_data_from_numpy(X)
-            try:
-                result = client.infer("mlp", [tensor])
-            except Exception as error:
-                outcomes.append(("grpc", f"error: {error}", ""))
-                continue
-            version = result.get_response().model_version
-            ok = np.allclose(result.as_numpy("scores"), _scores(100 * (int(version) - 1)),
-                             rtol=1e-5)
-            outcomes.append(("grpc", version, "ok" if ok else "wrong result"))
+            result = client.infer("mlp", [tensor])
+            return result.get_response().model_version, result.as_numpy("scores")
+        return infer
 
-    threads = [threading.Thread(target=loop) for loop in (http_loop, http_loop, grpc_loop)]
+    def load_loop(transport, make_caller):  # each thread has its own client
+        infer = make_caller()
+        while not stop.is_set():
+            try:
+                version, scores = infer()
+            except Exception as error:
+                outcomes.append((transport, f"error: {error}", ""))
+                continue
+            ok = np.allclose(scores, _scores(100 * (int(version) - 1)), rtol=1e-5)
+            outcomes.append((transport, version, "ok" if ok else "wrong result"))
+
+    threads = [threading.Thread(target=load_loop, args=args)
+               for args in (("http", http_caller), ("http", http_caller), ("grpc", grpc_caller))]
     for thread in threads:
         thread.start()
     try:

@@ -45,6 +45,11 @@ def json_response(document, status: int = 200) -> Response:
     return Response(status, json.dumps(document, separators=(",", ":")).encode())
 
 
+def readiness_response(ready: bool) -> Response:
+    """200 when ready, 503 when not: what Kubernetes probes and load balancers act on."""
+    return json_response({"ready": ready}, 200 if ready else 503)
+
+
 def error_response(status: int, message: str) -> Response:
     return json_response({"error": message}, status)
 

@@ -17,7 +17,8 @@ import numpy as np
 from modelkiln.runtime import tensors
 from modelkiln.runtime.dataplane import DataPlane, Decoded, Result
 from modelkiln.runtime.errors import InvalidInput
-from modelkiln.runtime.http_app import Request, Response, Router, json_response, parse_json
+from modelkiln.runtime.http_app import (Request, Response, Router, json_response,
+                                        parse_json, readiness_response)
 from modelkiln.runtime.repository import ServedVersion
 
 HEADER_LENGTH = b"inference-header-content-length"
@@ -184,8 +185,7 @@ class KServeRoutes:
         return json_response({"live": True})
 
     async def ready(self, request: Request) -> Response:
-        ready = self.dataplane.ready
-        return json_response({"ready": ready}, 200 if ready else 503)
+        return readiness_response(self.dataplane.ready)
 
     async def model_metadata(self, request: Request, model: str,
                              version: str | None) -> Response:

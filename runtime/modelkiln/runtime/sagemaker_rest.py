@@ -15,7 +15,7 @@ import numpy as np
 from modelkiln.runtime import kserve_rest, tensors, tfserving_rest
 from modelkiln.runtime.dataplane import DataPlane, Decoded
 from modelkiln.runtime.errors import InvalidInput, UnsupportedMediaType
-from modelkiln.runtime.http_app import Request, Response, Router, json_response
+from modelkiln.runtime.http_app import Request, Response, Router, readiness_response
 from modelkiln.runtime.repository import ServedVersion
 
 TARGET_MODEL = b"x-amzn-sagemaker-target-model"
@@ -61,8 +61,7 @@ class SageMakerRoutes:
         router.add("POST", r"/invocations", self.invocations)
 
     async def ping(self, request: Request) -> Response:
-        ready = self.dataplane.ready
-        return json_response({"ready": ready}, 200 if ready else 503)
+        return readiness_response(self.dataplane.ready)
 
     def _target(self, request: Request) -> str:
         named = request.header(TARGET_MODEL)
