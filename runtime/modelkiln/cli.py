@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("modelkiln.runtime.convert", "convert a model to OpenVINO IR and publish a version"),
     "serve": ("modelkiln.runtime.serve", "serve a model repository (KServe v2, TF-Serving, SageMaker)"),
     "predict": ("modelkiln.runtime.predict", "send an input to a running endpoint and print the result"),
+    "devices": ("modelkiln.runtime.devices", "list the inference devices OpenVINO finds on this machine"),
     "operator": ("modelkiln.operator.main", "run the Kubernetes operator"),
 }
 

@@ -81,12 +81,22 @@ def version_policy(*, spec: dict, version: int | None = None) -> dict:
     return {"specific": [version]} if version is not None else {"latest": 1}
 
 
+def serving_options(*, spec: dict, version: int | None = None, device: str | None = None) -> dict:
+    """One model's entry in `modelkiln serve --config` (docs/interfaces.md): how `spec` serves it.
+
+    `device` overrides the spec's (local mode's explicit --device-fallback)."""
+    serving = defaulted_spec(spec)["serving"]
+    return {"device": canonical_device(device or serving["device"]),
+            "performanceHint": serving["performanceHint"],
+            "inferencePrecision": serving["inferencePrecision"],
+            "versionPolicy": version_policy(spec=spec, version=version)}
+
+
 def serve_args(*, name: str, spec: dict, repository: str, version: int | None = None) -> list[str]:
     """Arguments after `modelkiln serve` that serve model `name` of `repository` as `spec` says."""
-    serving = defaulted_spec(spec)["serving"]
-    policy = version_policy(spec=spec, version=version)
+    options = serving_options(spec=spec, version=version)
     return ["--repository", repository, "--model", name,
-            "--device", canonical_device(serving["device"]),
-            "--performance-hint", serving["performanceHint"],
-            "--inference-precision", serving["inferencePrecision"],
-            "--version-policy", json.dumps(policy, separators=(",", ":"))]
+            "--device", options["device"],
+            "--performance-hint", options["performanceHint"],
+            "--inference-precision", options["inferencePrecision"],
+            "--version-policy", json.dumps(options["versionPolicy"], separators=(",", ":"))]

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 import yaml
 
-from modelkiln.operator import conversion, schema
+from modelkiln.operator import commands, schema
 
 ALWAYS_PRESENT_DEVICES = {"CPU", "AUTO"}
+SHOWN_PREDICTIONS = 10
 
 
 class UpError(Exception):
@@ -150,12 +151,12 @@ def sha256_of(path: pathlib.Path) -> str:
 
 def machine_devices() -> set[str]:
     """OpenVINO's devices on this machine, asked of the runtime in its own process."""
-    result = subprocess.run([*modelkiln_command(), "serve", "--list-devices"],
-                            capture_output=True, text=True)
+    result = subprocess.run([*modelkiln_command(), "devices"], capture_output=True, text=True)
     if result.returncode != 0:
         raise UpError(f"cannot list this machine's devices: {result.stderr.strip()}")
     # "GPU.0" and "GPU.1" are both a GPU.
-    return {line.split(".")[0] for line in result.stdout.split()} | ALWAYS_PRESENT_DEVICES
+    return ({line.split("\t")[0].split(".")[0] for line in result.stdout.splitlines() if line}
+            | ALWAYS_PRESENT_DEVICES)
 
 
 def choose_device(name: str, wanted: str, available: set[str], fallback: str | None) -> str:
@@ -180,8 +181,8 @@ def modelkiln_command() -> list[str]:
 
 def convert(name: str, spec: dict, repository: pathlib.Path) -> dict:
     """Run `modelkiln convert` as the conversion Job would; its JSON summary, or UpError."""
-    key = conversion.artifact_key(spec)
-    args = conversion.convert_args(spec=spec, output=str(repository / name), artifact_key=key)
+    key = commands.artifact_key(spec)
+    args = commands.convert_args(spec=spec, output=str(repository / name), artifact_key=key)
     with tempfile.NamedTemporaryFile("r", suffix=".termination-log") as log:
         print(f"modelkiln up: {name}: converting {spec['source']['uri']} to "
               f"{spec['conversion']['precision']} (artifact {key[:8]})", file=sys.stderr)
@@ -196,8 +197,11 @@ def convert(name: str, spec: dict, repository: pathlib.Path) -> dict:
 
 # ---- serving ----------------------------------------------------------------------------------
 
-def serve_config(models: list[LocalModel], devices: dict[str, str]) -> dict:
-    return {"models": {m.name: {**conversion.runtime_options(m.spec), "device": devices[m.name]}
+def serve_config(models: list[LocalModel], devices: dict[str, str],
+                 versions: dict[str, int]) -> dict:
+    """`modelkiln serve --config` for several models, each served as its spec says."""
+    return {"models": {m.name: commands.serving_options(spec=m.spec, version=versions[m.name],
+                                                        device=devices[m.name])
                        for m in models}}
 
 
@@ -270,14 +274,13 @@ def print_predictions(base_url: str, name: str, samples: pathlib.Path) -> None:
         output = json.load(response)["outputs"][0]
     scores = np.asarray(output["data"]).reshape(output["shape"])
     predicted = scores.argmax(axis=-1) if scores.ndim > 1 else scores
-    right = 0
-    print(f"\npredictions from {name} over REST ({samples.name}):")
-    for row, label in enumerate(predicted):
+    print(f"\npredictions from {name} over REST for {len(predicted)} inputs of {samples.name}:")
+    for row in range(min(len(predicted), SHOWN_PREDICTIONS)):
         truth = "" if labels is None else f"   true {labels[row]}"
-        right += labels is not None and label == labels[row]
-        print(f"  sample {row:2d}: predicted {label}{truth}")
+        print(f"  input {row:2d}: predicted {predicted[row]}{truth}")
     if labels is not None:
-        print(f"  {right}/{len(predicted)} correct")
+        right = int((predicted == labels).sum())
+        print(f"  {right}/{len(predicted)} correct ({right / len(predicted):.1%})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -286,14 +289,16 @@ def run(args: argparse.Namespace) -> int:
     devices = {m.name: choose_device(m.name, m.spec["serving"]["device"], available,
                                      args.device_fallback) for m in models}
     args.repository.mkdir(parents=True, exist_ok=True)
+    versions = {}
     for model in models:
         summary = convert(model.name, localize(model), args.repository)
+        versions[model.name] = summary["version"]
         state = "reused" if summary.get("reused") else "converted"
         print(f"modelkiln up: {model.name}: {state} version {summary['version']} "
               f"({summary['precision']}, {summary['sizeBytes']} bytes)", file=sys.stderr)
 
     with tempfile.NamedTemporaryFile("w", suffix=".json") as config:
-        json.dump(serve_config(models, devices), config)
+        json.dump(serve_config(models, devices, versions), config)
         config.flush()
         command = [*modelkiln_command(), "serve", "--repository", str(args.repository),
                    "--config", config.name, "--host", args.host,
