@@ -79,11 +79,20 @@ def read_model(model_file: ModelFile, *, example_inputs: dict[str, list[int]] | 
     """Convert the source into an `ov.Model` (nothing saved yet)."""
     reader = {"onnx": read_onnx, "pytorch": read_pytorch, "ir": read_ir}.get(model_file.format, read_with_ovc)
     try:
-        return reader(model_file.path, example_inputs=example_inputs or {})
+        return with_tensor_names(reader(model_file.path, example_inputs=example_inputs or {}))
     except ConversionFailed:
         raise
     except Exception as error:  # noqa: BLE001 - frontends raise many types; the message is what counts
         raise ConversionFailed(describe_read_error(model_file, error)) from error
+
+
+def with_tensor_names(model: ov.Model) -> ov.Model:
+    """Clients address tensors by name; PyTorch graphs may leave some unnamed."""
+    for kind, ports in (("input", model.inputs), ("output", model.outputs)):
+        for index, port in enumerate(ports):
+            if not port.get_names():
+                port.get_tensor().set_names({f"{kind}_{index}"})
+    return model
 
 
 def describe_read_error(model_file: ModelFile, error: Exception) -> str:
@@ -140,7 +149,9 @@ def pytorch_conversion_arguments(path: pathlib.Path, *, example_inputs: dict[str
     import torch
 
     if isinstance(model, torch.export.ExportedProgram):
-        return {"input_model": model}   # carries its own input signature
+        # The program carries its own signature; keep its static shapes unless told otherwise.
+        shapes = list(example_inputs.values()) or [list(t.shape) for t in (model.example_inputs or ((), {}))[0]]
+        return {"input_model": model, "input": [ov.PartialShape(shape) for shape in shapes]}
     if not example_inputs:
         raise ConversionFailed("a TorchScript model has no input signature: pass --input-shape "
                                "for each input, e.g. --input-shape x=1,3,224,224")
