@@ -1,25 +1,36 @@
-"""Shows why INT8 needs real calibration data: photo-calibrated INT8 answers like FP32, noise-calibrated does not.
+"""Shows, through the real converter, why INT8 needs real calibration data.
 
-FP32 reference: ONNX Runtime on model.onnx. INT8: OpenVINO IR quantized by NNCF, once with
-calibration.npz (crops of photos that are not held out) and once with Gaussian noise of the same
-count and shape. Both are compared with FP32 on the held-out photos and on crops and mirror images
-of them (so that one disagreement is not 20 points), with OpenVINO's inference precision pinned to
-f32 so that only quantization differs.
+Converts model.onnx to INT8 with `modelkiln convert`, using the arguments the operator builds
+from int8.yaml, three times: calibrated on calibration.npz (crops of photos that are not held
+out), on random-noise images (uniform pixels, same count), and with `--synthetic-calibration`
+(the converter's own random inputs). Each artifact is then compared with FP32 (ONNX Runtime on
+model.onnx) on the held-out photos and on crops and mirror images of them (so that one
+disagreement is not 17 points), with OpenVINO's inference precision pinned to f32 so that only
+quantization differs. The int8.yaml cosine gate is left out here so that every artifact exists
+to be measured; the converter's own verification cosine is printed against it.
 
-Run (in the project's venv, plus pillow): python check_calibration.py [--variants 20]
+Run (in the project's venv, which has modelkiln, openvino, nncf, onnxruntime and pillow):
+    python check_calibration.py [--variants 20]
 """
 
 import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
-import nncf
 import numpy as np
 import onnxruntime
 import openvino as ov
+import yaml
 from PIL import Image
 
-from preprocess import HERE, IMAGE_SIZE, load_labels, load_photos, to_input
+from modelkiln.operator.commands import convert_args
+from preprocess import HERE, IMAGE_SIZE, load_labels, load_photos, normalize, to_pixels
 
 MODEL_PATH = HERE / "model.onnx"
+SPEC_PATH = HERE / "int8.yaml"
 CALIBRATION_PATH = HERE / "calibration.npz"
 
 
@@ -35,28 +46,41 @@ def variants(photo: Image.Image, *, count: int, rng: np.random.Generator) -> lis
     return result
 
 
-def quantize(calibration: np.ndarray) -> ov.CompiledModel:
-    model = ov.convert_model(str(MODEL_PATH))
-    dataset = nncf.Dataset(list(calibration[:, None]))
-    quantized = nncf.quantize(model, dataset, subset_size=len(calibration))
-    return ov.Core().compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+def convert(spec: dict, *, calibration: Path | None, output: Path) -> dict:
+    """Runs `modelkiln convert` for `spec` (synthetic calibration when `calibration` is None)."""
+    spec = json.loads(json.dumps(spec))
+    conversion = spec["conversion"]
+    conversion.pop("minCosine", None)
+    samples = conversion["calibration"]["samples"]
+    conversion["calibration"] = (
+        {"uri": calibration.as_uri(), "samples": samples} if calibration
+        else {"synthetic": True, "samples": samples}
+    )
+    args = convert_args(spec=spec, output=str(output), artifact_key=output.name,
+                        source_uri=MODEL_PATH.as_uri())
+    command = [str(Path(sys.executable).with_name("modelkiln")), "convert", *args,
+               "--termination-log", str(output.parent / f"{output.name}.log")]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"modelkiln convert failed: {result.stderr.strip().splitlines()[-1]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def infer(compiled: ov.CompiledModel, inputs: np.ndarray) -> np.ndarray:
-    return np.concatenate([compiled(sample[None])[0] for sample in inputs])
+def infer(xml: Path, pixels: np.ndarray) -> np.ndarray:
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return np.concatenate([compiled(sample[None])[0] for sample in pixels])
 
 
-def top5(logits: np.ndarray) -> np.ndarray:
-    return np.argsort(logits, axis=1)[:, -5:]
-
-
-def agreement(reference: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
-    """(top-1 agreement, mean cosine similarity of the logits)."""
-    top1 = float((reference.argmax(1) == logits.argmax(1)).mean())
+def compare(reference: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    top5 = np.argsort(logits, axis=1)[:, -5:]
     cosine = np.sum(reference * logits, 1) / (
         np.linalg.norm(reference, axis=1) * np.linalg.norm(logits, axis=1)
     )
-    return top1, float(cosine.mean())
+    return {
+        "top1": float((reference.argmax(1) == logits.argmax(1)).mean()),
+        "inTop5": float(np.mean([r in row for r, row in zip(reference.argmax(1), top5)])),
+        "cosine": float(cosine.mean()),
+    }
 
 
 def main() -> None:
@@ -67,28 +91,37 @@ def main() -> None:
 
     rng = np.random.default_rng(args.seed)
     names, photos = load_photos()
-    held_out = to_input([v for photo in photos for v in variants(photo, count=args.variants, rng=rng)])
+    pixels = to_pixels([v for photo in photos for v in variants(photo, count=args.variants, rng=rng)])
     originals = slice(None, None, args.variants + 1)
     session = onnxruntime.InferenceSession(str(MODEL_PATH), providers=["CPUExecutionProvider"])
-    (reference,) = session.run(None, {"input": held_out})
-
+    (reference,) = session.run(None, {"input": normalize(pixels)})
     labels = load_labels()
-    for name, logits in zip(names, reference[originals]):
-        print(f"FP32 {name}: {labels[int(logits.argmax())]}")
 
-    calibration = np.load(CALIBRATION_PATH)["input"]
-    noise = rng.standard_normal(calibration.shape, dtype=np.float32)
-    for kind, data in (("photo", calibration), ("noise", noise)):
-        logits = infer(quantize(data), held_out)
-        top1, cosine = agreement(reference, logits)
-        in_top5 = float(np.mean([r in row for r, row in zip(reference.argmax(1), top5(logits))]))
-        print(
-            f"INT8 {kind}-calibrated ({len(data)} samples) vs FP32 on {len(held_out)} held-out "
-            f"images: top-1 agreement {top1:.1%}, FP32 top-1 in INT8 top-5 {in_top5:.1%}, "
-            f"cosine {cosine:.3f}"
-        )
-        for name, row in zip(names, logits[originals]):
-            print(f"  INT8 {kind}-calibrated {name}: {labels[int(row.argmax())]}")
+    spec = yaml.safe_load(SPEC_PATH.read_text())["spec"]
+    gate = spec["conversion"]["minCosine"]
+    with tempfile.TemporaryDirectory() as scratch:
+        repository = Path(scratch)
+        noise_path = repository / "noise.npz"
+        calibration_shape = np.load(CALIBRATION_PATH)["input"].shape
+        np.savez(noise_path, input=rng.uniform(0, 255, calibration_shape).astype(np.float32))
+        print(f"FP32 on the photos: " + ", ".join(
+            f"{name} {labels[int(row.argmax())]!r}" for name, row in zip(names, reference[originals])))
+        for kind, calibration in (("photos", CALIBRATION_PATH), ("noise images", noise_path),
+                                  ("--synthetic-calibration", None)):
+            summary = convert(spec, calibration=calibration, output=repository / kind.strip("-"))
+            logits = infer(Path(summary["path"]) / "model.xml", pixels)
+            held_out = compare(reference, logits)
+            verification = summary["verification"]
+            print(
+                f"INT8 calibrated on {kind}: vs FP32 on {len(pixels)} held-out images, top-1 "
+                f"agreement {held_out['top1']:.1%}, FP32 top-1 in INT8 top-5 "
+                f"{held_out['inTop5']:.1%}, cosine {held_out['cosine']:.3f}; converter's "
+                f"verification cosine {verification['cosine']:.3f} "
+                f"({'passes' if verification['cosine'] >= gate else 'fails'} minCosine {gate}); "
+                f"on the photos: " + ", ".join(
+                    f"{name} {labels[int(row.argmax())]!r}"
+                    for name, row in zip(names, logits[originals]))
+            )
 
 
 if __name__ == "__main__":

