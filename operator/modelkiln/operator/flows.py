@@ -49,8 +49,11 @@ def reconcile(*, model: dict, api: kube.Kube, config: OperatorConfig, now: str) 
               "conversionJob": job, **observed}
     if artifact:
         status["artifact"] = artifact
+    # Ready repeats Converted's reason while there is nothing (new) to serve: one Event says it.
+    changed = [c for c in st.transitions(old_conditions, conditions)
+               if c["type"] == st.CONVERTED or c["reason"] != converted["reason"]]
     events = [("Normal" if c["status"] == "True" or c["reason"] not in st.FAILURE_REASONS else "Warning",
-               c["reason"], c["message"]) for c in st.transitions(old_conditions, conditions)]
+               c["reason"], c["message"]) for c in changed]
     return Result(status=status, events=events)
 
 

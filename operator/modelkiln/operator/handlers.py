@@ -17,6 +17,8 @@ from modelkiln.operator.config import OperatorConfig
 from modelkiln.operator.schema import GROUP, PLURAL, VERSION
 
 RETRY_SECONDS = 10
+# Transitions are logged here; kopf's own per-handler lines (every resync) stay at DEBUG level.
+LOG = logging.getLogger("modelkiln.operator")
 
 # What kopf calls for these handlers, and what the API server checks for ownerReferences with
 # blockOwnerDeletion; kube.PERMISSIONS has the operator's own calls. The ClusterRole grants the union.
@@ -34,14 +36,16 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger) -> None:
+def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
     model = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
     try:
         with metrics.RECONCILE_DURATION.time():
             result = flows.reconcile(model=model, api=memo.api, config=memo.config, now=_now())
-    except kube.KubeError as exc:
+    except Exception as exc:
         metrics.RECONCILES.labels(outcome="error").inc()
-        raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=RETRY_SECONDS) from exc
+        if isinstance(exc, kube.KubeError):
+            raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=RETRY_SECONDS) from exc
+        raise  # kopf logs it with its traceback and retries with backoff
     metrics.RECONCILES.labels(outcome="success").inc()
     metrics.record_phase(body.metadata.uid, result.status["phase"])
     # A merge patch: fields the new status no longer has are removed explicitly.
@@ -49,13 +53,18 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logg
     patch.status.update(result.status)
     for kind, reason, message in result.events:
         kopf.event(body, type=kind, reason=reason, message=message)
-        log = logger.warning if kind == "Warning" else logger.info
-        log("%s: %s", reason, message)
+        log = LOG.warning if kind == "Warning" else LOG.info
+        log("%s/%s: %s: %s", body.metadata.namespace, body.metadata.name, reason, message)
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     """Register the handlers for the InferenceModel resource in `registry`."""
     resource = dict(group=GROUP, version=VERSION, plural=PLURAL)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs) -> kopf.ConnectionInfo | None:
+        # A registry of our own has no default login: use the kubernetes client's (in-cluster or KUBECONFIG).
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.startup(registry=registry)
     def connect(memo: kopf.Memo, settings: kopf.OperatorSettings, **_) -> None:
@@ -76,13 +85,13 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     @kopf.on.resume(**resource, registry=registry)
     @kopf.on.create(**resource, registry=registry)
     @kopf.on.update(**resource, field="spec", registry=registry)
-    def spec_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_) -> None:
-        _reconcile(body, patch, memo, logger)
+    def spec_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_) -> None:
+        _reconcile(body, patch, memo)
 
     @kopf.timer(**resource, interval=config.resync_seconds, initial_delay=config.resync_seconds,
                 registry=registry)
-    def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_) -> None:
-        _reconcile(body, patch, memo, logger)
+    def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_) -> None:
+        _reconcile(body, patch, memo)
 
     @kopf.on.delete(**resource, optional=True, registry=registry)
     def deleted(body: kopf.Body, **_) -> None:

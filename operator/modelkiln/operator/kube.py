@@ -53,7 +53,7 @@ PERMISSIONS: dict[Resource, frozenset[str]] = {
     AUTOSCALERS: _APPLY | {"delete"},
     DISRUPTION_BUDGETS: _APPLY | {"delete"},
     CLAIMS: frozenset({"get"}),
-    PEERINGS: frozenset({"create"}),  # the operator creates its peering object at startup
+    PEERINGS: frozenset({"create", "get"}),  # the operator makes sure its peering object exists
 }
 # Read in the operator's own namespace only (a Role, not the ClusterRole).
 NAMESPACED_PERMISSIONS: dict[Resource, frozenset[str]] = {CONFIGMAPS: frozenset({"get"})}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 
 import kopf
 import prometheus_client
@@ -23,6 +24,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--peering", metavar="NAME",
                    help="coordinate with other replicas through the ClusterKopfPeering NAME "
                         "(only one replica acts at a time); without it the operator runs standalone")
+    p.add_argument("--priority", type=int,
+                   help="peering priority: the replica with the highest acts (default: random, so "
+                        "that replicas never tie; kopf pauses all replicas of equal priority)")
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: off)")
     p.add_argument("--health-port", type=int, default=8080,
                    help="liveness endpoint port, GET /healthz (0: off)")
@@ -38,6 +42,9 @@ def main(argv: list[str]) -> int:
         parser().error(str(exc))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # kopf logs every handler and timer run of every object at INFO: a line per model per resync.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port)
     registry = kopf.OperatorRegistry()
@@ -48,6 +55,7 @@ def main(argv: list[str]) -> int:
         namespaces=args.namespace,
         standalone=args.peering is None,
         peering_name=args.peering,
+        priority=args.priority if args.priority is not None else random.randint(1, 1_000_000),
         liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
     )
     return 0

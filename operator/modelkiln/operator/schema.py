@@ -15,7 +15,7 @@ import functools
 import json
 import pathlib
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import celpy
 import yaml
@@ -94,35 +94,61 @@ def validate(obj: dict) -> list[str]:
     if not isinstance(metadata, dict) or not metadata.get("name"):
         errors.append("metadata.name: Required value: name or generateName is required")
         return errors
-    errors += _check(with_defaults(obj), _open_api_schema(), "")
-    return errors
+    obj = with_defaults(obj)
+    schema = _open_api_schema()
+    unknown = _unknown_fields(obj, schema, "")
+    if unknown:
+        # The API server's strict decoding refuses unknown fields before validating anything.
+        return errors + unknown
+    problems = _check(obj, schema, "")
+    errors += [problem.message for problem in problems]
+    if any(problem.blocking for problem in problems):
+        # Like the API server: rules may rely on types, bounds and required fields; with one of
+        # those broken they are not run, and it says so.
+        return errors + [RULES_SKIPPED]
+    return errors + _rule_errors(obj, schema, "")
 
 
-def _check(value: Any, schema: dict, path: str) -> list[str]:
+RULES_SKIPPED = ("<nil>: Invalid value: null: some validation rules were not checked because the object "
+                 "was invalid; correct the existing errors to complete validation")
+
+
+class _Problem(NamedTuple):
+    message: str
+    blocking: bool  # the API server skips the CEL rules after such an error
+
+
+def _children(value: Any, schema: dict, path: str):
+    """(child, its schema or None when unknown, its path) for each child of `value`."""
+    if isinstance(value, dict) and path != "metadata":  # the API server checks metadata itself
+        properties, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        for key, item in value.items():
+            sub = properties.get(key, extra if isinstance(extra, dict) else None)
+            yield item, sub, _join(path, key)
+    elif isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            yield item, schema["items"], f"{path}[{index}]"
+
+
+def _unknown_fields(value: Any, schema: dict, path: str) -> list[str]:
+    found = []
+    for item, sub, item_path in _children(value, schema, path):
+        found += _unknown_fields(item, sub, item_path) if sub is not None else [f'unknown field "{item_path}"']
+    return found
+
+
+def _check(value: Any, schema: dict, path: str) -> list[_Problem]:
     where = path or "<nil>"
     type_error = _type_error(value, schema, where)
     if type_error:
-        return [type_error]
-    errors = _bound_errors(value, schema, where)
-    if isinstance(value, dict) and path != "metadata":  # the API server checks metadata itself
-        properties = schema.get("properties", {})
-        for key in schema.get("required", []):
-            if key not in value:
-                errors.append(f"{_join(path, key)}: Required value")
-        extra = schema.get("additionalProperties")
-        for key, item in value.items():
-            if key in properties:
-                errors += _check(item, properties[key], _join(path, key))
-            elif isinstance(extra, dict):
-                errors += _check(item, extra, _join(path, key))
-            else:
-                errors.append(f'unknown field "{_join(path, key)}"')
-    elif isinstance(value, list) and "items" in schema:
-        for index, item in enumerate(value):
-            errors += _check(item, schema["items"], f"{where}[{index}]")
-    # A rule tripping over a child that is already reported wrong would only repeat the news.
-    errors += _rule_errors(value, schema, path, quiet_eval_errors=bool(errors))
-    return errors
+        return [_Problem(type_error, blocking=True)]
+    problems = _bound_problems(value, schema, where)
+    if isinstance(value, dict) and path != "metadata":
+        problems += [_Problem(f"{_join(path, key)}: Required value", blocking=True)
+                     for key in schema.get("required", []) if key not in value]
+    for item, sub, item_path in _children(value, schema, path):
+        problems += _check(item, sub, item_path)
+    return problems
 
 
 def _type_error(value: Any, schema: dict, where: str) -> str | None:
@@ -141,45 +167,49 @@ def _type_error(value: Any, schema: dict, where: str) -> str | None:
     return None
 
 
-def _bound_errors(value: Any, schema: dict, where: str) -> list[str]:
-    errors = []
+def _bound_problems(value: Any, schema: dict, where: str) -> list[_Problem]:
+    problems = []
+
+    def add(message: str, *, blocking: bool = False) -> None:
+        problems.append(_Problem(f"{where}: {message}", blocking))
+
     if "enum" in schema and value not in schema["enum"]:
-        supported = ", ".join(_show(v) for v in schema["enum"])
-        errors.append(f"{where}: Unsupported value: {_show(value)}: supported values: {supported}")
+        add(f"Unsupported value: {_show(value)}: supported values: {', '.join(_show(v) for v in schema['enum'])}",
+            blocking=True)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
-            errors.append(f"{where}: Invalid value: {_show(value)}: "
-                          f"{where} in body should be greater than or equal to {schema['minimum']}")
+            add(f"Invalid value: {_show(value)}: {where} in body should be greater than or equal to {schema['minimum']}")
         if "maximum" in schema and value > schema["maximum"]:
-            errors.append(f"{where}: Invalid value: {_show(value)}: "
-                          f"{where} in body should be less than or equal to {schema['maximum']}")
+            add(f"Invalid value: {_show(value)}: {where} in body should be less than or equal to {schema['maximum']}")
     if isinstance(value, str):
         if "maxLength" in schema and len(value.encode()) > schema["maxLength"]:
-            errors.append(f"{where}: Too long: may not be more than {schema['maxLength']} bytes")
+            add(f"Too long: may not be more than {schema['maxLength']} bytes", blocking=True)
         if "pattern" in schema and not re.search(schema["pattern"], value):
-            errors.append(f"{where}: Invalid value: {_show(value)}: "
-                          f"{where} in body should match '{schema['pattern']}'")
-    if isinstance(value, list) and "maxItems" in schema and len(value) > schema["maxItems"]:
-        errors.append(f"{where}: Too many: {len(value)}: must have at most {schema['maxItems']} items")
+            add(f"Invalid value: {_show(value)}: {where} in body should match '{schema['pattern']}'")
+    if isinstance(value, list):
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            add(f"Invalid value: {len(value)}: {where} in body should have at least {schema['minItems']} items")
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            add(f"Too many: {len(value)}: must have at most {schema['maxItems']} items", blocking=True)
     if isinstance(value, dict) and "maxProperties" in schema and len(value) > schema["maxProperties"]:
-        errors.append(f"{where}: Too many: {len(value)}: must have at most {schema['maxProperties']} items")
-    return errors
+        add(f"Too many: {len(value)}: must have at most {schema['maxProperties']} items", blocking=True)
+    return problems
 
 
-def _rule_errors(value: Any, schema: dict, path: str, *, quiet_eval_errors: bool) -> list[str]:
+def _rule_errors(value: Any, schema: dict, path: str) -> list[str]:
     errors = []
     for rule in schema.get("x-kubernetes-validations", []):
         try:
             passed = _program(rule["rule"]).evaluate({"self": celpy.json_to_cel(value)})
         except celpy.CELEvalError as exc:
-            if quiet_eval_errors:
-                continue
-            passed, detail = False, f"rule evaluation error: {exc.args[0]}"
+            passed, detail = False, f"{exc.args[0]} evaluating rule: {rule.get('message') or rule['rule']}"
         else:
             detail = rule.get("message") or f"failed rule: {rule['rule']}"
         if not passed:
             where = (path + rule.get("fieldPath", "")).lstrip(".") or "<nil>"
             errors.append(f"{where}: Invalid value: {_show(schema.get('type', 'object'))}: {detail}")
+    for item, sub, item_path in _children(value, schema, path):
+        errors += _rule_errors(item, sub, item_path)
     return errors
 
 
