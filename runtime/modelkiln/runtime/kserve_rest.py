@@ -9,6 +9,7 @@ request asks with `parameters.binary_data_output` or an output's `parameters.bin
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from dataclasses import dataclass
 
@@ -25,6 +26,9 @@ HEADER_LENGTH = b"inference-header-content-length"
 SERVER_NAME = "modelkiln"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "model_repository_versions"]
+# Generated request ids: unique per process start (random prefix) and cheap per request (counter).
+_ID_PREFIX = uuid.uuid4().hex[:12]
+_ID_COUNTER = itertools.count(1)
 VERSIONED = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 
 
@@ -121,7 +125,7 @@ def decode_request(served: ServedVersion, document, binary: memoryview) -> KServ
     as_binary = [binary_flags.get(s.name, default_binary) for s in outputs]
     request_id = document.get("id")
     if not isinstance(request_id, str) or not request_id:
-        request_id = uuid.uuid4().hex  # generated, so that logs and clients can correlate
+        request_id = f"{_ID_PREFIX}-{next(_ID_COUNTER)}"  # so that logs and clients correlate
     return KServeRequest(Decoded(arrays=arrays, outputs=outputs), as_binary, request_id)
 
 

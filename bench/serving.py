@@ -1,0 +1,530 @@
+"""Serving benchmark: ModelKiln's runtime against in-process OpenVINO and the peers a user would pick.
+
+Closed-loop load (each of C clients sends its next request when the previous answer is in) at
+concurrency 1, 8 and 32, over REST JSON, REST binary (KServe v2 binary tensor extension) and
+gRPC raw contents, for two models built here with random weights: an image model (ResNet-50
+shaped, 1x3x224x224) and a tiny MLP (1x16, measures server overhead). In the same run:
+
+- in-process: OpenVINO's AsyncInferQueue on the same IR with the same settings (the limit);
+- KServe's Python ModelServer 0.21 and MLServer 1.7, each serving the same IR through a minimal
+  OpenVINO model class, installed by this script into their own venvs under
+  ~/.cache/modelkiln/bench (they are not project dependencies).
+
+Prints req/s, p50 and p99 per cell and the ratios the targets are about, and writes them as JSON.
+
+    python bench/serving.py [--peers kserve,mlserver] [--seconds 6] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+import onnx
+import openvino as ov
+from onnx import TensorProto, helper, numpy_helper
+
+CACHE = pathlib.Path.home() / ".cache" / "modelkiln" / "bench"
+PEERS = {
+    "kserve": ("kserve-0.21", ["kserve==0.21.0"]),
+    "mlserver": ("mlserver-1.7", ["mlserver==1.7.1", "uvloop<0.22"]),
+}
+CONCURRENCY = (1, 8, 32)
+PROTOCOLS = ("rest-json", "rest-binary", "grpc-raw")
+RNG = np.random.default_rng(0)
+
+
+# ---------------------------------------------------------------- models
+
+def _conv(nodes, inits, name, source, c_in, c_out, k, stride, relu=True):
+    weight = (RNG.standard_normal((c_out, c_in, k, k)) * np.sqrt(2 / (c_in * k * k)))
+    inits += [numpy_helper.from_array(weight.astype(np.float32), f"{name}.w"),
+              numpy_helper.from_array(np.zeros(c_out, np.float32), f"{name}.b")]
+    nodes.append(helper.make_node("Conv", [source, f"{name}.w", f"{name}.b"], [name],
+                                  kernel_shape=[k, k], strides=[stride, stride],
+                                  pads=[k // 2] * 4))
+    if not relu:
+        return name
+    nodes.append(helper.make_node("Relu", [name], [f"{name}.r"]))
+    return f"{name}.r"
+
+
+def resnet50_graph() -> onnx.ModelProto:
+    """ResNet-50's layers and shapes (bottlenecks 3-4-6-3) with random weights, BN folded."""
+    nodes, inits = [], []
+    x = _conv(nodes, inits, "stem", "input", 3, 64, 7, 2)
+    nodes.append(helper.make_node("MaxPool", [x], ["pool"], kernel_shape=[3, 3], strides=[2, 2],
+                                  pads=[1, 1, 1, 1]))
+    x, c_in = "pool", 64
+    for stage, (blocks, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
+        for block in range(blocks):
+            stride = 2 if block == 0 and stage > 0 else 1
+            name = f"s{stage}b{block}"
+            y = _conv(nodes, inits, f"{name}.1", x, c_in, width, 1, 1)
+            y = _conv(nodes, inits, f"{name}.2", y, width, width, 3, stride)
+            y = _conv(nodes, inits, f"{name}.3", y, width, width * 4, 1, 1, relu=False)
+            shortcut = x if block else _conv(nodes, inits, f"{name}.down", x, c_in, width * 4, 1,
+                                             stride, relu=False)
+            nodes.append(helper.make_node("Add", [y, shortcut], [f"{name}.sum"]))
+            nodes.append(helper.make_node("Relu", [f"{name}.sum"], [f"{name}.out"]))
+            x, c_in = f"{name}.out", width * 4
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"]))
+    inits += [numpy_helper.from_array((RNG.standard_normal((2048, 1000)) * 0.02)
+                                      .astype(np.float32), "fc.w"),
+              numpy_helper.from_array(np.zeros(1000, np.float32), "fc.b")]
+    nodes.append(helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "resnet50", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                          [1, 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def mlp_graph() -> onnx.ModelProto:
+    inits = [numpy_helper.from_array(RNG.standard_normal((16, 32)).astype(np.float32), "w1"),
+             numpy_helper.from_array(RNG.standard_normal(32).astype(np.float32), "b1"),
+             numpy_helper.from_array(RNG.standard_normal((32, 4)).astype(np.float32), "w2"),
+             numpy_helper.from_array(RNG.standard_normal(4).astype(np.float32), "b2")]
+    nodes = [helper.make_node("Gemm", ["input", "w1", "b1"], ["h"]),
+             helper.make_node("Relu", ["h"], ["hr"]),
+             helper.make_node("Gemm", ["hr", "w2", "b2"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [-1, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [-1, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+MODELS = {"image": (resnet50_graph, (1, 3, 224, 224)), "tiny": (mlp_graph, (1, 16))}
+
+
+def build_repository(root: pathlib.Path) -> None:
+    for name, (graph, _) in MODELS.items():
+        version = root / name / "1"
+        if (version / "model.xml").exists():
+            continue
+        version.mkdir(parents=True, exist_ok=True)
+        onnx.save(graph(), version / "source.onnx")
+        ov.save_model(ov.convert_model(str(version / "source.onnx")), version / "model.xml",
+                      compress_to_fp16=False)
+        (version / "source.onnx").unlink()
+
+
+# ---------------------------------------------------------------- requests on the wire
+
+def rest_json_request(model: str, x: np.ndarray) -> tuple[str, bytes, dict]:
+    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                                   "data": x.ravel().tolist()}]}).encode()
+    return f"/v2/models/{model}/infer", body, {"Content-Type": "application/json"}
+
+
+def rest_binary_request(model: str, x: np.ndarray) -> tuple[str, bytes, dict]:
+    header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    return (f"/v2/models/{model}/infer", header + x.tobytes(),
+            {"Content-Type": "application/octet-stream",
+             "Inference-Header-Content-Length": str(len(header))})
+
+
+def grpc_request(model: str, x: np.ndarray) -> bytes:
+    # the KServe v2 wire format, from our own stubs (same package and field numbers)
+    from modelkiln.runtime.proto import grpc_service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.tobytes())
+    return request.SerializeToString()
+
+
+class HttpConnection(asyncio.Protocol):
+    """A keep-alive HTTP/1.1 client connection that sends a prebuilt request, lean as can be."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future | None = None
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        length = 0
+        for line in bytes(self.buffer[:end]).split(b"\r\n")[1:]:
+            key, _, value = line.partition(b":")
+            if key.strip().lower() == b"content-length":
+                length = int(value)
+        if len(self.buffer) >= end + 4 + length:
+            status = int(self.buffer[9:12])
+            del self.buffer[:end + 4 + length]
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(status)
+
+    def connection_lost(self, exc) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("connection lost"))
+
+    async def send(self, raw: bytes) -> int:
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(raw)
+        return await self.waiter
+
+
+async def closed_loop(make_client, concurrency: int, seconds: float, warmup: float):
+    """Run `concurrency` clients for `seconds`; returns (req/s, p50 ms, p99 ms, errors)."""
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + warmup + seconds
+    measure_from = time.perf_counter() + warmup
+
+    async def client():
+        nonlocal errors
+        call = await make_client()
+        while True:
+            started = time.perf_counter()
+            if started >= stop_at:
+                return
+            try:
+                ok = await call()
+            except ConnectionError:  # the server closed on us (MLServer on a binary body)
+                errors += 1
+                return
+            ended = time.perf_counter()
+            if started >= measure_from:
+                latencies.append(ended - started)
+                errors += not ok
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    if not latencies:
+        return 0.0, float("nan"), float("nan"), errors
+    p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
+    return len(latencies) / seconds, float(p50), float(p99), errors
+
+
+def http_client_factory(port: int, path: str, body: bytes, headers: dict):
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+    async def make():
+        loop = asyncio.get_running_loop()
+        _, connection = await loop.create_connection(HttpConnection, "127.0.0.1", port)
+
+        async def call() -> bool:
+            return await connection.send(raw) == 200
+        return call
+    return make
+
+
+def grpc_client_factory(port: int, body: bytes):
+    import grpc
+
+    channels = []
+
+    async def make():
+        # one channel (one HTTP/2 connection) per client, as separate client processes would have
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[
+            ("grpc.max_receive_message_length", 1 << 28), ("grpc.max_send_message_length", 1 << 28),
+            ("grpc.use_local_subchannel_pool", 1)])
+        channels.append(channel)
+        method = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+        async def call() -> bool:
+            try:
+                await method(body)
+                return True
+            except grpc.aio.AioRpcError:
+                return False
+        return call
+    return make
+
+
+# ---------------------------------------------------------------- in-process limit
+
+def in_process(xml: pathlib.Path, shape, concurrency: int, seconds: float, warmup: float):
+    core = ov.Core()
+    compiled = core.compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+    jobs = min(concurrency, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    queue = ov.AsyncInferQueue(compiled, jobs)
+    x = RNG.standard_normal(shape).astype(np.float32)
+    latencies: list[float] = []
+
+    def done(request, started):
+        latencies.append(time.perf_counter() - started)
+    queue.set_callback(done)
+    end = time.perf_counter() + warmup
+    while time.perf_counter() < end:
+        queue.start_async({0: x}, time.perf_counter())
+    queue.wait_all()
+    latencies.clear()
+    began = time.perf_counter()
+    end = began + seconds
+    while time.perf_counter() < end:
+        queue.start_async({0: x}, time.perf_counter())
+    queue.wait_all()
+    elapsed = time.perf_counter() - began
+    p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
+    return len(latencies) / elapsed, float(p50), float(p99), 0
+
+
+# ---------------------------------------------------------------- servers
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(port: int, path: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"port {port} {path} never ready")
+
+
+KSERVE_SERVER = '''
+import sys, numpy as np, openvino as ov, kserve
+from kserve import InferRequest, InferResponse, InferOutput
+from kserve.utils.utils import generate_uuid
+
+class OpenVINOModel(kserve.Model):
+    def __init__(self, name, xml):
+        super().__init__(name)
+        self.xml = xml
+        self.load()
+
+    def load(self):
+        self.compiled = ov.Core().compile_model(self.xml, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+        self.request = self.compiled.create_infer_request()
+        self.ready = True
+        return True
+
+    def predict(self, payload: InferRequest, headers=None):
+        x = payload.inputs[0].as_numpy()
+        y = self.request.infer({0: x})[self.compiled.outputs[0]]
+        output = InferOutput(name="logits", shape=list(y.shape), datatype="FP32")
+        output.set_data_from_numpy(y, binary_data=payload.use_binary_outputs if hasattr(payload, "use_binary_outputs") else True)
+        return InferResponse(model_name=self.name, infer_outputs=[output], response_id=payload.id or generate_uuid())
+
+if __name__ == "__main__":
+    repo, http_port, grpc_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    models = [OpenVINOModel(name, f"{repo}/{name}/1/model.xml") for name in ("image", "tiny")]
+    kserve.ModelServer(http_port=http_port, grpc_port=grpc_port).start(models)
+'''
+
+MLSERVER_RUNTIME = '''
+import numpy as np, openvino as ov
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+class OpenVINOModel(MLModel):
+    async def load(self) -> bool:
+        xml = self.settings.parameters.uri
+        self.compiled = ov.Core().compile_model(xml, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+        self.request = self.compiled.create_infer_request()
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        x = NumpyCodec.decode_input(payload.inputs[0])
+        y = self.request.infer({0: x})[self.compiled.outputs[0]]
+        return InferenceResponse(model_name=self.name, id=payload.id,
+                                 outputs=[NumpyCodec.encode_output("logits", y)])
+'''
+
+
+def ensure_peer(name: str) -> pathlib.Path:
+    directory, packages = PEERS[name]
+    venv = CACHE / directory
+    python = venv / "bin" / "python"
+    stamp = venv / ".installed"
+    if not stamp.exists():
+        print(f"installing {name} into {venv} ...", flush=True)
+        base_python = shutil.which("python3.11") or sys.executable
+        subprocess.run([base_python, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *packages,
+                        f"openvino=={ov.__version__.split('-')[0]}"], check=True)
+        stamp.touch()
+    return python
+
+
+def start_modelkiln(repo: pathlib.Path, work: pathlib.Path):
+    http, grpc_port = free_port(), free_port()
+    log = open(work / "modelkiln.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "modelkiln.cli", "serve", "--repository",
+                                str(repo), "--host", "127.0.0.1", "--http-port", str(http),
+                                "--grpc-port", str(grpc_port), "--log-level", "WARNING"],
+                               stdout=log, stderr=subprocess.STDOUT)
+    wait_http(http, "/v2/health/ready", process)
+    return process, http, grpc_port
+
+
+def start_kserve(repo: pathlib.Path, work: pathlib.Path):
+    python = ensure_peer("kserve")
+    script = work / "kserve_server.py"
+    script.write_text(textwrap.dedent(KSERVE_SERVER))
+    http, grpc_port = free_port(), free_port()
+    log = open(work / "kserve.log", "wb")
+    process = subprocess.Popen([str(python), str(script), str(repo), str(http), str(grpc_port)],
+                               stdout=log, stderr=subprocess.STDOUT, cwd=work)
+    wait_http(http, "/v2/models/tiny/ready", process)
+    wait_http(http, "/v2/models/image/ready", process)
+    return process, http, grpc_port
+
+
+def start_mlserver(repo: pathlib.Path, work: pathlib.Path):
+    python = ensure_peer("mlserver")
+    root = work / "mlserver"
+    root.mkdir(exist_ok=True)
+    (root / "openvino_runtime.py").write_text(textwrap.dedent(MLSERVER_RUNTIME))
+    http, grpc_port, metrics = free_port(), free_port(), free_port()
+    (root / "settings.json").write_text(json.dumps(
+        {"http_port": http, "grpc_port": grpc_port, "metrics_port": metrics, "host": "127.0.0.1"}))
+    for name in MODELS:
+        (root / name).mkdir(exist_ok=True)
+        (root / name / "model-settings.json").write_text(json.dumps(
+            {"name": name, "implementation": "openvino_runtime.OpenVINOModel",
+             "parameters": {"uri": str(repo / name / "1" / "model.xml")}}))
+    log = open(work / "mlserver.log", "wb")
+    process = subprocess.Popen([str(python.parent / "mlserver"), "start", str(root)],
+                               stdout=log, stderr=subprocess.STDOUT, cwd=root,
+                               env={**os.environ, "PYTHONPATH": str(root)})
+    wait_http(http, "/v2/models/tiny/ready", process)
+    wait_http(http, "/v2/models/image/ready", process)
+    return process, http, grpc_port
+
+
+SERVERS = {"modelkiln": start_modelkiln, "kserve": start_kserve, "mlserver": start_mlserver}
+
+
+def measure_server(name: str, repo: pathlib.Path, work: pathlib.Path, args) -> dict:
+    process, http, grpc_port = SERVERS[name](repo, work)
+    results = {}
+    try:
+        for model in args.models:
+            x = RNG.standard_normal(MODELS[model][1]).astype(np.float32)
+            factories = {
+                "rest-json": http_client_factory(http, *rest_json_request(model, x)),
+                "rest-binary": http_client_factory(http, *rest_binary_request(model, x)),
+                "grpc-raw": grpc_client_factory(grpc_port, grpc_request(model, x)),
+            }
+            for protocol in args.protocols:
+                for concurrency in args.concurrency:
+                    seconds = args.seconds * (2 if model == "image" else 1)
+                    cell = asyncio.run(closed_loop(factories[protocol], concurrency, seconds,
+                                                   args.warmup))
+                    results[f"{model}/{protocol}/c{concurrency}"] = cell
+                    report(name, model, protocol, concurrency, cell)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    return results
+
+
+def report(server, model, protocol, concurrency, cell) -> None:
+    rate, p50, p99, errors = cell
+    print(f"{server:10} {model:6} {protocol:12} c={concurrency:<3} {rate:9.1f} req/s  "
+          f"p50 {p50:8.2f} ms  p99 {p99:8.2f} ms  errors {errors}", flush=True)
+
+
+def machine() -> str:
+    flags = set()
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                  if l.startswith("model name")), platform.processor())
+    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{os.cpu_count()} cores, {model}, {' '.join(wanted)}, OpenVINO {ov.__version__}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peers", default="kserve,mlserver",
+                        help="comma-separated: kserve, mlserver (empty for none)")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")],
+                        default=list(CONCURRENCY))
+    parser.add_argument("--protocols", type=lambda s: s.split(","), default=list(PROTOCOLS))
+    parser.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS))
+    parser.add_argument("--json", type=pathlib.Path, help="write every number here")
+    args = parser.parse_args()
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    work = pathlib.Path(tempfile.mkdtemp(prefix="modelkiln-bench-"))
+    repo = CACHE / "repository"
+    build_repository(repo)
+    print(f"machine: {machine()}", flush=True)
+    results: dict[str, dict] = {"in-process": {}}
+    for model in args.models:
+        shape = MODELS[model][1]
+        for concurrency in args.concurrency:
+            seconds = args.seconds * (2 if model == "image" else 1)
+            cell = in_process(repo / model / "1" / "model.xml", shape, concurrency, seconds,
+                              args.warmup)
+            results["in-process"][f"{model}/in-process/c{concurrency}"] = cell
+            report("in-process", model, "AsyncInferQueue", concurrency, cell)
+    for server in ["modelkiln", *[p for p in args.peers.split(",") if p]]:
+        results[server] = measure_server(server, repo, work, args)
+    summarize(results)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "results": results}, indent=1))
+    return 0
+
+
+def summarize(results: dict) -> None:
+    ours = results["modelkiln"]
+    limit = results["in-process"]
+    print("\nratios")
+    for protocol in ("grpc-raw", "rest-binary"):
+        key = f"image/{protocol}/c8"
+        if key in ours and "image/in-process/c8" in limit:
+            print(f"  image {protocol} c=8 / in-process c=8: "
+                  f"{ours[key][0] / limit['image/in-process/c8'][0]:.2f}x")
+    key = "image/grpc-raw/c1"
+    if key in ours and "image/in-process/c1" in limit:
+        print(f"  image grpc-raw c=1 p99 - in-process p99: "
+              f"{ours[key][2] - limit['image/in-process/c1'][2]:+.2f} ms")
+    peers = [p for p in results if p not in ("modelkiln", "in-process")]
+    for protocol in PROTOCOLS:
+        key = f"tiny/{protocol}/c8"
+        best = max((results[p].get(key, (0,))[0] for p in peers), default=0)
+        if key in ours and best:
+            print(f"  tiny {protocol} c=8 / best peer: {ours[key][0] / best:.2f}x "
+                  f"({ours[key][0]:.0f} vs {best:.0f} req/s)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
