@@ -69,6 +69,15 @@ def image_graph() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
+def reshape_graph() -> onnx.ModelProto:
+    """x FP32 [N,4] reshaped to [2,4]: valid by its signature for any N, runs only for N=2."""
+    target = numpy_helper.from_array(np.array([2, 4], np.int64), "target")
+    nodes = [helper.make_node("Reshape", ["x", "target"], ["y"])]
+    graph = helper.make_graph(nodes, "reshape", [_value("x", TensorProto.FLOAT, ["N", 4])],
+                              [_value("y", TensorProto.FLOAT, [2, 4])], [target])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
 def slow_graph() -> onnx.ModelProto:
     """x FP32 [N,512] through eight 512x512 matmuls: as slow as the client makes N."""
     weight = numpy_helper.from_array(

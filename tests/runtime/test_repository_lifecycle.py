@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
-from runtime_helpers import MLP_B, MLP_W, mlp_graph, publish, slow_graph
+from runtime_helpers import MLP_B, MLP_W, mlp_graph, publish, reshape_graph, slow_graph
 
 X = np.ones((2, 4), np.float32)
 
@@ -171,3 +171,24 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(tmp_path, start_
     assert server.process.wait(timeout=60) == 0
     log = server.log()
     assert "draining in-flight requests" in log and "stopped" in log
+
+
+def test_an_engine_failure_is_a_500_with_the_reason_and_the_model_keeps_serving(
+        tmp_path, start_server):
+    repository = tmp_path / "repo"
+    publish(repository, "reshape", 1, reshape_graph())
+    server = start_server(repository)
+    server.wait_until("/v2/health/ready")
+
+    def infer(rows: int) -> httpx.Response:
+        return httpx.post(f"{server.http}/v2/models/reshape/infer", json={"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [rows, 4], "data": [0.5] * rows * 4}]},
+            timeout=30)
+
+    for _ in range(3):  # more failures than the model has infer requests: none is lost
+        failed = infer(3)
+        assert failed.status_code == 500
+        assert failed.json()["error"].startswith("inference failed: ")
+        assert "Traceback" not in failed.text
+    assert infer(2).status_code == 200
+    assert "inference failed" in server.log()
