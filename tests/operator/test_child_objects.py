@@ -77,14 +77,15 @@ def test_the_job_writes_the_repository_on_the_cpu_pool(make_model, pools):
     assert "tolerations" not in pod
 
 
-def test_a_pvc_source_and_calibration_are_mounted_read_only_and_read_as_files(make_model, pools):
+def test_a_pvc_source_and_calibration_are_mounted_read_only_where_the_converter_reads_them(make_model, pools):
     model = make_model(source={"uri": "pvc://uploads/team/model.onnx"},
                        conversion={"precision": "INT8", "calibration": {"uri": "pvc://uploads/calib.npz"}})
     job = job_for(model, pools)
     args = container(job)["args"]
-    assert args[args.index("--source") + 1] == "file:///sources/uploads/team/model.onnx"
-    assert args[args.index("--calibration") + 1] == "file:///sources/uploads/calib.npz"
-    assert {"name": "source-0", "mountPath": "/sources/uploads", "readOnly": True} in container(job)["volumeMounts"]
+    assert args[args.index("--source") + 1] == "pvc://uploads/team/model.onnx"
+    assert args[args.index("--calibration") + 1] == "pvc://uploads/calib.npz"
+    assert {"name": "MODELKILN_PVC_ROOT", "value": "/mnt/pvc"} in container(job)["env"]
+    assert {"name": "source-0", "mountPath": "/mnt/pvc/uploads", "readOnly": True} in container(job)["volumeMounts"]
     assert {"name": "source-0", "persistentVolumeClaim": {"claimName": "uploads", "readOnly": True}} in \
         job["spec"]["template"]["spec"]["volumes"]
 

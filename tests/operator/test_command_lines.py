@@ -55,6 +55,9 @@ def test_convert_args_take_resolved_uris_and_preprocessing():
                      "--synthetic-calibration --calibration-samples 10"):
         assert expected in joined
     assert "--calibration " not in joined
+    both = convert_args(spec={"source": SOURCE, "conversion": {"precision": "INT8", "calibration": {
+        "uri": "file://c.npz", "synthetic": True}}}, output="/m/d", artifact_key="k")
+    assert "--calibration file://c.npz --synthetic-calibration" in " ".join(both)  # data only for verification
 
 
 def test_serve_args_say_device_hint_precision_and_pin_the_converted_version():

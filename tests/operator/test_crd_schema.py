@@ -74,8 +74,8 @@ def test_defaults_do_not_change_the_input_and_fill_nested_objects():
     (with_spec(conversion={"precision": "INT8"}),
      'spec.conversion: Invalid value: "object": precision INT8 needs calibration: '
      'set calibration.uri, or calibration.synthetic: true'),
-    (with_spec(conversion={"precision": "INT8", "calibration": {"uri": "file://c.npz", "synthetic": True}}),
-     'spec.conversion.calibration: Invalid value: "object": calibration needs exactly one of uri or synthetic: true'),
+    (with_spec(conversion={"precision": "INT8", "calibration": {"samples": 10}}),
+     'spec.conversion.calibration: Invalid value: "object": calibration needs uri, or synthetic: true'),
     (with_spec(serving={"autoscaling": {"minReplicas": 5, "maxReplicas": 2, "targetCPUUtilization": 70}}),
      'spec.serving.autoscaling.minReplicas: Invalid value: "object": '
      'autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas'),

@@ -41,7 +41,7 @@ def convert_args(*, spec: dict, output: str, artifact_key: str, source_uri: str 
     """Arguments after `modelkiln convert` for `spec`.
 
     `source_uri` / `calibration_uri` replace the spec's URIs where the caller has resolved them
-    (a pvc:// claim mounted into the Job, a file:// path relative to the YAML file in local mode).
+    (local mode: a file:// path relative to the YAML file made absolute).
     """
     spec = defaulted_spec(spec)
     source, conversion = spec["source"], spec["conversion"]
@@ -60,10 +60,10 @@ def convert_args(*, spec: dict, output: str, artifact_key: str, source_uri: str 
         args.append("--reverse-channels")
     calibration = conversion.get("calibration")
     if calibration:
+        if calibration.get("uri"):
+            args += ["--calibration", calibration_uri or calibration["uri"]]
         if calibration.get("synthetic"):
             args.append("--synthetic-calibration")
-        else:
-            args += ["--calibration", calibration_uri or calibration["uri"]]
         args += ["--calibration-samples", str(calibration["samples"])]
     if "maxAccuracyDrop" in conversion:
         args += ["--max-accuracy-drop", str(conversion["maxAccuracyDrop"])]

@@ -22,7 +22,8 @@ TRANSIENT_EXIT_CODE = 3
 BACKOFF_LIMIT = 3
 TTL_SECONDS = 3600
 DEADLINE_SECONDS = 7200
-SOURCES_PATH = "/sources"
+# pvc://CLAIM/path is read by the converter from $MODELKILN_PVC_ROOT/CLAIM/path (docs/interfaces.md).
+PVC_ROOT = "/mnt/pvc"
 RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
 
 
@@ -37,28 +38,21 @@ def job_name(*, name: str, key: str) -> str:
     return f"{name}-convert-{key[:8]}"
 
 
-def mounted_uri(uri: str) -> tuple[str, str | None]:
-    """(URI the converter reads, claim to mount): pvc://CLAIM/path is read from the mounted claim."""
-    if not uri.startswith("pvc://"):
-        return uri, None
-    claim, _, path = uri.removeprefix("pvc://").partition("/")
-    return f"file://{SOURCES_PATH}/{claim}/{path}", claim
+def source_claims(spec: dict) -> list[str]:
+    """The claims named by pvc:// URIs of the source and the calibration data."""
+    uris = [spec["source"]["uri"], spec["conversion"].get("calibration", {}).get("uri", "")]
+    return sorted({uri.removeprefix("pvc://").partition("/")[0] for uri in uris if uri.startswith("pvc://")})
 
 
 def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim: str,
               pool: DevicePool) -> dict:
     """Job `<name>-convert-<key8>` converting `spec` into `<repository>/<name>/` in `image`."""
     name = model["metadata"]["name"]
-    source_uri, source_claim = mounted_uri(spec["source"]["uri"])
-    calibration_uri, calibration_claim = None, None
-    if spec["conversion"].get("calibration", {}).get("uri"):
-        calibration_uri, calibration_claim = mounted_uri(spec["conversion"]["calibration"]["uri"])
-    args = convert_args(spec=spec, output=f"{objects.REPOSITORY_PATH}/{name}", artifact_key=key,
-                        source_uri=source_uri, calibration_uri=calibration_uri)
-    claims = sorted({c for c in (source_claim, calibration_claim) if c})
+    args = convert_args(spec=spec, output=f"{objects.REPOSITORY_PATH}/{name}", artifact_key=key)
+    claims = source_claims(spec)
     mounts = [{"name": "repository", "mountPath": objects.REPOSITORY_PATH},
               {"name": "tmp", "mountPath": "/tmp"}]
-    mounts += [{"name": f"source-{i}", "mountPath": f"{SOURCES_PATH}/{claim}", "readOnly": True}
+    mounts += [{"name": f"source-{i}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
                for i, claim in enumerate(claims)]
     volumes = [objects.repository_volume(claim=repository_claim, read_only=False),
                objects.scratch_volume("tmp")]
@@ -69,7 +63,7 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
         "image": image,
         "command": ["modelkiln"],
         "args": ["convert", *args],
-        "env": [{"name": "HOME", "value": "/tmp"}],
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MODELKILN_PVC_ROOT", "value": PVC_ROOT}],
         "resources": RESOURCES,
         "volumeMounts": mounts,
         "securityContext": objects.container_security_context(),
