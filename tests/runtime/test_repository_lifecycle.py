@@ -93,14 +93,17 @@ def test_new_version_takes_over_under_load_with_zero_failed_requests(tmp_path, s
     assert "model mlp version 1 unloaded" in server.log()
 
 
-def test_version_policy_all_serves_every_version(tmp_path, start_server):
+def test_version_policy_all_serves_every_version_and_caches_compiled_models(tmp_path,
+                                                                          start_server):
     repository = tmp_path / "repo"
     publish(repository, "mlp", 1, mlp_graph(offset=0))
     publish(repository, "mlp", 3, mlp_graph(offset=200))
     config = tmp_path / "serving.json"
     config.write_text(json.dumps({"models": {"mlp": {"versionPolicy": {"all": {}}}}}))
-    server = start_server(repository, "--config", str(config))
+    cache = tmp_path / "cache"
+    server = start_server(repository, "--config", str(config), "--cache-dir", str(cache))
     server.wait_until("/v2/health/ready")
+    assert list(cache.glob("*.blob")), "OpenVINO's model cache (CACHE_DIR) stays empty"
     client = triton_http.InferenceServerClient(server.http.removeprefix("http://"))
     for version, offset in (("1", 0), ("3", 200), ("", 200)):
         tensor = triton_http.InferInput("x", [2, 4], "FP32")
