@@ -161,7 +161,12 @@ class CompiledModel:
     async def _wait_for_slot(self) -> _Slot:
         waiter = self._loop.create_future()
         self._waiters.append(waiter)
-        return await waiter
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed a slot, then cancelled
+                self._release(waiter.result())
+            raise
 
     def _release(self, slot: _Slot) -> None:
         slot.future = None
