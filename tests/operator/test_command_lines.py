@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from modelkiln.operator.commands import artifact_key, convert_args, serve_args
+from modelkiln.operator.commands import artifact_key, convert_args, serve_args, serving_options
 
 SOURCE = {"uri": "https://models.example.com/digits.onnx"}
 
@@ -75,3 +75,10 @@ def test_serve_args_follow_the_spec_version_policy_and_default_to_latest():
     assert args[args.index("--performance-hint") + 1] == "LATENCY"
     unpinned = serve_args(name="m", spec={"source": SOURCE}, repository="/r")
     assert json.loads(unpinned[unpinned.index("--version-policy") + 1]) == {"latest": 1}
+
+
+def test_serving_options_are_the_config_file_form_with_a_device_override():
+    spec = {"source": SOURCE, "serving": {"device": "VPU", "inferencePrecision": "f16"}}
+    assert serving_options(spec=spec, version=2) == {"device": "NPU", "performanceHint": "THROUGHPUT",
+                                                     "inferencePrecision": "f16", "versionPolicy": {"specific": [2]}}
+    assert serving_options(spec=spec, device="CPU")["device"] == "CPU"

@@ -1,0 +1,239 @@
+"""One reconcile's decisions: which objects it creates, when it leaves things alone, what status says.
+
+The API server is played by `RecordingApi`, an in-memory store with the five calls of
+`modelkiln.operator.kube.Kube`; the real API server runs in e2e/. Each test drives the flow
+through the states a user sees (converting, converted, deployed, changed) and checks what a
+user would see: the objects and the status.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import yaml
+
+from modelkiln.operator import flows, kube
+from modelkiln.operator.commands import artifact_key
+from modelkiln.operator.config import OperatorConfig
+
+CONFIG = OperatorConfig(namespace="modelkiln-system", device_pools_configmap="pools",
+                        runtime_image="runtime:1", repository_claim="models", resync_seconds=1)
+
+
+class RecordingApi:
+    """Objects by (plural, namespace, name); every write is recorded."""
+
+    def __init__(self, pools: dict) -> None:
+        self.objects: dict[tuple[str, str | None, str], dict] = {}
+        self.writes: list[tuple[str, str, str]] = []
+        self.put(kube.CONFIGMAPS, {"metadata": {"namespace": "modelkiln-system", "name": "pools"},
+                                   "data": {"devicePools": yaml.safe_dump(pools)}})
+        self.put(kube.CLAIMS, {"metadata": {"namespace": "vision", "name": "models"}})
+
+    def put(self, resource: kube.Resource, obj: dict) -> None:
+        meta = obj["metadata"]
+        self.objects[resource.plural, meta.get("namespace"), meta["name"]] = obj
+
+    def get(self, resource, *, namespace, name):
+        found = self.objects.get((resource.plural, namespace, name))
+        return copy.deepcopy(found) if found else None
+
+    def list(self, resource, *, namespace, selector):
+        wanted = dict(part.split("=") for part in selector.split(","))
+        return [copy.deepcopy(o) for (plural, ns, _), o in self.objects.items()
+                if plural == resource.plural and ns == namespace
+                and wanted.items() <= o["metadata"].get("labels", {}).items()]
+
+    def create(self, resource, body):
+        existing = self.get(resource, namespace=body["metadata"].get("namespace"), name=body["metadata"]["name"])
+        if existing:
+            return existing
+        self.writes.append(("create", resource.plural, body["metadata"]["name"]))
+        self.put(resource, copy.deepcopy(body))
+        return copy.deepcopy(body)
+
+    def apply(self, resource, body):
+        key = (resource.plural, body["metadata"]["namespace"], body["metadata"]["name"])
+        before = self.objects.get(key, {})
+        stored = {**copy.deepcopy(body), "status": before.get("status", {})}
+        stored["metadata"]["generation"] = before.get("metadata", {}).get("generation", 0) + (
+            before.get("spec") != body.get("spec"))
+        if stored != before:
+            self.writes.append(("apply", resource.plural, body["metadata"]["name"]))
+        self.objects[key] = stored
+        return copy.deepcopy(stored)
+
+    def delete(self, resource, *, namespace, name):
+        if self.objects.pop((resource.plural, namespace, name), None):
+            self.writes.append(("delete", resource.plural, name))
+
+    # What the Job controller, kubelet and Deployment controller would do:
+    def finish_job(self, name: str, *, summary: dict | None = None, failure: str | None = None) -> None:
+        job = self.objects["jobs", "vision", name]
+        job["status"] = {"conditions": [{"type": "Complete" if summary else "Failed", "status": "True"}]}
+        message = json.dumps(summary) if summary else failure
+        self.put(kube.PODS, {"metadata": {"namespace": "vision", "name": f"{name}-pod",
+                                          "labels": {"job-name": name}, "creationTimestamp": "t"},
+                             "status": {"containerStatuses": [{"name": "convert", "state": {"terminated": {
+                                 "exitCode": 0 if summary else 1, "message": message}}}]}})
+
+    def roll_out(self, name: str) -> None:
+        deployment = self.objects["deployments", "vision", name]
+        replicas = deployment["spec"].get("replicas", 1)
+        deployment["status"] = {"observedGeneration": deployment["metadata"]["generation"], "replicas": replicas,
+                                "updatedReplicas": replicas, "readyReplicas": replicas,
+                                "availableReplicas": replicas}
+
+
+@pytest.fixture
+def api(pools) -> RecordingApi:
+    return RecordingApi(pools)
+
+
+def reconcile(model: dict, api: RecordingApi) -> flows.Result:
+    """Reconcile and store the status on `model`, as the handler's status patch does."""
+    result = flows.reconcile(model=model, api=api, config=CONFIG, now="2026-11-26T00:00:00Z")
+    model["status"] = result.status
+    return result
+
+
+def condition(model: dict, kind: str) -> tuple[str, str]:
+    (found,) = [c for c in model["status"]["conditions"] if c["type"] == kind]
+    return found["status"], found["reason"]
+
+
+def summary(model: dict, version: int) -> dict:
+    return {"version": version, "path": f"/models/digits/{version}", "precision": "FP32",
+            "artifactKey": artifact_key(model["spec"]), "sha256": "e" * 64, "sizeBytes": 10, "reused": False}
+
+
+def job_name(model: dict) -> str:
+    return f"digits-convert-{artifact_key(model['spec'])[:8]}"
+
+
+def test_a_new_model_starts_one_conversion_job_and_waits(make_model, api):
+    model = make_model()
+    result = reconcile(model, api)
+    assert api.writes == [("create", "jobs", job_name(model))]
+    assert model["status"]["phase"] == "Converting"
+    assert condition(model, "Converted") == ("False", "Converting")
+    assert [reason for _, reason, _ in result.events] == ["Converting"]
+    api.writes.clear()
+    assert reconcile(model, api).events == [] and api.writes == []  # a replay changes nothing
+
+
+def test_a_converted_model_is_served_and_becomes_ready(make_model, api):
+    model = make_model()
+    reconcile(model, api)
+    api.finish_job(job_name(model), summary=summary(model, 7))
+    reconcile(model, api)
+    assert model["status"]["artifact"]["version"] == 7
+    assert condition(model, "Converted") == ("True", "ConversionSucceeded")
+    assert ("apply", "deployments", "digits") in api.writes
+    assert model["status"]["phase"] == "Deploying"
+    api.roll_out("digits")
+    api.writes.clear()
+    reconcile(model, api)
+    assert api.writes == []
+    assert model["status"]["phase"] == "Ready" and condition(model, "Ready") == ("True", "MinimumReplicasAvailable")
+    assert model["status"]["endpoints"] == {"rest": "http://digits.vision.svc:8080", "grpc": "digits.vision.svc:8081"}
+    assert (model["status"]["replicas"], model["status"]["readyReplicas"]) == (1, 1)
+    assert ("services", "vision", "digits-headless") in api.objects
+
+
+def ready_model(make_model, api, **spec) -> dict:
+    model = make_model(**spec)
+    reconcile(model, api)
+    api.finish_job(job_name(model), summary=summary(model, 1))
+    reconcile(model, api)
+    api.roll_out("digits")
+    reconcile(model, api)
+    api.writes.clear()
+    return model
+
+
+def test_a_serving_change_updates_the_deployment_without_converting(make_model, api):
+    model = ready_model(make_model, api)
+    model["spec"]["serving"]["replicas"] = 3
+    model["metadata"]["generation"] = 2
+    reconcile(model, api)
+    assert {write[1] for write in api.writes} == {"deployments", "poddisruptionbudgets"}
+    assert api.objects["deployments", "vision", "digits"]["spec"]["replicas"] == 3
+    assert condition(model, "Ready") == ("False", "RollingOut")
+
+
+def test_autoscaling_brings_an_hpa_and_dropping_it_removes_it(make_model, api):
+    model = ready_model(make_model, api, serving={"autoscaling": {"minReplicas": 1, "maxReplicas": 4,
+                                                                  "targetCPUUtilization": 60}})
+    assert ("horizontalpodautoscalers", "vision", "digits") in api.objects
+    model["spec"]["serving"] = {**model["spec"]["serving"], "replicas": 1}
+    del model["spec"]["serving"]["autoscaling"]
+    reconcile(model, api)
+    assert ("delete", "horizontalpodautoscalers", "digits") in api.writes
+
+
+def test_a_conversion_change_converts_while_the_old_artifact_serves_then_rolls_out(make_model, api):
+    model = ready_model(make_model, api)
+    old_job = job_name(model)
+    model["spec"]["conversion"]["precision"] = "FP16"
+    model["metadata"]["generation"] = 2
+    reconcile(model, api)
+    assert api.writes == [("create", "jobs", job_name(model))] and job_name(model) != old_job
+    assert model["status"]["artifact"]["version"] == 1  # still serving
+    assert condition(model, "Ready") == ("False", "Converting")
+    api.finish_job(job_name(model), summary=summary(model, 2))
+    reconcile(model, api)
+    args = api.objects["deployments", "vision", "digits"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--version-policy") + 1] == '{"specific":[2]}'
+
+
+def test_a_failed_conversion_is_reported_and_not_retried_after_its_job_is_gone(make_model, api):
+    model = make_model()
+    reconcile(model, api)
+    api.finish_job(job_name(model), failure="fetching https://models.example.com/digits.onnx: HTTP 404")
+    result = reconcile(model, api)
+    assert model["status"]["phase"] == "Failed"
+    assert condition(model, "Converted") == ("False", "ConversionFailed")
+    assert ("Warning", "ConversionFailed", "fetching https://models.example.com/digits.onnx: HTTP 404") in result.events
+    del api.objects["jobs", "vision", job_name(model)]  # ttlSecondsAfterFinished
+    api.writes.clear()
+    reconcile(model, api)
+    assert api.writes == [] and condition(model, "Converted") == ("False", "ConversionFailed")
+
+
+def test_without_a_repository_claim_no_job_is_started(make_model, api):
+    del api.objects["persistentvolumeclaims", "vision", "models"]
+    model = make_model()
+    reconcile(model, api)
+    assert api.writes == []
+    assert condition(model, "Converted") == ("False", "RepositoryMissing")
+    assert model["status"]["phase"] == "Failed"
+
+
+def test_a_device_without_a_pool_is_a_condition_and_recovers_when_the_pool_is_added(make_model, api, pools):
+    model = make_model(serving={"device": "VPU"})
+    npu = pools.pop("NPU")
+    api.put(kube.CONFIGMAPS, {"metadata": {"namespace": "modelkiln-system", "name": "pools"},
+                              "data": {"devicePools": yaml.safe_dump(pools)}})
+    reconcile(model, api)
+    api.finish_job(job_name(model), summary=summary(model, 1))
+    reconcile(model, api)
+    assert condition(model, "Ready") == ("False", "NoDevicePool")
+    assert ("deployments", "vision", "digits") not in api.objects
+    api.put(kube.CONFIGMAPS, {"metadata": {"namespace": "modelkiln-system", "name": "pools"},
+                              "data": {"devicePools": yaml.safe_dump({**pools, "NPU": npu})}})
+    reconcile(model, api)
+    pod = api.objects["deployments", "vision", "digits"]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == npu["nodeSelector"]
+
+
+def test_a_missing_device_pool_configmap_is_named(make_model, api):
+    del api.objects["configmaps", "modelkiln-system", "pools"]
+    model = make_model()
+    reconcile(model, api)
+    (ready,) = [c for c in model["status"]["conditions"] if c["type"] == "Ready"]
+    assert ready["reason"] == "NoDevicePool"
+    assert ready["message"].startswith("ConfigMap modelkiln-system/pools does not exist")
+    assert ("create", "jobs", job_name(model)) in api.writes  # conversion does not need a pool
