@@ -57,7 +57,20 @@ def test_a_success_without_a_summary_is_a_failure_naming_the_job():
 
 
 def test_a_job_without_a_final_condition_is_running():
-    assert conversion_outcome(job=job(None), pods=[])["state"] == "running"
+    assert conversion_outcome(job=job(None), pods=[]) == {"state": "running", "summary": None,
+                                                          "transient": False, "message": ""}
+
+
+def test_a_running_job_says_why_its_pod_waits():
+    unschedulable = {"metadata": {"creationTimestamp": "t"}, "status": {"conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/4 nodes are available: pod has unbound immediate PersistentVolumeClaims."}]}}
+    assert conversion_outcome(job=job(None), pods=[unschedulable])["message"] == \
+        "0/4 nodes are available: pod has unbound immediate PersistentVolumeClaims."
+    pulling = {"metadata": {"creationTimestamp": "t"}, "status": {"containerStatuses": [{"name": "convert", "state": {
+        "waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"runtime:1\""}}}]}}
+    assert conversion_outcome(job=job(None), pods=[pulling])["message"] == \
+        'ImagePullBackOff: Back-off pulling image "runtime:1"'
 
 
 def test_last_transition_time_moves_only_when_the_status_changes():

@@ -106,8 +106,9 @@ def _converge_conversion(*, model: dict, spec: dict, key: str, old: dict, api: k
     pods = api.list(kube.PODS, namespace=namespace, selector=f"job-name={job_name}")
     outcome = conversion_job.conversion_outcome(job=job, pods=pods)
     if outcome["state"] == "running":
+        waiting = f" and waits: {outcome['message']}" if outcome["message"] else ""
         return st.condition(st.CONVERTED, False, reason="Converting", generation=generation,
-                            message=f"conversion Job {job_name} is running"), artifact, job_name
+                            message=f"conversion Job {job_name} is running{waiting}"), artifact, job_name
     if outcome["state"] == "failed":
         return st.condition(st.CONVERTED, False, reason="ConversionFailed", message=outcome["message"],
                             generation=generation), artifact, job_name
