@@ -14,9 +14,9 @@ from modelkiln.operator import conversion_job, kube, serving
 from modelkiln.operator import status as st
 from modelkiln.operator.commands import artifact_key, defaulted_spec
 from modelkiln.operator.config import OperatorConfig
-from modelkiln.operator.objects import selector_string
 from modelkiln.operator.devicepools import (CONFIG_KEY, DevicePool, DevicePoolError, conversion_pool,
                                             parse_device_pools, pool_for)
+from modelkiln.operator.objects import selector_string
 
 SERVING_FIELDS = ("endpoints", "replicas", "readyReplicas", "selector")
 
