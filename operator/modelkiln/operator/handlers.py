@@ -37,6 +37,8 @@ def _now() -> str:
 
 
 def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
+    if body.metadata.deletion_timestamp:
+        return  # going away (foreground deletion): applying children now would only recreate them
     model = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
     try:
         with metrics.RECONCILE_DURATION.time():
