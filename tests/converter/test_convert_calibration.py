@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from conftest import DIGITS, conv_classifier, metadata
+from conftest import DIGITS, conv_classifier, metadata, save_onnx
 
 
 @pytest.fixture
@@ -51,3 +52,23 @@ def test_images_need_a_static_size(convert, repo, tmp_path, image_directory):
                      "--calibration", image_directory)
     assert result.cause == ("calibration images need a static height and width for input 'image' "
                             "(float32 [?,3,?,?]): pass --input-shape")
+
+
+def test_attention_model_is_quantized_with_the_transformer_scheme(convert, repo, tmp_path):
+    """Self-attention (a MatMul of two activations into a Softmax) gets NNCF's transformer scheme."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(size=(16, 16)).astype(np.float32), n) for n in ("wq", "wk", "wv")]
+    source = save_onnx(
+        tmp_path / "attention.onnx",
+        nodes=[helper.make_node("MatMul", ["x", "wq"], ["q"]), helper.make_node("MatMul", ["x", "wk"], ["k"]),
+               helper.make_node("MatMul", ["x", "wv"], ["v"]),
+               helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+               helper.make_node("MatMul", ["q", "kt"], ["scores"]),
+               helper.make_node("Softmax", ["scores"], ["weights"], axis=-1),
+               helper.make_node("MatMul", ["weights", "v"], ["y"])],
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 8, 16])],
+        outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 8, 16])],
+        initializers=weights)
+    result = convert("--source", source, "--output", repo / "attention", "--precision", "INT8",
+                     "--synthetic-calibration", "--calibration-samples", "20")
+    assert metadata(result.summary["path"])["calibration"]["modelType"] == "transformer"

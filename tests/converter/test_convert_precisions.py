@@ -77,7 +77,7 @@ def test_synthetic_calibration_is_opt_in_and_recorded(convert, repo):
                        "--synthetic-calibration", "--calibration-samples", "50")
     meta = metadata(accepted.summary["path"])
     assert meta["calibration"] == {"source": "synthetic", "samples": 50, "synthetic": True,
-                                   "accuracyControl": False}
+                                   "accuracyControl": False, "modelType": "default"}
 
 
 def test_ir_source_is_re_precisioned(convert, repo):

@@ -215,9 +215,8 @@ def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, artifact_
             calibration_record = {"source": args.calibration, "sha256": data.sha256,
                                   "samples": samples.rows(), "synthetic": False}
         print(f"quantizing to INT8 on {calibration_set.rows()} calibration samples", flush=True)
-        model, controlled = quantize_int8(model, calibration=calibration_set,
-                                          max_accuracy_drop=args.max_accuracy_drop)
-        calibration_record["accuracyControl"] = controlled
+        model, how = quantize_int8(model, calibration=calibration_set, max_accuracy_drop=args.max_accuracy_drop)
+        calibration_record.update(how)
         samples = samples or calibration_set
     xml = staging / "model.xml"
     save_ir(model, xml=xml, compress_to_fp16=args.precision == "FP16")

@@ -1,9 +1,13 @@
 """INT8 post-training quantization with NNCF, accuracy-controlled when labels are at hand.
 
-Plain `nncf.quantize` uses the calibration samples to pick quantization ranges. When the
-calibration data carries labels and a `--max-accuracy-drop` is set, NNCF's accuracy-aware
-variant measures top-1 accuracy and keeps the layers that cost most accuracy in floating
-point until the drop is within bounds.
+Plain `nncf.quantize` uses the calibration samples to pick quantization ranges. Transformers
+are quantized with NNCF's transformer scheme (no quantizers where attention and layer norms
+break with INT8): with the default scheme a MiniLM encoder's INT8 embeddings had cosine 0.17
+with FP32. They are recognised by their attention: a MatMul of two activations and a Softmax.
+
+When the calibration data carries labels and a `--max-accuracy-drop` is set, NNCF's
+accuracy-aware variant measures top-1 accuracy and keeps the layers that cost most accuracy in
+floating point until the drop is within bounds.
 """
 
 from __future__ import annotations
@@ -16,23 +20,41 @@ from modelkiln.runtime.conversion_errors import ConversionFailed
 from modelkiln.runtime.verification import classifier_output
 
 
-def quantize_int8(model: ov.Model, *, calibration: SampleSet, max_accuracy_drop: float | None) -> tuple[ov.Model, bool]:
-    """The quantized model, and whether accuracy control was used."""
+def quantize_int8(model: ov.Model, *, calibration: SampleSet, max_accuracy_drop: float | None) -> tuple[ov.Model, dict]:
+    """The quantized model, and how it was quantized (for modelkiln.json)."""
     import nncf
 
     dataset = nncf.Dataset(calibration.samples)
     subset = len(calibration.samples)
+    transformer = is_transformer(model)
+    scheme = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    record = {"modelType": "transformer" if transformer else "default", "accuracyControl": False}
     try:
         if calibration.labels is None or max_accuracy_drop is None:
-            return nncf.quantize(model, dataset, subset_size=subset), False
+            return nncf.quantize(model, dataset, subset_size=subset, **scheme), record
         validation = nncf.Dataset(list(zip(calibration.samples, label_batches(calibration))), lambda item: item[0])
         quantized = nncf.quantize_with_accuracy_control(
             model, calibration_dataset=dataset, validation_dataset=validation,
             validation_fn=top1_accuracy, max_drop=max_accuracy_drop, drop_type=nncf.DropType.ABSOLUTE,
-            subset_size=subset)
-        return quantized, True
+            subset_size=subset, **scheme)
+        return quantized, {**record, "accuracyControl": True}
     except (ValueError, RuntimeError) as error:
         raise ConversionFailed(f"INT8 quantization failed: {str(error).strip().splitlines()[-1]}") from error
+
+
+def is_transformer(model: ov.Model) -> bool:
+    ops = model.get_ops()
+    if any(op.get_type_name() == "ScaledDotProductAttention" for op in ops):
+        return True
+    return any(op.get_type_name() == "MatMul" and not any(is_constant(op.input_value(i).get_node()) for i in (0, 1))
+               for op in ops) and any(op.get_type_name() == "Softmax" for op in ops)
+
+
+def is_constant(node) -> bool:
+    # Weights may reach a MatMul through a Convert (decompression) or a Reshape of a Constant.
+    while node.get_type_name() in ("Convert", "Reshape", "Transpose") and node.get_input_size():
+        node = node.input_value(0).get_node()
+    return node.get_type_name() == "Constant"
 
 
 def label_batches(calibration: SampleSet) -> list[np.ndarray]:
