@@ -6,12 +6,16 @@ import hashlib
 import http.server
 import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
-from conftest import DIGITS, metadata
+from conftest import DIGITS, metadata, version_dirs
 
 FAST_RETRIES = {"MODELKILN_FETCH_RETRIES": "3", "MODELKILN_FETCH_BACKOFF": "0.05", "MODELKILN_FETCH_TIMEOUT": "5"}
 MODEL_BYTES = (DIGITS / "model.onnx").read_bytes()
@@ -22,10 +26,12 @@ class ModelServer(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, files: dict[str, bytes], *, drop_first_response: bool = False) -> None:
+    def __init__(self, files: dict[str, bytes], *, drop_first_response: bool = False,
+                 stall: threading.Event | None = None) -> None:
         super().__init__(("127.0.0.1", 0), ModelRequestHandler)
         self.files = files
         self.drop_first_response = drop_first_response
+        self.stall = stall      # when set: send half, then hang until the event is set
         self.requests: list[dict] = []
 
     @property
@@ -48,6 +54,11 @@ class ModelRequestHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
+        if self.server.stall is not None:
+            self.wfile.write(body[:len(body) // 2])
+            self.wfile.flush()
+            self.server.stall.wait(timeout=120)
+            return
         if self.server.drop_first_response and len(self.server.requests) == 1:
             self.wfile.write(body[:len(body) // 2])     # half the file, then the connection dies
             self.wfile.flush()
@@ -107,7 +118,7 @@ def test_unreachable_url_fails_transiently_after_retries(convert, repo):
     assert result.returncode == 3
     assert re.fullmatch(rf"cannot download http://127\.0\.0\.1:{port}/model\.onnx after 3 attempts: .*refused.*",
                         result.cause)
-    assert not (repo / "m").exists() or [p.name for p in (repo / "m").iterdir()] == []
+    assert version_dirs(repo / "m") == []
 
 
 def test_missing_file_on_the_server_is_permanent(convert, repo, serve):
@@ -150,3 +161,29 @@ def test_calibration_data_over_http(convert, repo, serve):
                      "--calibration", f"{server.url}/calibration.npz", "--calibration-samples", "100")
     calibration = metadata(result.summary["path"])["calibration"]
     assert calibration["source"] == f"{server.url}/calibration.npz" and calibration["samples"] == 100
+
+
+def test_sigterm_during_download_removes_staging_and_reports_it(repo, serve, tmp_path):
+    stall = threading.Event()
+    server = serve({"/digits.onnx": MODEL_BYTES}, stall=stall)
+    log = tmp_path / "termination-log"
+    converter = subprocess.Popen(
+        [sys.executable, "-m", "modelkiln.cli", "convert", "--source", f"{server.url}/digits.onnx",
+         "--output", str(repo / "digits"), "--precision", "FP32", "--termination-log", str(log)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):    # until the download has started and hangs
+            if server.requests and list((repo / "digits").glob(".tmp-*/downloads/*.part")):
+                break
+            time.sleep(0.1)
+        assert list((repo / "digits").glob(".tmp-*")), "the converter never started downloading"
+        converter.send_signal(signal.SIGTERM)
+        _, err = converter.communicate(timeout=60)
+    finally:
+        stall.set()
+        converter.kill()
+
+    assert converter.returncode == 3
+    assert err.strip() == "modelkiln convert: terminated by SIGTERM before the conversion finished"
+    assert log.read_text() == "terminated by SIGTERM before the conversion finished"
+    assert version_dirs(repo / "digits") == []     # the staging directory is gone

@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -81,7 +82,7 @@ def artifact_key_of(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    with stderr_sent_to_stdout() as stderr:
+    with stderr_sent_to_stdout() as stderr, sigterm_raises():
         termination_log = termination_log_of(argv)
         try:
             args = build_parser().parse_args(argv)
@@ -129,6 +130,23 @@ def write_termination_log(path: pathlib.Path | None, text: str) -> None:
         return
     with contextlib.suppress(OSError):      # the log is a courtesy; never fail because of it
         path.write_text(text[:TERMINATION_LOG_LIMIT])
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """A deleted Job's SIGTERM unwinds like a failure: staging is removed, the cause reported."""
+    def terminated(signum, frame) -> None:
+        raise ConversionFailed("terminated by SIGTERM before the conversion finished", transient=True)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:      # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
