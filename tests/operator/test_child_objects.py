@@ -176,3 +176,10 @@ def test_the_pdb_keeps_all_but_one_serving_pod(make_model):
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {
         "modelkiln.io/model": "digits", "app.kubernetes.io/component": "serving"}}}
     assert pdb["metadata"]["ownerReferences"][0]["name"] == "digits"
+
+
+def test_a_pool_can_open_the_device_nodes_to_the_non_root_user(make_model, pools):
+    pool = {**pools["GPU"], "supplementalGroups": [110]}
+    pod = deployment_for(make_model(serving={"device": "GPU"}), pool)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["supplementalGroups"] == [110]
+    assert pod["securityContext"]["runAsUser"] == 1000

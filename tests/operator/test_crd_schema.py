@@ -123,6 +123,11 @@ def test_a_name_too_long_for_the_job_name_is_refused():
         "it names the Service and the conversion Job <name>-convert-<key8>"]
 
 
+def test_a_document_that_is_not_an_object_is_refused():
+    assert schema.validate(["spec"]) == ['<nil>: Invalid value: "array": an InferenceModel must be an object '
+                                         'with apiVersion, kind, metadata and spec']
+
+
 def test_wrong_kind_and_missing_name_are_refused():
     errors = schema.validate({"apiVersion": "v1", "kind": "Model", "metadata": {}, "spec": {}})
     assert errors == ['apiVersion: Unsupported value: "v1": supported values: "modelkiln.io/v1alpha1"',

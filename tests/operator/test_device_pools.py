@@ -41,6 +41,6 @@ def test_parsing_refuses_a_wrong_type_and_broken_yaml():
 
 
 def test_conversion_runs_on_the_cpu_pool_without_its_accelerator():
-    pools = {"CPU": {"nodeSelector": {"pool": "cpu"}, "resource": "example.com/cpu-slot"}}
+    pools = {"CPU": {"nodeSelector": {"pool": "cpu"}, "resource": "example.com/cpu-slot", "supplementalGroups": [5]}}
     assert conversion_pool(pools) == {"nodeSelector": {"pool": "cpu"}}
     assert conversion_pool({}) == {}

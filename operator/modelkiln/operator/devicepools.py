@@ -21,13 +21,14 @@ class DevicePool(TypedDict, total=False):
     nodeSelector: dict[str, str]
     tolerations: list[dict]
     resource: str  # an extended resource such as gpu.intel.com/i915; one per pod
+    supplementalGroups: list[int]  # e.g. the node's `render` group, which opens /dev/dri to non-root
 
 
 class DevicePoolError(Exception):
     """The configuration has no usable pool for a model; the message says what to add."""
 
 
-_FIELDS = {"nodeSelector": dict, "tolerations": list, "resource": str}
+_FIELDS = {"nodeSelector": dict, "tolerations": list, "resource": str, "supplementalGroups": list}
 
 
 def parse_device_pools(text: str, *, source: str) -> dict[str, DevicePool]:
@@ -68,5 +69,5 @@ def pool_for(pools: dict[str, DevicePool], *, device: str, node_pool: str | None
 def conversion_pool(pools: dict[str, DevicePool]) -> DevicePool:
     """Conversion is CPU work: it runs on the CPU pool, or anywhere when none is configured."""
     pool = pools.get("CPU", {})
-    # The CPU pool's extended resource (if any) is for serving; a Job needs no accelerator.
-    return {key: value for key, value in pool.items() if key != "resource"}
+    # The CPU pool's accelerator settings (if any) are for serving; a Job needs no device.
+    return {key: value for key, value in pool.items() if key in ("nodeSelector", "tolerations")}

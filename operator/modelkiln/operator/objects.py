@@ -60,6 +60,8 @@ def pod_spec(*, containers: list[dict], volumes: list[dict], pool: DevicePool, *
         spec["nodeSelector"] = dict(pool["nodeSelector"])
     if pool.get("tolerations"):
         spec["tolerations"] = [dict(t) for t in pool["tolerations"]]
+    if pool.get("supplementalGroups"):
+        spec["securityContext"]["supplementalGroups"] = list(pool["supplementalGroups"])
     return spec
 
 

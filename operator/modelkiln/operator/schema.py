@@ -84,6 +84,9 @@ def validate(obj: dict) -> list[str]:
 
     Defaults are applied first, as the API server does before validating.
     """
+    if not isinstance(obj, dict):
+        return [f"<nil>: Invalid value: {_show(_type_name(obj))}: an InferenceModel must be an object "
+                f"with apiVersion, kind, metadata and spec"]
     errors = []
     if obj.get("apiVersion") != API_VERSION:
         errors.append(f"apiVersion: Unsupported value: {_show(obj.get('apiVersion'))}: "
