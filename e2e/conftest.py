@@ -1,0 +1,111 @@
+"""Fixtures for the e2e suite: a real control plane, our CRD and manifests, the operator.
+
+Without KUBECONFIG, the control plane is started here from binaries built by
+`build-control-plane.sh` (the build runs once per machine, at collection, so that its tens of
+minutes do not count against a test's timeout). With KUBECONFIG, the tests run against that
+cluster instead; it must run kwok with `kwok-stages.yaml` for the simulated node pools.
+Without Go and without KUBECONFIG the suite is skipped with one line, except in CI, where it
+fails: a green CI always means these tests ran.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+import control_plane as cp
+from control_plane import Kubectl
+from modelkiln_setup import OperatorProcess, install_modelkiln, model_repository, service_account_kubeconfig
+
+REPO = Path(__file__).resolve().parent.parent
+E2E_DIR = Path(__file__).resolve().parent
+_state: dict[str, object] = {}
+
+
+def _go_available() -> bool:
+    return bool(shutil.which("go") or Path("/usr/local/go/bin/go").exists())
+
+
+def pytest_collection_modifyitems(session, config, items):
+    if not any(Path(str(item.fspath)).is_relative_to(E2E_DIR) for item in items):
+        return
+    if os.environ.get("KUBECONFIG"):
+        return
+    if not _go_available():
+        reason = "e2e skipped: no Go toolchain to build the control plane and no KUBECONFIG (see e2e/README.md)"
+        if os.environ.get("CI"):
+            raise pytest.UsageError(reason.replace("skipped", "cannot run in CI"))
+        for item in items:
+            if Path(str(item.fspath)).is_relative_to(E2E_DIR):
+                item.add_marker(pytest.mark.skip(reason=reason))
+        return
+    env = dict(os.environ)
+    if not shutil.which("go"):
+        env["PATH"] = f"/usr/local/go/bin:{env['PATH']}"
+    # Cold: tens of minutes on 2 cores, printed as it goes; warm: instant.
+    out = subprocess.run(["bash", str(cp.BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True, env=env)
+    _state["bin_dir"] = Path(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    # A failed e2e test shows what the operator said: usually the fastest way to the cause.
+    report = yield
+    proc = _state.get("operator")
+    if report.failed and proc is not None:
+        report.sections.append(("modelkiln operator log (tail)", proc.log()))
+    return report
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory) -> Kubectl:
+    """An admin `kubectl` on a cluster with the simulated node pools, CRD and manifests."""
+    if os.environ.get("KUBECONFIG"):
+        kubectl = Kubectl(kubeconfig=Path(os.environ["KUBECONFIG"]))
+        cp.create_nodes(kubectl, timeout=120)
+        plane = None
+    else:
+        plane = cp.start_control_plane(bin_dir=_state["bin_dir"], work_dir=tmp_path_factory.mktemp("control-plane"))
+        kubectl = Kubectl(kubeconfig=plane.kubeconfig)
+    try:
+        install_modelkiln(kubectl, REPO)
+        yield kubectl
+    finally:
+        if plane is not None:
+            plane.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Kubectl, tmp_path_factory) -> OperatorProcess:
+    """`modelkiln operator` as a subprocess, with the RBAC of its own ServiceAccount."""
+    kubeconfig = service_account_kubeconfig(cluster, tmp_path_factory.mktemp("operator") / "kubeconfig")
+    proc = OperatorProcess(
+        argv=[sys.executable, "-m", "modelkiln.cli", "operator", "--verbose",
+              f"--metrics-port={cp.free_port()}", f"--health-port={cp.free_port()}"],
+        kubeconfig=kubeconfig, log_dir=tmp_path_factory.mktemp("operator-logs"),
+    )
+    proc.start()
+    _state["operator"] = proc
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def namespace(cluster: Kubectl):
+    """A fresh namespace with its model repository claim, deleted with everything in it afterwards."""
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    cluster.run("create", "namespace", name)
+    cluster.wait("serviceaccount/default", "create", namespace=name, timeout=60)
+    for obj in model_repository(name):
+        cluster.apply(obj)
+    yield name
+    cluster.run("delete", "namespace", name, "--wait=false", check=False)
+    cluster.run("delete", "persistentvolume", f"models-{name}", "--wait=false", check=False)

@@ -1,0 +1,298 @@
+"""A real Kubernetes control plane on loopback, for the e2e suite and bench/.
+
+Why this exists: our machines have no container engine (no kind, k3d, minikube), so the
+control plane runs as plain processes built from source by `build-control-plane.sh`:
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler, and kwok, which plays the
+kubelets of simulated nodes (pods on them never run containers; `kwok-stages.yaml` decides
+what they do). Every process runs in its own process group with a parent-death signal, so
+nothing outlives the Python process that started it, even when that one is killed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+BUILD_SCRIPT = HERE / "build-control-plane.sh"
+STAGES = HERE / "kwok-stages.yaml"
+NODES = HERE / "nodes.yaml"
+KWOK_NODE_SELECTOR = "kwok.x-k8s.io/node=fake"
+ADMIN_TOKEN = "modelkiln-e2e-admin"
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask Linux to SIGTERM it when we die.
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Process:
+    """One child process in its own process group, its output in a log file."""
+
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        try:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+        except ProcessLookupError:
+            pass
+
+    def tail(self, lines: int = 30) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def spawn(name: str, argv: list[str], *, log_dir: Path, env: dict[str, str] | None = None) -> Process:
+    log = log_dir / f"{name}.log"
+    out = log.open("ab")
+    popen = subprocess.Popen(
+        argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True, preexec_fn=_die_with_parent, env=env,
+    )
+    out.close()
+    proc = Process(name=name, popen=popen, log=log)
+    atexit.register(proc.stop)
+    return proc
+
+
+def wait_until(what: str, check, *, timeout: float, procs: list[Process] = ()) -> None:
+    """Poll `check()` until it returns true; fail with the logs of dead processes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for p in procs:
+            if p.popen.poll() is not None:
+                raise RuntimeError(f"{p.name} exited with {p.popen.returncode} while waiting for {what}:\n{p.tail()}")
+        try:
+            if check():
+                return
+        except (OSError, urllib.error.URLError, subprocess.SubprocessError):
+            pass
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {p.name}\n{p.tail(10)}" for p in procs)
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")
+        time.sleep(0.5)
+
+
+def eventually(what: str, check, *, timeout: float = 120):
+    """Poll `check()` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
+
+
+def _https_ok(url: str, token: str | None = None) -> bool:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:
+        return resp.status == 200
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.status == 200
+
+
+def build_binaries() -> Path:
+    """Run the build script (a no-op when the cache is complete); return the binary dir."""
+    out = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def write_kubeconfig(path: Path, *, cluster: dict, token: str) -> Path:
+    """A kubeconfig for `cluster` (a kubeconfig cluster entry) with a bearer token."""
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "e2e",
+        "clusters": [{"name": "e2e", "cluster": cluster}],
+        "users": [{"name": "e2e", "user": {"token": token}}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "e2e"}}],
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class Kubectl:
+    """kubectl on one cluster; a failed call raises with kubectl's own words."""
+
+    kubeconfig: Path
+
+    def run(self, *args: str, check: bool = True, input: str | None = None,
+            timeout: float = 180) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            ["kubectl", "--kubeconfig", str(self.kubeconfig), *args],
+            capture_output=True, text=True, input=input, timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}{result.stdout}")
+        return result
+
+    def apply(self, manifest: dict | str | Path, *, namespace: str | None = None,
+              check: bool = True) -> subprocess.CompletedProcess:
+        ns = ["-n", namespace] if namespace else []
+        if isinstance(manifest, Path):
+            return self.run("apply", *ns, "-f", str(manifest), check=check)
+        text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+        return self.run("apply", *ns, "-f", "-", input=text, check=check)
+
+    def get_json(self, *args: str, namespace: str | None = None) -> dict:
+        ns = ["-n", namespace] if namespace else []
+        return json.loads(self.run("get", *ns, *args, "-o", "json").stdout)
+
+    def items(self, kind: str, *, namespace: str, selector: str | None = None) -> list[dict]:
+        sel = ["-l", selector] if selector else []
+        return self.get_json(kind, *sel, namespace=namespace)["items"]
+
+    def wait(self, target: str, condition: str, *, namespace: str | None = None, timeout: int = 120) -> None:
+        ns = ["-n", namespace] if namespace else []
+        self.run("wait", *ns, f"--for={condition}", f"--timeout={timeout}s", target, timeout=timeout + 30)
+
+
+@dataclass
+class ControlPlane:
+    """The running processes and how to reach them."""
+
+    work_dir: Path
+    kubeconfig: Path
+    server: str
+    processes: list[Process] = field(default_factory=list)
+
+    def stop(self) -> None:
+        # Reverse start order: kwok and controllers first, etcd last.
+        for proc in reversed(self.processes):
+            proc.stop()
+
+    @property
+    def kubectl(self) -> Kubectl:
+        return Kubectl(kubeconfig=self.kubeconfig)
+
+
+def start_control_plane(*, bin_dir: Path, work_dir: Path, timeout: float = 180.0) -> ControlPlane:
+    """Start etcd, kube-apiserver, controller-manager, scheduler and kwok; create the nodes."""
+    pki = work_dir / "pki"
+    pki.mkdir(parents=True, exist_ok=True)
+    logs = work_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    sa_key, sa_pub = pki / "sa.key", pki / "sa.pub"
+    subprocess.run(["openssl", "genrsa", "-out", str(sa_key), "2048"], check=True, capture_output=True)
+    subprocess.run(["openssl", "rsa", "-in", str(sa_key), "-pubout", "-out", str(sa_pub)], check=True, capture_output=True)
+    tokens = pki / "tokens.csv"
+    tokens.write_text(f'{ADMIN_TOKEN},admin,admin,"system:masters"\n')
+
+    plane = ControlPlane(work_dir=work_dir, kubeconfig=work_dir / "admin.kubeconfig", server="")
+    try:
+        _start(plane, bin_dir=bin_dir, pki=pki, logs=logs, tokens=tokens, sa_key=sa_key, sa_pub=sa_pub, timeout=timeout)
+    except BaseException:
+        plane.stop()
+        raise
+    return plane
+
+
+def _start(plane: ControlPlane, *, bin_dir: Path, pki: Path, logs: Path, tokens: Path,
+           sa_key: Path, sa_pub: Path, timeout: float) -> None:
+    etcd_port, etcd_peer = free_port(), free_port()
+    etcd_url = f"http://127.0.0.1:{etcd_port}"
+    etcd = spawn("etcd", [
+        str(bin_dir / "etcd"), "--name=e2e", f"--data-dir={plane.work_dir / 'etcd'}",
+        f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+        f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+        f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+        f"--initial-cluster=e2e=http://127.0.0.1:{etcd_peer}",
+        "--unsafe-no-fsync", "--log-level=warn",
+    ], log_dir=logs)
+    plane.processes.append(etcd)
+    wait_until("etcd", lambda: _http_ok(f"{etcd_url}/health"), timeout=timeout, procs=[etcd])
+
+    api_port = free_port()
+    plane.server = f"https://127.0.0.1:{api_port}"
+    apiserver = spawn("kube-apiserver", [
+        str(bin_dir / "kube-apiserver"), f"--etcd-servers={etcd_url}",
+        f"--cert-dir={pki}", f"--secure-port={api_port}", "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1", "--service-cluster-ip-range=10.96.0.0/24",
+        "--allow-privileged=true", "--authorization-mode=RBAC", f"--token-auth-file={tokens}",
+        f"--service-account-issuer={plane.server}", f"--service-account-key-file={sa_pub}",
+        f"--service-account-signing-key-file={sa_key}", "--endpoint-reconciler-type=none",
+    ], log_dir=logs)
+    plane.processes.append(apiserver)
+    wait_until("kube-apiserver /readyz", lambda: _https_ok(f"{plane.server}/readyz", ADMIN_TOKEN),
+               timeout=timeout, procs=[etcd, apiserver])
+    # The API server's self-signed certificate file also holds the CA that signed it.
+    write_kubeconfig(plane.kubeconfig, token=ADMIN_TOKEN,
+                     cluster={"server": plane.server, "certificate-authority": str(pki / "apiserver.crt")})
+
+    cm_port, sched_port, kwok_port = free_port(), free_port(), free_port()
+    plane.processes.append(spawn("kube-controller-manager", [
+        str(bin_dir / "kube-controller-manager"), f"--kubeconfig={plane.kubeconfig}",
+        "--leader-elect=false", "--controllers=*", f"--service-account-private-key-file={sa_key}",
+        f"--root-ca-file={pki / 'apiserver.crt'}", "--bind-address=127.0.0.1", f"--secure-port={cm_port}",
+        # Short syncs so that HPA and node-lifecycle decisions show up within a test.
+        "--horizontal-pod-autoscaler-sync-period=5s",
+    ], log_dir=logs))
+    plane.processes.append(spawn("kube-scheduler", [
+        str(bin_dir / "kube-scheduler"), f"--kubeconfig={plane.kubeconfig}", "--leader-elect=false",
+        "--bind-address=127.0.0.1", f"--secure-port={sched_port}",
+    ], log_dir=logs))
+    plane.processes.append(spawn("kwok", [
+        str(bin_dir / "kwok"), f"--kubeconfig={plane.kubeconfig}", f"--config={STAGES}",
+        "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={KWOK_NODE_SELECTOR}",
+        f"--server-address=127.0.0.1:{kwok_port}", "--node-ip=10.244.0.1", "--cidr=10.244.1.0/24",
+        # Node Leases keep the node-lifecycle controller from marking nodes (and pods) NotReady.
+        "--node-lease-duration-seconds=40",
+    ], log_dir=logs))
+    procs = plane.processes
+    wait_until("kube-controller-manager /healthz", lambda: _https_ok(f"https://127.0.0.1:{cm_port}/healthz"),
+               timeout=timeout, procs=procs)
+    wait_until("kube-scheduler /healthz", lambda: _https_ok(f"https://127.0.0.1:{sched_port}/healthz"),
+               timeout=timeout, procs=procs)
+    wait_until("kwok /healthz", lambda: _http_ok(f"http://127.0.0.1:{kwok_port}/healthz"),
+               timeout=timeout, procs=procs)
+    # Pods need the namespace's default ServiceAccount, made by the controller-manager.
+    wait_until("default ServiceAccount",
+               lambda: plane.kubectl.run("get", "serviceaccount", "default", check=False).returncode == 0,
+               timeout=timeout, procs=procs)
+    create_nodes(plane.kubectl, timeout=timeout)
+
+
+def create_nodes(kubectl: Kubectl, *, timeout: float) -> list[str]:
+    """Create the simulated node pools of `nodes.yaml` and wait until kwok made them Ready."""
+    kubectl.run("apply", "-f", str(NODES))
+    names = [doc["metadata"]["name"] for doc in yaml.safe_load_all(NODES.read_text()) if doc]
+    kubectl.run("wait", "--for=condition=Ready", f"--timeout={int(timeout)}s", *[f"node/{n}" for n in names])
+    return names

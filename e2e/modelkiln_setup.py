@@ -1,0 +1,86 @@
+"""Putting ModelKiln on a cluster for the e2e tests: CRD, manifests, the operator process.
+
+The operator runs from this checkout (`python -m modelkiln.cli operator`) so a test sees the
+code under review, not an image, and it runs with a token of the ServiceAccount that the
+manifests give it, so missing RBAC shows up here as it would in a real cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import control_plane as cp
+
+OPERATOR_NAMESPACE = "modelkiln-system"
+OPERATOR_SERVICE_ACCOUNT = "modelkiln-operator"
+REPOSITORY_CLAIM = "modelkiln-models"  # MODELKILN_REPOSITORY_CLAIM, as in manifests/operator.yaml
+
+
+def install_modelkiln(kubectl: cp.Kubectl, repo: Path) -> None:
+    """Apply the kustomize base (CRDs included), minus the in-cluster operator (we run ours)."""
+    kubectl.run("apply", "-k", str(repo / "manifests"))
+    kubectl.run("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    # The base's operator Deployment would only get a simulated pod on a kwok node.
+    kubectl.run("scale", "deployment", "--all", "-n", OPERATOR_NAMESPACE, "--replicas=0")
+
+
+def service_account_kubeconfig(kubectl: cp.Kubectl, path: Path, *, namespace: str = OPERATOR_NAMESPACE,
+                               name: str = OPERATOR_SERVICE_ACCOUNT) -> Path:
+    """A kubeconfig holding a token of that ServiceAccount."""
+    token = kubectl.run("create", "token", name, "-n", namespace, "--duration=24h").stdout.strip()
+    config = json.loads(kubectl.run("config", "view", "--minify", "--raw", "-o", "json").stdout)
+    return cp.write_kubeconfig(path, cluster=config["clusters"][0]["cluster"], token=token)
+
+
+def model_repository(namespace: str) -> list[dict]:
+    """The model repository claim every InferenceModel namespace needs, with a volume bound to it.
+
+    No storage provisioner runs here, so the PersistentVolume is made by hand and pre-bound;
+    the controller-manager's volume binder binds the pair, and the scheduler then accepts pods
+    that mount the claim (nothing is ever written: kwok's pods run no containers).
+    """
+    return [
+        {"apiVersion": "v1", "kind": "PersistentVolume",
+         "metadata": {"name": f"models-{namespace}"},
+         "spec": {"capacity": {"storage": "20Gi"}, "accessModes": ["ReadWriteMany"],
+                  "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "",
+                  "hostPath": {"path": f"/srv/modelkiln/{namespace}"},
+                  "claimRef": {"namespace": namespace, "name": REPOSITORY_CLAIM}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": REPOSITORY_CLAIM, "namespace": namespace},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"models-{namespace}",
+                  "resources": {"requests": {"storage": "20Gi"}}}},
+    ]
+
+
+@dataclass
+class OperatorProcess:
+    """`modelkiln operator` as a subprocess that a test may restart."""
+
+    argv: list[str]
+    kubeconfig: Path
+    log_dir: Path
+    starts: int = 0
+    process: cp.Process | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self.starts += 1
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "MODELKILN_NAMESPACE": OPERATOR_NAMESPACE,
+               "MODELKILN_REPOSITORY_CLAIM": REPOSITORY_CLAIM,
+               # Follow Jobs and Deployments every 2 s rather than 10 s: shorter tests.
+               "MODELKILN_RESYNC_SECONDS": "2"}
+        self.process = cp.spawn(f"operator-{self.starts}", self.argv, log_dir=self.log_dir, env=env)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        return self.process.tail(200) if self.process else ""

@@ -1,0 +1,80 @@
+"""The real API server rejects invalid InferenceModels with the CRD's own messages.
+
+Each case is one mistake a person could make in YAML; `kubectl apply` must fail, show the
+message written in crds/ (so it names the field and what was expected), and create nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+VALID = {
+    "apiVersion": "modelkiln.io/v1alpha1",
+    "kind": "InferenceModel",
+    "metadata": {"name": "invalid"},
+    "spec": {
+        "source": {"uri": "file:///models/digits.onnx", "format": "onnx"},
+        "conversion": {"precision": "FP32"},
+        "serving": {"device": "CPU", "replicas": 1},
+    },
+}
+
+
+def _with(path: str, value) -> dict:
+    """VALID with one field set (or removed, when value is None); path like 'spec.serving.device'."""
+    doc = copy.deepcopy(VALID)
+    *parents, leaf = path.split(".")
+    node = doc
+    for key in parents:
+        node = node.setdefault(key, {})
+    if value is None:
+        node.pop(leaf)
+    else:
+        node[leaf] = value
+    return doc
+
+
+INVALID = {
+    "bad device enum": (
+        _with("spec.serving.device", "TPU"), 'spec.serving.device: Unsupported value: "TPU"'),
+    "bad precision enum": (
+        _with("spec.conversion.precision", "INT4"), 'spec.conversion.precision: Unsupported value: "INT4"'),
+    "calibration without INT8": (
+        _with("spec.conversion", {"precision": "FP16", "calibration": {"synthetic": True}}),
+        "calibration is only valid with precision INT8"),
+    "INT8 without calibration": (
+        _with("spec.conversion.precision", "INT8"), "precision INT8 needs calibration"),
+    "minReplicas above maxReplicas": (
+        _with("spec.serving", {"autoscaling": {"minReplicas": 5, "maxReplicas": 2, "targetCPUUtilization": 70}}),
+        "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas"),
+    "unknown source scheme": (
+        _with("spec.source.uri", "s4://bucket/model.onnx"),
+        "source.uri must start with file://, http://, https:// or pvc://"),
+    "negative replicas": (
+        _with("spec.serving.replicas", -1), "spec.serving.replicas: Invalid value: -1"),
+    "missing source": (
+        _with("spec.source", None), 'spec.source: Required value'),
+    "replicas and autoscaling together": (
+        _with("spec.serving", {"replicas": 2, "autoscaling": {"maxReplicas": 3, "targetCPUUtilization": 70}}),
+        "set either replicas or autoscaling, not both"),
+    "pvc URI without a path": (
+        _with("spec.source.uri", "pvc://models"), "a pvc:// URI must name the claim and a path"),
+}
+
+
+@pytest.mark.parametrize("case", list(INVALID))
+def test_invalid_inference_model_is_rejected_with_the_crd_message(cluster, namespace, case):
+    manifest, expected = INVALID[case]
+    result = cluster.apply(manifest, namespace=namespace, check=False)
+    assert result.returncode != 0, f"{case}: kubectl apply accepted it:\n{result.stdout}"
+    assert expected in result.stderr, f"{case}: expected {expected!r} in:\n{result.stderr}"
+    assert cluster.items("inferencemodels", namespace=namespace) == []
+    assert cluster.items("jobs", namespace=namespace) == []
+
+
+def test_the_valid_base_case_is_accepted(cluster, namespace):
+    # Guards the table above: each case must fail for its own field, not for the base.
+    cluster.apply(VALID, namespace=namespace)
+    assert [im["metadata"]["name"] for im in cluster.items("inferencemodels", namespace=namespace)] == ["invalid"]
