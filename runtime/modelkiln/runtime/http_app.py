@@ -9,11 +9,12 @@ handler raises becomes its status code and a JSON body `{"error": "..."}`; anyth
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
 from typing import Awaitable, Callable
+
+import orjson
 
 from modelkiln.runtime.errors import InvalidInput, PayloadTooLarge, ServingError, one_line
 
@@ -42,7 +43,8 @@ class Response:
 
 
 def json_response(document, status: int = 200) -> Response:
-    return Response(status, json.dumps(document, separators=(",", ":")).encode())
+    # numpy arrays in the document are written by orjson directly, without .tolist()
+    return Response(status, orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
 def readiness_response(ready: bool) -> Response:
@@ -56,8 +58,8 @@ def error_response(status: int, message: str) -> Response:
 
 def parse_json(body: bytes):
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
         raise InvalidInput(f"malformed JSON: {error}") from None
 
 

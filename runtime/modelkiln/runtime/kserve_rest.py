@@ -139,7 +139,7 @@ def encode_response(result: Result, request: KServeRequest) -> Response:
             wire["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            wire["data"] = array.ravel().tolist()
+            wire["data"] = np.ascontiguousarray(array).ravel()
         wire_outputs.append(wire)
     document = {"model_name": result.served.model, "model_version": result.served.label,
                 "id": request.id, "outputs": wire_outputs}
