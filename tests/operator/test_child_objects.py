@@ -183,3 +183,10 @@ def test_a_pool_can_open_the_device_nodes_to_the_non_root_user(make_model, pools
     pod = deployment_for(make_model(serving={"device": "GPU"}), pool)["spec"]["template"]["spec"]
     assert pod["securityContext"]["supplementalGroups"] == [110]
     assert pod["securityContext"]["runAsUser"] == 1000
+
+
+def test_rollouts_keep_full_capacity_on_cpu_and_never_wait_for_a_spare_accelerator(make_model, pools):
+    cpu = deployment_for(make_model(serving={"replicas": 2}), pools["CPU"])["spec"]["strategy"]
+    gpu = deployment_for(make_model(serving={"device": "GPU", "replicas": 2}), pools["GPU"])["spec"]["strategy"]
+    assert cpu["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert gpu["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}

@@ -49,6 +49,14 @@ def _resources(serving: dict, pool: DevicePool) -> dict:
     return resources
 
 
+def _rollout(pool: DevicePool) -> dict:
+    if pool.get("resource"):
+        # Accelerators are counted: a surge pod would wait for a free device that all pods hold.
+        return {"maxUnavailable": 1, "maxSurge": 0}
+    # Never below the wanted count: a new pod is Ready only once its model is loaded.
+    return {"maxUnavailable": 0, "maxSurge": 1}
+
+
 def build_deployment(*, model: dict, spec: dict, artifact: dict, image: str, repository_claim: str,
                      pool: DevicePool) -> dict:
     """Deployment `<name>` serving `artifact` (from status.artifact) with the runtime image."""
@@ -82,8 +90,7 @@ def build_deployment(*, model: dict, spec: dict, artifact: dict, image: str, rep
     selector = objects.selector_labels(name=name, component=COMPONENT)
     deployment_spec = {
         "selector": {"matchLabels": selector},
-        # Never below the wanted count during a rollout: a new pod is Ready only with its model loaded.
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": _rollout(pool)},
         "template": {
             "metadata": {
                 "labels": objects.labels(name=name, component=COMPONENT),
