@@ -35,11 +35,13 @@ def _own_namespace() -> str:
 
 def from_environment(environ: dict[str, str] | None = None) -> OperatorConfig:
     env = os.environ if environ is None else environ
+    text = env.get("MODELKILN_RESYNC_SECONDS", "10")
     try:
-        resync = float(env.get("MODELKILN_RESYNC_SECONDS", "10"))
+        resync = float(text)
     except ValueError:
-        raise ValueError(f"MODELKILN_RESYNC_SECONDS must be a number of seconds, "
-                         f"got {env['MODELKILN_RESYNC_SECONDS']!r}") from None
+        resync = 0.0
+    if not resync > 0:
+        raise ValueError(f"MODELKILN_RESYNC_SECONDS must be a number of seconds above 0, got {text!r}")
     return OperatorConfig(
         namespace=env.get("MODELKILN_NAMESPACE") or _own_namespace(),
         device_pools_configmap=env.get("MODELKILN_DEVICE_POOLS_CONFIGMAP", "modelkiln-device-pools"),
