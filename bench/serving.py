@@ -257,9 +257,8 @@ def grpc_client_factory(port: int, body: bytes):
 
 # ---------------------------------------------------------------- in-process limit
 
-def in_process(xml: pathlib.Path, shape, concurrency: int, seconds: float, warmup: float):
-    core = ov.Core()
-    compiled = core.compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+def in_process(compiled: ov.CompiledModel, shape, concurrency: int, seconds: float,
+               warmup: float):
     jobs = min(concurrency, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     queue = ov.AsyncInferQueue(compiled, jobs)
     x = RNG.standard_normal(shape).astype(np.float32)
@@ -423,27 +422,34 @@ def start_mlserver(repo: pathlib.Path, work: pathlib.Path):
 SERVERS = {"modelkiln": start_modelkiln, "kserve": start_kserve, "mlserver": start_mlserver}
 
 
-def measure_server(name: str, repo: pathlib.Path, work: pathlib.Path, args) -> dict:
-    process, http, grpc_port = SERVERS[name](repo, work)
-    results = {}
-    try:
-        for model in args.models:
-            x = RNG.standard_normal(MODELS[model][1]).astype(np.float32)
-            factories = {
-                "rest-json": http_client_factory(http, *rest_json_request(model, x)),
-                "rest-binary": http_client_factory(http, *rest_binary_request(model, x)),
-                "grpc-raw": grpc_client_factory(grpc_port, grpc_request(model, x)),
-            }
+def client_factories(model: str, http: int, grpc_port: int) -> dict:
+    x = RNG.standard_normal(MODELS[model][1]).astype(np.float32)
+    return {"rest-json": http_client_factory(http, *rest_json_request(model, x)),
+            "rest-binary": http_client_factory(http, *rest_binary_request(model, x)),
+            "grpc-raw": grpc_client_factory(grpc_port, grpc_request(model, x))}
+
+
+def measure(servers: dict, repo: pathlib.Path, args) -> dict:
+    """Every cell, for every server back to back, so that they share the machine's weather."""
+    results: dict[str, dict] = {name: {} for name in ["in-process", *servers]}
+    core = ov.Core()
+    for model in args.models:
+        seconds = args.seconds * (2 if model == "image" else 1)
+        compiled = core.compile_model(str(repo / model / "1" / "model.xml"), "CPU",
+                                      {"PERFORMANCE_HINT": "THROUGHPUT"})
+        factories = {name: client_factories(model, http, grpc_port)
+                     for name, (_, http, grpc_port) in servers.items()}
+        for concurrency in args.concurrency:
+            cell = in_process(compiled, MODELS[model][1], concurrency, seconds, args.warmup)
+            results["in-process"][f"{model}/in-process/c{concurrency}"] = cell
+            report("in-process", model, "AsyncInferQueue", concurrency, cell)
             for protocol in args.protocols:
-                for concurrency in args.concurrency:
-                    seconds = args.seconds * (2 if model == "image" else 1)
-                    cell = asyncio.run(closed_loop(factories[protocol], concurrency, seconds,
-                                                   args.warmup))
-                    results[f"{model}/{protocol}/c{concurrency}"] = cell
+                for name in servers:
+                    cell = asyncio.run(closed_loop(factories[name][protocol], concurrency,
+                                                   seconds, args.warmup))
+                    results[name][f"{model}/{protocol}/c{concurrency}"] = cell
                     report(name, model, protocol, concurrency, cell)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+        del compiled
     return results
 
 
@@ -487,17 +493,15 @@ def main() -> int:
     repo = CACHE / "repository"
     build_repository(repo)
     print(f"machine: {machine()}", flush=True)
-    results: dict[str, dict] = {"in-process": {}}
-    for model in args.models:
-        shape = MODELS[model][1]
-        for concurrency in args.concurrency:
-            seconds = args.seconds * (2 if model == "image" else 1)
-            cell = in_process(repo / model / "1" / "model.xml", shape, concurrency, seconds,
-                              args.warmup)
-            results["in-process"][f"{model}/in-process/c{concurrency}"] = cell
-            report("in-process", model, "AsyncInferQueue", concurrency, cell)
-    for server in ["modelkiln", *[p for p in args.peers.split(",") if p]]:
-        results[server] = measure_server(server, repo, work, args)
+    servers = {}
+    try:
+        for name in ["modelkiln", *[p for p in args.peers.split(",") if p]]:
+            servers[name] = SERVERS[name](repo, work)
+        results = measure(servers, repo, args)
+    finally:
+        for process, _, _ in servers.values():
+            process.terminate()
+            process.wait(timeout=60)
     summarize(results)
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "results": results}, indent=1))
