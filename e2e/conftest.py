@@ -11,9 +11,6 @@ fails: a green CI always means these tests ran.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -21,36 +18,33 @@ import pytest
 
 import control_plane as cp
 from control_plane import Kubectl
-from modelkiln_setup import OperatorProcess, install_modelkiln, model_repository, service_account_kubeconfig
+from modelkiln_setup import (OperatorProcess, create_model_namespace, delete_model_namespace, install_modelkiln,
+                             operator_process)
 
 REPO = Path(__file__).resolve().parent.parent
 E2E_DIR = Path(__file__).resolve().parent
 _state: dict[str, object] = {}
 
 
-def _go_available() -> bool:
-    return bool(shutil.which("go") or Path("/usr/local/go/bin/go").exists())
-
-
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: build only when e2e tests will run
 def pytest_collection_modifyitems(session, config, items):
     if not any(Path(str(item.fspath)).is_relative_to(E2E_DIR) for item in items):
         return
     if os.environ.get("KUBECONFIG"):
         return
-    if not _go_available():
+    go = cp.find_go()
+    if go is None:
         reason = "e2e skipped: no Go toolchain to build the control plane and no KUBECONFIG (see e2e/README.md)"
-        if os.environ.get("CI"):
+        if os.environ.get("CI", "").lower() in ("true", "1"):
             raise pytest.UsageError(reason.replace("skipped", "cannot run in CI"))
         for item in items:
             if Path(str(item.fspath)).is_relative_to(E2E_DIR):
                 item.add_marker(pytest.mark.skip(reason=reason))
         return
-    env = dict(os.environ)
-    if not shutil.which("go"):
-        env["PATH"] = f"/usr/local/go/bin:{env['PATH']}"
-    # Cold: tens of minutes on 2 cores, printed as it goes; warm: instant.
-    out = subprocess.run(["bash", str(cp.BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True, env=env)
-    _state["bin_dir"] = Path(out.stdout.strip().splitlines()[-1])
+    try:
+        _state["bin_dir"] = cp.build_binaries(go=go)
+    except RuntimeError as exc:
+        raise pytest.UsageError(f"e2e: {exc}") from None
 
 
 @pytest.hookimpl(wrapper=True)
@@ -84,12 +78,7 @@ def cluster(tmp_path_factory) -> Kubectl:
 @pytest.fixture(scope="session")
 def operator(cluster: Kubectl, tmp_path_factory) -> OperatorProcess:
     """`modelkiln operator` as a subprocess, with the RBAC of its own ServiceAccount."""
-    kubeconfig = service_account_kubeconfig(cluster, tmp_path_factory.mktemp("operator") / "kubeconfig")
-    proc = OperatorProcess(
-        argv=[sys.executable, "-m", "modelkiln.cli", "operator", "--verbose",
-              f"--metrics-port={cp.free_port()}", f"--health-port={cp.free_port()}"],
-        kubeconfig=kubeconfig, log_dir=tmp_path_factory.mktemp("operator-logs"),
-    )
+    proc = operator_process(cluster, tmp_path_factory.mktemp("operator"))
     proc.start()
     _state["operator"] = proc
     try:
@@ -102,10 +91,6 @@ def operator(cluster: Kubectl, tmp_path_factory) -> OperatorProcess:
 def namespace(cluster: Kubectl):
     """A fresh namespace with its model repository claim, deleted with everything in it afterwards."""
     name = f"e2e-{uuid.uuid4().hex[:8]}"
-    cluster.run("create", "namespace", name)
-    cluster.wait("serviceaccount/default", "create", namespace=name, timeout=60)
-    for obj in model_repository(name):
-        cluster.apply(obj)
+    create_model_namespace(cluster, name)
     yield name
-    cluster.run("delete", "namespace", name, "--wait=false", check=False)
-    cluster.run("delete", "persistentvolume", f"models-{name}", "--wait=false", check=False)
+    delete_model_namespace(cluster, name)

@@ -14,6 +14,7 @@ import atexit
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -129,9 +130,20 @@ def _http_ok(url: str) -> bool:
         return resp.status == 200
 
 
-def build_binaries() -> Path:
-    """Run the build script (a no-op when the cache is complete); return the binary dir."""
-    out = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True)
+def find_go() -> str | None:
+    """The Go toolchain the build script will use (GO, else go on PATH, else /usr/local/go)."""
+    go = os.environ.get("GO") or shutil.which("go") or "/usr/local/go/bin/go"
+    return go if Path(go).is_file() else None
+
+
+def build_binaries(*, go: str) -> Path:
+    """Run the build script (a no-op when its cache is complete); return the binary directory.
+
+    A cold build prints its progress on our stderr and takes minutes (see BENCHMARKS.md).
+    """
+    out = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, env={**os.environ, "GO": go})
+    if out.returncode != 0:
+        raise RuntimeError(f"{BUILD_SCRIPT.name} failed (exit {out.returncode}); its output is above")
     return Path(out.stdout.strip().splitlines()[-1])
 
 
@@ -204,8 +216,12 @@ class ControlPlane:
         return Kubectl(kubeconfig=self.kubeconfig)
 
 
-def start_control_plane(*, bin_dir: Path, work_dir: Path, timeout: float = 180.0) -> ControlPlane:
-    """Start etcd, kube-apiserver, controller-manager, scheduler and kwok; create the nodes."""
+def start_control_plane(*, bin_dir: Path, work_dir: Path, timeout: float = 180.0,
+                        apiserver_args: tuple[str, ...] = ()) -> ControlPlane:
+    """Start etcd, kube-apiserver, controller-manager, scheduler and kwok; create the nodes.
+
+    `apiserver_args` adds flags to kube-apiserver (bench/ turns on its audit log with them).
+    """
     pki = work_dir / "pki"
     pki.mkdir(parents=True, exist_ok=True)
     logs = work_dir / "logs"
@@ -218,7 +234,8 @@ def start_control_plane(*, bin_dir: Path, work_dir: Path, timeout: float = 180.0
 
     plane = ControlPlane(work_dir=work_dir, kubeconfig=work_dir / "admin.kubeconfig", server="")
     try:
-        _start(plane, bin_dir=bin_dir, pki=pki, logs=logs, tokens=tokens, sa_key=sa_key, sa_pub=sa_pub, timeout=timeout)
+        _start(plane, bin_dir=bin_dir, pki=pki, logs=logs, tokens=tokens, sa_key=sa_key, sa_pub=sa_pub,
+               timeout=timeout, apiserver_args=apiserver_args)
     except BaseException:
         plane.stop()
         raise
@@ -226,7 +243,7 @@ def start_control_plane(*, bin_dir: Path, work_dir: Path, timeout: float = 180.0
 
 
 def _start(plane: ControlPlane, *, bin_dir: Path, pki: Path, logs: Path, tokens: Path,
-           sa_key: Path, sa_pub: Path, timeout: float) -> None:
+           sa_key: Path, sa_pub: Path, timeout: float, apiserver_args: tuple[str, ...]) -> None:
     etcd_port, etcd_peer = free_port(), free_port()
     etcd_url = f"http://127.0.0.1:{etcd_port}"
     etcd = spawn("etcd", [
@@ -249,6 +266,7 @@ def _start(plane: ControlPlane, *, bin_dir: Path, pki: Path, logs: Path, tokens:
         "--allow-privileged=true", "--authorization-mode=RBAC", f"--token-auth-file={tokens}",
         f"--service-account-issuer={plane.server}", f"--service-account-key-file={sa_pub}",
         f"--service-account-signing-key-file={sa_key}", "--endpoint-reconciler-type=none",
+        *apiserver_args,
     ], log_dir=logs)
     plane.processes.append(apiserver)
     wait_until("kube-apiserver /readyz", lambda: _https_ok(f"{plane.server}/readyz", ADMIN_TOKEN),
@@ -288,6 +306,21 @@ def _start(plane: ControlPlane, *, bin_dir: Path, pki: Path, logs: Path, tokens:
                lambda: plane.kubectl.run("get", "serviceaccount", "default", check=False).returncode == 0,
                timeout=timeout, procs=procs)
     create_nodes(plane.kubectl, timeout=timeout)
+
+
+def simulated_node(name: str, *, pool: str, allocatable: dict[str, str], taint: str | None = None) -> dict:
+    """A Node that kwok plays, in device pool `pool` (labelled and tainted as nodes.yaml)."""
+    node = {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"},
+                     "labels": {"kubernetes.io/hostname": name, "type": "kwok", "modelkiln.io/pool": pool}},
+        "spec": {},
+        # Accepted on create for Nodes; kwok's node-initialize stage keeps these values.
+        "status": {"allocatable": dict(allocatable), "capacity": dict(allocatable)},
+    }
+    if taint:
+        node["spec"]["taints"] = [{"key": "modelkiln.io/accelerator", "value": taint, "effect": "NoSchedule"}]
+    return node
 
 
 def create_nodes(kubectl: Kubectl, *, timeout: float) -> list[str]:

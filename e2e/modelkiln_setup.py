@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,19 @@ import control_plane as cp
 OPERATOR_NAMESPACE = "modelkiln-system"
 OPERATOR_SERVICE_ACCOUNT = "modelkiln-operator"
 REPOSITORY_CLAIM = "modelkiln-models"  # MODELKILN_REPOSITORY_CLAIM, as in manifests/operator.yaml
+
+
+def inference_model(name: str, *, source: str = "file:///models/digits.onnx", precision: str = "FP32",
+                    device: str = "CPU", **serving) -> dict:
+    """An InferenceModel manifest; `serving` holds spec.serving fields besides the device."""
+    conversion = {"precision": precision}
+    if precision == "INT8":
+        conversion["calibration"] = {"synthetic": True}
+    return {
+        "apiVersion": "modelkiln.io/v1alpha1", "kind": "InferenceModel", "metadata": {"name": name},
+        "spec": {"source": {"uri": source, "format": "onnx"}, "conversion": conversion,
+                 "serving": {"device": device, **serving}},
+    }
 
 
 def install_modelkiln(kubectl: cp.Kubectl, repo: Path) -> None:
@@ -56,6 +70,19 @@ def model_repository(namespace: str) -> list[dict]:
     ]
 
 
+def create_model_namespace(kubectl: cp.Kubectl, name: str) -> None:
+    """A namespace ready for InferenceModels: default ServiceAccount and repository claim."""
+    kubectl.run("create", "namespace", name)
+    kubectl.wait("serviceaccount/default", "create", namespace=name, timeout=60)
+    for obj in model_repository(name):
+        kubectl.apply(obj)
+
+
+def delete_model_namespace(kubectl: cp.Kubectl, name: str) -> None:
+    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+    kubectl.run("delete", "persistentvolume", f"models-{name}", "--wait=false", check=False)
+
+
 @dataclass
 class OperatorProcess:
     """`modelkiln operator` as a subprocess that a test may restart."""
@@ -63,15 +90,14 @@ class OperatorProcess:
     argv: list[str]
     kubeconfig: Path
     log_dir: Path
+    resync_seconds: float = 2.0  # MODELKILN_RESYNC_SECONDS: 2 s keeps tests short (manifests: 10)
     starts: int = 0
     process: cp.Process | None = field(default=None, repr=False)
 
     def start(self) -> None:
         self.starts += 1
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "MODELKILN_NAMESPACE": OPERATOR_NAMESPACE,
-               "MODELKILN_REPOSITORY_CLAIM": REPOSITORY_CLAIM,
-               # Follow Jobs and Deployments every 2 s rather than 10 s: shorter tests.
-               "MODELKILN_RESYNC_SECONDS": "2"}
+               "MODELKILN_REPOSITORY_CLAIM": REPOSITORY_CLAIM, "MODELKILN_RESYNC_SECONDS": str(self.resync_seconds)}
         self.process = cp.spawn(f"operator-{self.starts}", self.argv, log_dir=self.log_dir, env=env)
 
     def stop(self) -> None:
@@ -83,4 +109,16 @@ class OperatorProcess:
         self.start()
 
     def log(self) -> str:
-        return self.process.tail(200) if self.process else ""
+        return self.process.tail(80) if self.process else ""
+
+
+def operator_process(kubectl: cp.Kubectl, work_dir: Path, *, resync_seconds: float = 2.0,
+                     metrics_port: int = 0) -> OperatorProcess:
+    """`modelkiln operator` from this checkout, with its ServiceAccount's token (not started)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return OperatorProcess(
+        argv=[sys.executable, "-m", "modelkiln.cli", "operator", "--verbose",
+              f"--metrics-port={metrics_port}", f"--health-port={cp.free_port()}"],
+        kubeconfig=service_account_kubeconfig(kubectl, work_dir / "kubeconfig"),
+        log_dir=work_dir, resync_seconds=resync_seconds,
+    )

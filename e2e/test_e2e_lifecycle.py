@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from control_plane import Kubectl, eventually
+from control_plane import Kubectl, eventually, simulated_node
+from modelkiln_setup import inference_model
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "digits"
@@ -21,18 +22,6 @@ POOL_OF_DEVICE = {"CPU": "cpu", "GPU": "gpu", "NPU": "npu", "VPU": "npu"}
 READY_TIMEOUT = 180
 
 pytestmark = pytest.mark.usefixtures("operator")
-
-
-def inference_model(name: str, *, source: str = "file:///models/digits.onnx", precision: str = "FP32",
-                    device: str = "CPU", **serving) -> dict:
-    conversion = {"precision": precision}
-    if precision == "INT8":
-        conversion["calibration"] = {"synthetic": True}
-    return {
-        "apiVersion": "modelkiln.io/v1alpha1", "kind": "InferenceModel", "metadata": {"name": name},
-        "spec": {"source": {"uri": source, "format": "onnx"}, "conversion": conversion,
-                 "serving": {"device": device, **serving}},
-    }
 
 
 def condition(obj: dict, kind: str) -> dict:
@@ -205,14 +194,8 @@ def test_kubectl_scale_works_through_the_scale_subresource(cluster, namespace):
     assert cluster.items("horizontalpodautoscalers", namespace=namespace) == []
 
 
-GPU_NODE_2 = {
-    "apiVersion": "v1", "kind": "Node",
-    "metadata": {"name": "gpu-2", "annotations": {"kwok.x-k8s.io/node": "fake"},
-                 "labels": {"kubernetes.io/hostname": "gpu-2", "type": "kwok", "modelkiln.io/pool": "gpu"}},
-    "spec": {"taints": [{"key": "modelkiln.io/accelerator", "value": "gpu", "effect": "NoSchedule"}]},
-    "status": {"allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110", "gpu.intel.com/i915": "1"},
-               "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110", "gpu.intel.com/i915": "1"}},
-}
+GPU_NODE_2 = simulated_node("gpu-2", pool="gpu", taint="gpu", allocatable={
+    "cpu": "8", "memory": "32Gi", "pods": "110", "gpu.intel.com/i915": "1"})
 
 GPU_HOG = {
     "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gpu-hog"},
