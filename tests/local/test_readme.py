@@ -9,6 +9,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -48,3 +49,34 @@ def test_first_command_prints_real_predictions_while_serving(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)  # `./dev` execs `modelkiln up`
         assert process.wait(timeout=60) == 0
+
+
+def readme_block_after(heading: str, fence: str) -> str:
+    section = (ROOT / "README.md").read_text().split(heading, 1)[1]
+    return re.search(rf"```{fence}\n(.*?)```", section, re.S).group(1)
+
+
+def test_calling_the_endpoint_examples_work_as_written(start_up, tmp_path):
+    """Every curl, predict and tritonclient line of 'Calling the endpoint', run for real."""
+    up = start_up("-f", str(ROOT / "examples" / "digits" / "fp32.yaml"),
+                  repository=tmp_path / "repository")
+    try:
+        up.wait_for("Serving.")
+        ports = {"localhost:8080": f"localhost:{up.http_port}",
+                 "localhost:8081": f"localhost:{up.grpc_port}"}
+        shell, python = (readme_block_after("## Calling the endpoint", fence)
+                         for fence in ("sh", "python"))
+        for old, new in ports.items():
+            shell, python = shell.replace(old, new), python.replace(old, new)
+        env = {**os.environ, "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}"}
+        ran = subprocess.run(["bash", "-euo", "pipefail", "-c", shell], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        assert '"model_name":"digits"' in ran.stdout and '"predictions"' in ran.stdout
+        assert '"ready":true' in ran.stdout and "row 0: argmax" in ran.stdout
+        ran = subprocess.run([sys.executable, "-c", python], capture_output=True, text=True,
+                             timeout=60)
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.count(".") >= 10  # ten probabilities
+    finally:
+        assert up.stop() == 0

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import pathlib
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
 
 import httpx
 import numpy as np
-import pytest
 import tritonclient.grpc as grpcclient
 import yaml
 
@@ -21,61 +16,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "examples" / "digits"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Up:
-    """A running `modelkiln up`, its output collected line by line."""
-
-    def __init__(self, *args: str, repository: pathlib.Path):
-        self.http_port, self.grpc_port = free_port(), free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "modelkiln.cli", "up", *args, "--repository", str(repository),
-             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, text: str, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output:
-            assert self.process.poll() is None, f"up exited early:\n{self.output}"
-            assert time.monotonic() < deadline, f"no {text!r} within {timeout}s:\n{self.output}"
-            time.sleep(0.1)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=60)
-        self.reader.join(timeout=5)
-        return code
-
-
-@pytest.fixture
-def repository(tmp_path: pathlib.Path) -> pathlib.Path:
-    return tmp_path / "repository"
-
-
 def versions(repository: pathlib.Path, model: str) -> list[str]:
     return sorted(p.name for p in (repository / model).iterdir() if p.name.isdigit())
 
 
-def test_up_serves_correct_predictions_over_rest_and_grpc(repository):
+def test_up_serves_correct_predictions_over_rest_and_grpc(start_up, repository):
     samples = np.load(DIGITS / "samples.npz")
     inputs, labels = samples["input"].astype(np.float32), samples["labels"]
-    up = Up("-f", str(DIGITS / "fp32.yaml"), "--predict", str(DIGITS / "samples.npz"),
+    up = start_up("-f", str(DIGITS / "fp32.yaml"), "--predict", str(DIGITS / "samples.npz"),
             repository=repository)
     try:
         up.wait_for("Serving.")
@@ -101,13 +49,13 @@ def test_up_serves_correct_predictions_over_rest_and_grpc(repository):
     assert "draining" in up.output
 
 
-def test_second_up_reuses_the_artifact(repository):
-    first = Up("-f", str(DIGITS / "fp32.yaml"), repository=repository)
+def test_second_up_reuses_the_artifact(start_up, repository):
+    first = start_up("-f", str(DIGITS / "fp32.yaml"), repository=repository)
     first.wait_for("Serving.")
     assert first.stop() == 0
     assert "converted version 1" in first.output
 
-    second = Up("-f", str(DIGITS / "fp32.yaml"), repository=repository)
+    second = start_up("-f", str(DIGITS / "fp32.yaml"), repository=repository)
     second.wait_for("Serving.")
     assert second.stop() == 0
     assert "reused version 1" in second.output
@@ -129,14 +77,14 @@ def test_invalid_model_is_rejected_with_the_crd_message_and_nothing_converted(
     assert not repository.exists() or not any(repository.iterdir())
 
 
-def test_missing_device_is_refused_unless_a_fallback_is_given(repository):
+def test_missing_device_is_refused_unless_a_fallback_is_given(start_up, repository):
     result = subprocess.run(
         [sys.executable, "-m", "modelkiln.cli", "up", "-f", str(DIGITS / "gpu.yaml"),
          "--repository", str(repository)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "spec.serving.device is GPU" in result.stderr and "--device-fallback" in result.stderr
 
-    up = Up("-f", str(DIGITS / "gpu.yaml"), "--device-fallback", "CPU", repository=repository)
+    up = start_up("-f", str(DIGITS / "gpu.yaml"), "--device-fallback", "CPU", repository=repository)
     try:
         up.wait_for("Serving.")
         assert "serving on CPU as --device-fallback asks" in up.output
