@@ -1,0 +1,175 @@
+"""How the operator copes with many InferenceModels at once, on the real control plane.
+
+Starts the e2e control plane (e2e/control_plane.py: etcd, kube-apiserver with an audit log,
+controller-manager, scheduler, kwok nodes), runs `modelkiln operator` from this checkout with
+its own ServiceAccount, applies N InferenceModels in one `kubectl apply`, and measures:
+- the time until every model is Ready (conversion Jobs and serving pods are kwok's, so this is
+  the operator's and the control plane's share of the work, not conversion or model loading);
+- reconciles per second (the operator's modelkiln_operator_reconciles_total);
+- API requests per model, from the API server's audit log of the operator's user, split into
+  writes (create/patch/update/delete) and reads, until all are Ready and then in a steady-state
+  window in which nothing changes;
+- the operator's peak RSS (VmHWM).
+Target (issue 5): all Ready, RSS below 200 MB, no more writes per model than the objects the
+operator must create plus its status updates.
+
+Run from the repository root with the project's venv (builds the control plane when missing):
+
+    .venv/bin/python bench/operator_scale.py [--models 100] [--resync 10] [--steady 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "e2e"))
+
+import control_plane as cp  # noqa: E402
+from modelkiln_setup import (OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, create_model_namespace,  # noqa: E402
+                             inference_model, install_modelkiln, operator_process)
+
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+NAMESPACE = "bench"
+# Room for every conversion and serving pod at once, so scheduling never waits on capacity.
+BIG_CPU_NODE = {"cpu": "400", "memory": "2Ti", "pods": "1000"}
+
+
+def audit_policy() -> dict:
+    """Log the operator's requests (metadata only) and nothing else."""
+    return {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived", "ResponseStarted"],
+            "rules": [{"level": "Metadata", "users": [OPERATOR_USER]}, {"level": "None"}]}
+
+
+def audit_counts(log: Path, *, since: str = "", until: str = "~") -> collections.Counter:
+    """(verb class, resource) -> requests by the operator logged in [since, until)."""
+    counts: collections.Counter = collections.Counter()
+    for line in log.read_text().splitlines():
+        event = json.loads(line)
+        if event["user"]["username"] != OPERATOR_USER or not since <= event["requestReceivedTimestamp"] < until:
+            continue
+        ref = event.get("objectRef", {})
+        resource = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        kind = "write" if event["verb"] in WRITE_VERBS else "read"
+        counts[(kind, resource, event["verb"])] += 1
+    return counts
+
+
+def reconciles(metrics_port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("modelkiln_operator_reconciles_total{"))
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def utc_now() -> str:
+    # The audit log's timestamp format (RFC 3339, microseconds), comparable as strings.
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def ready_count(kubectl: cp.Kubectl) -> int:
+    items = kubectl.get_json("inferencemodels", namespace=NAMESPACE)["items"]
+    return sum(any(c["type"] == "Ready" and c["status"] == "True" for c in im.get("status", {}).get("conditions", []))
+               for im in items)
+
+
+def total(counts: collections.Counter, kind: str) -> int:
+    return sum(n for (k, _, _), n in counts.items() if k == kind)
+
+
+def per_model(counts: collections.Counter, models: int) -> dict[str, float]:
+    table: dict[str, float] = collections.defaultdict(float)
+    for (kind, resource, verb), n in counts.items():
+        table[f"{kind} {verb} {resource}"] += n / models
+    return dict(sorted(table.items()))
+
+
+def run(*, models: int, resync: float, steady: float, work: Path) -> dict:
+    go = cp.find_go()
+    if go is None:
+        raise SystemExit("operator_scale: needs Go (to build the control plane); see e2e/README.md")
+    bin_dir = cp.build_binaries(go=go)
+    policy, audit_log = work / "audit-policy.yaml", work / "audit.log"
+    policy.write_text(yaml.safe_dump(audit_policy()))
+    plane = cp.start_control_plane(bin_dir=bin_dir, work_dir=work / "control-plane", apiserver_args=(
+        f"--audit-policy-file={policy}", f"--audit-log-path={audit_log}", "--audit-log-format=json"))
+    try:
+        kubectl = plane.kubectl
+        install_modelkiln(kubectl, ROOT)
+        for i in range(4):
+            kubectl.apply(cp.simulated_node(f"bench-cpu-{i}", pool="cpu", allocatable=BIG_CPU_NODE))
+        kubectl.run("wait", "--for=condition=Ready", "--timeout=120s", "node", "--all")
+        create_model_namespace(kubectl, NAMESPACE)
+        metrics_port = cp.free_port()
+        operator = operator_process(kubectl, work / "operator", resync_seconds=resync, metrics_port=metrics_port)
+        operator.start()
+        cp.wait_until("the operator's metrics endpoint", lambda: reconciles(metrics_port) >= 0,
+                      timeout=60, procs=[operator.process])
+
+        manifest = {"apiVersion": "v1", "kind": "List",
+                    "items": [inference_model(f"model-{i:03d}", replicas=1) for i in range(models)]}
+        start_stamp, start = utc_now(), time.monotonic()
+        kubectl.apply(manifest, namespace=NAMESPACE)
+        cp.wait_until(f"{models} Ready InferenceModels", lambda: ready_count(kubectl) == models,
+                      timeout=1800, procs=[operator.process])
+        all_ready = time.monotonic() - start
+        ready_stamp, reconciles_at_ready = utc_now(), reconciles(metrics_port)
+        time.sleep(steady)
+        steady_stamp, reconciles_at_end = utc_now(), reconciles(metrics_port)
+        rss = peak_rss_mb(operator.process.popen.pid)
+        operator.stop()
+    finally:
+        plane.stop()
+
+    to_ready = audit_counts(audit_log, since=start_stamp, until=ready_stamp)
+    in_steady = audit_counts(audit_log, since=ready_stamp, until=steady_stamp)
+    return {
+        "models": models, "resyncSeconds": resync, "steadySeconds": steady,
+        "secondsUntilAllReady": round(all_ready, 1),
+        "reconcilesPerSecond": round(reconciles_at_ready / all_ready, 1),
+        "reconcilesPerModelUntilReady": round(reconciles_at_ready / models, 1),
+        "writesPerModelUntilReady": round(total(to_ready, "write") / models, 1),
+        "readsPerModelUntilReady": round(total(to_ready, "read") / models, 1),
+        "writesPerModelPerMinuteSteady": round(total(in_steady, "write") / models * 60 / steady, 1),
+        "readsPerModelPerMinuteSteady": round(total(in_steady, "read") / models * 60 / steady, 1),
+        "reconcilesPerSecondSteady": round((reconciles_at_end - reconciles_at_ready) / steady, 1),
+        "operatorPeakRssMB": round(rss, 1),
+        "untilReadyByRequest": per_model(to_ready, models),
+        "steadyByRequest": per_model(in_steady, models),
+        "machine": {"cores": len(os.sched_getaffinity(0)), "python": platform.python_version()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", type=int, default=100)
+    p.add_argument("--resync", type=float, default=10.0, help="MODELKILN_RESYNC_SECONDS (the manifests' 10)")
+    p.add_argument("--steady", type=float, default=60.0, help="seconds observed after all are Ready")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="operator-scale-") as tmp:
+        result = run(models=args.models, resync=args.resync, steady=args.steady, work=Path(tmp))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
