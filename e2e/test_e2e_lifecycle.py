@@ -19,6 +19,7 @@ from modelkiln_setup import inference_model
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "digits"
 POOL_OF_DEVICE = {"CPU": "cpu", "GPU": "gpu", "NPU": "npu", "VPU": "npu"}
+DEVICE_RESOURCE = {"GPU": "gpu.intel.com/i915", "NPU": "npu.intel.com/accel", "VPU": "npu.intel.com/accel"}
 READY_TIMEOUT = 180
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -69,9 +70,15 @@ def test_example_converts_then_serves_on_its_device_pool(cluster, namespace, exa
     assert condition(im, "Converted")["status"] == "True"
     assert im["status"]["phase"] == "Ready"
     assert im["status"]["observedGeneration"] == im["metadata"]["generation"]
+    key = im["status"]["artifact"]["key"]
+    assert job["metadata"]["name"] == f"{name}-convert-{key[:8]}"
+    assert argv[argv.index("--artifact-key") + 1] == key
     pods = serving_pods(cluster, namespace, name)
     assert pods and all(p["status"]["phase"] == "Running" for p in pods)
     assert pools_of(cluster, pods) == {POOL_OF_DEVICE[device]}
+    if device in DEVICE_RESOURCE:
+        assert all(c["resources"]["limits"][DEVICE_RESOURCE[device]] == "1"
+                   for p in pods for c in p["spec"]["containers"]), [p["spec"]["containers"] for p in pods]
 
     table = cluster.run("get", "im", name, "-n", namespace).stdout.splitlines()
     assert table[0].split() == ["NAME", "DEVICE", "PRECISION", "PHASE", "READY", "AGE"]
@@ -131,6 +138,8 @@ def test_failed_conversion_shows_the_cause_on_the_resource_and_as_an_event(clust
     events = cluster.get_json("events", "--field-selector", "involvedObject.name=broken", namespace=namespace)["items"]
     assert any("not a valid ONNX model" in e.get("message", "") for e in events), [e.get("message") for e in events]
     assert cluster.items("deployments", namespace=namespace) == []
+    # A permanent cause (exit 1) fails the Job at once: one pod, no retries.
+    assert len(cluster.items("pods", namespace=namespace, selector="job-name")) == 1
 
 
 def test_deleting_the_model_garbage_collects_everything_it_owned(cluster, namespace):
