@@ -24,6 +24,7 @@ import os
 import pathlib
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -328,8 +329,9 @@ class OpenVINOModel(kserve.Model):
         x = payload.inputs[0].as_numpy()
         y = self.request.infer({0: x})[self.compiled.outputs[0]]
         output = InferOutput(name="logits", shape=list(y.shape), datatype="FP32")
-        output.set_data_from_numpy(y, binary_data=payload.use_binary_outputs if hasattr(payload, "use_binary_outputs") else True)
-        return InferResponse(model_name=self.name, infer_outputs=[output], response_id=payload.id or generate_uuid())
+        output.set_data_from_numpy(y, binary_data=payload.use_binary_outputs)
+        return InferResponse(model_name=self.name, infer_outputs=[output],
+                             response_id=payload.id or generate_uuid())
 
 if __name__ == "__main__":
     repo, http_port, grpc_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -489,6 +491,8 @@ def main() -> int:
         uvloop.install()
     except ImportError:
         pass
+    # a SIGTERM'd run still stops the servers it started (the finally below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = pathlib.Path(tempfile.mkdtemp(prefix="modelkiln-bench-"))
     repo = CACHE / "repository"
     build_repository(repo)

@@ -2,7 +2,7 @@
 
 `Engine` owns the one `openvino.Core` and turns the serving settings (device, performance hint,
 inference precision, compiled-model cache) into compile properties. `CompiledModel.infer`
-runs one request on a pool of OpenVINO infer requests sized to the device's optimal number, so
+runs one request on a pool of OpenVINO infer requests (twice the device's optimal number), so
 concurrent requests fill every stream. The event loop never blocks: a request starts
 asynchronously and OpenVINO's completion callback hands the outputs back to the loop thread.
 
@@ -32,6 +32,9 @@ DEVICE_ALIASES = {"VPU": "NPU"}  # VPU is the older name of Intel's NPU
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
 INFERENCE_PRECISIONS = ("auto", "f32", "bf16", "f16")
 SWEEP_SECONDS = 0.5
+# Twice the device's optimal number of infer requests: while one runs on a stream the next is
+# already queued behind it, so a stream never idles waiting for the event loop to hand it work.
+REQUESTS_PER_OPTIMAL = 2
 
 
 @dataclass(frozen=True)
@@ -120,8 +123,8 @@ class CompiledModel:
         self._loop = asyncio.get_running_loop()
         self._idle: collections.deque[_Slot] = collections.deque()
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
-        size = self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
-        for _ in range(max(1, int(size))):
+        optimal = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        for _ in range(optimal * REQUESTS_PER_OPTIMAL):
             slot = _Slot(request=self.compiled.create_infer_request())
             slot.request.set_callback(self._on_done, slot)
             self.slots.append(slot)
@@ -129,7 +132,7 @@ class CompiledModel:
         self._sweeper = self._loop.create_task(self._sweep_failed())
 
     @property
-    def streams(self) -> int:
+    def infer_requests(self) -> int:
         return len(self.slots)
 
     async def infer(self, arrays: dict[int, np.ndarray],

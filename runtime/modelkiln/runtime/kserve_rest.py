@@ -51,10 +51,10 @@ def _flag(parameters, key: str, where: str) -> bool | None:
     if parameters is None:
         return None
     if not isinstance(parameters, dict):
-        raise InvalidInput(f"{where}parameters: expected an object, got {parameters!r}")
+        raise InvalidInput(f"{where}parameters: expected an object, got {parameters!r:.80}")
     value = parameters.get(key)
     if value is not None and not isinstance(value, bool):
-        raise InvalidInput(f"{where}parameters.{key}: expected true or false, got {value!r}")
+        raise InvalidInput(f"{where}parameters.{key}: expected true or false, got {value!r:.80}")
     return value
 
 
@@ -79,7 +79,7 @@ def decode_request(served: ServedVersion, document, binary: memoryview) -> KServ
     offset = 0
     for wire in wire_inputs:
         if not isinstance(wire, dict):
-            raise InvalidInput(f"malformed request: each input must be an object, got {wire!r}")
+            raise InvalidInput(f"malformed request: each input must be an object, got {wire!r:.80}")
         spec = tensors.input_spec(served, wire.get("name"), wire.get("datatype"))
         if "datatype" not in wire:
             raise InvalidInput(f"input '{spec.name}': 'datatype' is required "
@@ -90,7 +90,7 @@ def decode_request(served: ServedVersion, document, binary: memoryview) -> KServ
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise InvalidInput(f"input '{spec.name}': binary_data_size must be a "
-                                   f"non-negative integer, got {size!r}")
+                                   f"non-negative integer, got {size!r:.80}")
             if offset + size > len(binary):
                 raise InvalidInput(f"malformed binary body: input '{spec.name}' needs {size} "
                                    f"bytes at offset {offset}, only {len(binary) - offset} "
@@ -110,7 +110,7 @@ def decode_request(served: ServedVersion, document, binary: memoryview) -> KServ
     default_binary = bool(_flag(document.get("parameters"), "binary_data_output", ""))
     wire_outputs = document.get("outputs")
     if wire_outputs is not None and not isinstance(wire_outputs, list):
-        raise InvalidInput(f"malformed request: 'outputs' must be a list, got {wire_outputs!r}")
+        raise InvalidInput(f"malformed request: 'outputs' must be a list, got {wire_outputs!r:.80}")
     names = None
     binary_flags = {}
     if wire_outputs:

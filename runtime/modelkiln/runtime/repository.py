@@ -255,7 +255,7 @@ class Repository:
         self.metrics.model_ready.labels(served.model, served.label).set(1)
         log.info("model %s version %s loaded in %.2fs on %s (%d infer requests)", served.model,
                  served.version, seconds, settings.engine.openvino_device,
-                 served.compiled.streams)
+                 served.compiled.infer_requests)
 
     def _retire_unwanted(self, model: ServedModel, wanted: set[int]) -> None:
         settled = all(model.versions[n].state in (State.AVAILABLE, State.FAILED)

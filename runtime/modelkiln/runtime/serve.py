@@ -1,4 +1,4 @@
-"""`modelkiln serve`: serve a model repository over KServe v2 (REST, gRPC), TF-Serving and SageMaker.
+"""`modelkiln serve`: a model repository over KServe v2 (REST, gRPC), TF-Serving and SageMaker.
 
 One process, one event loop: uvicorn (httptools) for HTTP and grpc.aio for gRPC share it with
 the repository poller; OpenVINO runs on its own threads. Start-up order: both ports listen at

@@ -37,11 +37,11 @@ def input_spec(served: ServedVersion, name: Any, datatype: Any | None) -> Tensor
     """The model input a wire input names, checking the datatype it claims (None: unstated)."""
     spec = served.inputs_by_name.get(name) if isinstance(name, str) else None
     if spec is None:
-        raise InvalidInput(f"unknown input {name!r} for model '{served.model}'; "
+        raise InvalidInput(f"unknown input {name!r:.80} for model '{served.model}'; "
                            f"expected inputs: {expected_inputs(served)}")
     if datatype is not None and datatype != spec.datatype.name:
         raise InvalidInput(f"input '{spec.name}': expected datatype {spec.datatype.name}, "
-                           f"got {datatype!r} (data is not converted; send "
+                           f"got {datatype!r:.20} (data is not converted; send "
                            f"{spec.datatype.name})")
     return spec
 
@@ -51,7 +51,7 @@ def check_shape(spec: TensorSpec, shape: Any) -> tuple[int, ...]:
     if (not isinstance(shape, (list, tuple))
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise InvalidInput(f"input '{spec.name}': shape must be a list of non-negative "
-                           f"integers, got {shape!r}")
+                           f"integers, got {shape!r:.80}")
     shape = tuple(shape)
     if spec.rank_is_dynamic:
         return shape
@@ -148,7 +148,7 @@ def output_specs(served: ServedVersion, names: Iterable[Any] | None) -> list[Ten
     for name in names:
         spec = served.outputs_by_name.get(name) if isinstance(name, str) else None
         if spec is None:
-            raise InvalidInput(f"unknown output {name!r} for model '{served.model}'; "
+            raise InvalidInput(f"unknown output {name!r:.80} for model '{served.model}'; "
                                f"expected outputs: "
                                f"{', '.join(repr(s.name) for s in served.outputs)}")
         specs.append(spec)
