@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="swap RGB<->BGR inside the model, before --mean and --scale")
     parser.add_argument("--calibration", metavar="URI",
                         help=".npy/.npz of input tensors (an npz may add 'labels') or a directory of images")
-    parser.add_argument("--calibration-samples", type=int, default=300, metavar="N")
+    parser.add_argument("--calibration-samples", type=int, default=300, metavar="N",
+                        help="use at most N calibration samples (default 300)")
     parser.add_argument("--synthetic-calibration", action="store_true",
                         help="calibrate INT8 on random inputs (recorded in modelkiln.json; usually less "
                              "accurate); --calibration data, if given, then only serves verification")
