@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import http.server
 import re
 import shutil
@@ -187,3 +188,30 @@ def test_sigterm_during_download_removes_staging_and_reports_it(repo, serve, tmp
     assert err.strip() == "modelkiln convert: terminated by SIGTERM before the conversion finished"
     assert log.read_text() == "terminated by SIGTERM before the conversion finished"
     assert version_dirs(repo / "digits") == []     # the staging directory is gone
+
+
+def test_download_on_a_terminal_draws_a_progress_bar(repo, serve):
+    import pty
+
+    server = serve({"/digits.onnx": MODEL_BYTES})
+    leader, follower = pty.openpty()
+    converter = subprocess.Popen(
+        [sys.executable, "-m", "modelkiln.cli", "convert", "--source", f"{server.url}/digits.onnx",
+         "--output", str(repo / "digits"), "--precision", "FP32", "--termination-log", str(repo.parent / "log")],
+        stdout=follower, stderr=subprocess.PIPE)
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:     # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        screen += chunk
+    converter.wait(timeout=120)
+    os.close(leader)
+
+    assert converter.returncode == 0
+    assert f"\r[{'#' * 30}] 100% of {len(MODEL_BYTES)} bytes".encode() in screen
+    assert b"downloading " not in screen      # the plain log lines are for logs, not terminals
