@@ -104,7 +104,7 @@ def main() -> None:
         noise_path = repository / "noise.npz"
         calibration_shape = np.load(CALIBRATION_PATH)["input"].shape
         np.savez(noise_path, input=rng.uniform(0, 255, calibration_shape).astype(np.float32))
-        print(f"FP32 on the photos: " + ", ".join(
+        print("FP32 on the photos: " + ", ".join(
             f"{name} {labels[int(row.argmax())]!r}" for name, row in zip(names, reference[originals])))
         for kind, calibration in (("photos", CALIBRATION_PATH), ("noise images", noise_path),
                                   ("--synthetic-calibration", None)):
