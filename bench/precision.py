@@ -231,6 +231,17 @@ def sequential_numbers(run: Callable[[], object], seconds: float) -> tuple[float
     return latency, 1000 / latency
 
 
+def with_torch_threads(count: int, measure: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        return measure()
+    finally:
+        torch.set_num_threads(previous)
+
+
 def agreement(xml_a: str, xml_b: str, case: Case) -> dict:
     core = ov.Core()
     a, b = (core.compile_model(xml, "CPU", STRICT_FP32) for xml in (xml_a, xml_b))
@@ -256,6 +267,10 @@ def bench(case: Case, *, repo: pathlib.Path, seconds: float) -> dict:
     session = onnxruntime.InferenceSession(str(case.onnx_path), providers=["CPUExecutionProvider"])
     rows["ONNX Runtime FP32"] = sequential_numbers(lambda: session.run(None, case.timing_input), seconds)
     rows["torch eager FP32"] = sequential_numbers(lambda: case.torch_model(case.timing_input), seconds)
+    # torch's OpenMP threads spin at barriers: on a shared, busy machine two threads can be 20x
+    # slower than one, so the single-thread figure is reported too.
+    rows["torch eager FP32 (1 thread)"] = with_torch_threads(
+        1, lambda: sequential_numbers(lambda: case.torch_model(case.timing_input), seconds))
     return {
         "model": case.name,
         "artifacts": {p: {"convertSeconds": round(a["seconds"], 1), "sizeBytes": a["sizeBytes"],
