@@ -1,0 +1,73 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "modelkiln.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "modelkiln.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "modelkiln.operatorName" -}}
+{{- printf "%s-operator" (include "modelkiln.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "modelkiln.devicePoolsName" -}}
+{{- printf "%s-device-pools" (include "modelkiln.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "modelkiln.serviceAccountName" -}}
+{{- default (include "modelkiln.operatorName" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "modelkiln.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "modelkiln.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "modelkiln.operatorSelector" -}}
+app.kubernetes.io/name: {{ include "modelkiln.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/* The labels the operator puts on model server pods (modelkiln.operator.objects). */}}
+{{- define "modelkiln.servingSelector" -}}
+app.kubernetes.io/component: serving
+app.kubernetes.io/managed-by: modelkiln-operator
+{{- end -}}
+
+{{- define "modelkiln.image" -}}
+{{- printf "%s:%s" .image.repository (default .chart.AppVersion .image.tag) -}}
+{{- end -}}
+
+{{/* True when a monitor (serviceMonitor/podMonitor values) should render: asked for, and the
+CRD is there or forced. */}}
+{{- define "modelkiln.monitorWanted" -}}
+{{- $v := index .root.Values.monitoring .key -}}
+{{- if and $v.enabled (or $v.force (.root.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" .kind))) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* Device pools as the operator reads them. VPU is the old name of NPU: when set it replaces
+NPU (the chart's default NPU pool would otherwise always be there too). */}}
+{{- define "modelkiln.devicePools" -}}
+{{- $pools := omit .Values.devicePools "VPU" -}}
+{{- with .Values.devicePools.VPU -}}
+{{- $_ := set $pools "NPU" . -}}
+{{- end -}}
+{{- toYaml $pools -}}
+{{- end -}}
