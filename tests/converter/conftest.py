@@ -34,7 +34,11 @@ class Conversion:
     @property
     def summary(self) -> dict:
         assert self.returncode == 0, self.stderr + self.stdout[-3000:]
-        return json.loads(self.stdout.strip().splitlines()[-1])
+        last = self.stdout.strip().splitlines()[-1] if self.stdout.strip() else ""
+        try:
+            return json.loads(last)
+        except ValueError:
+            raise AssertionError(f"the last stdout line is not the JSON summary:\n{self.stdout[-3000:]}") from None
 
     @property
     def cause(self) -> str:

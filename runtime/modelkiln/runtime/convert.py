@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import datetime
 import errno
 import hashlib
@@ -99,9 +100,15 @@ def main(argv: list[str] | None = None) -> int:
             return fail(f"unexpected {type(error).__name__}: {lines[0] if lines else ''}", transient=False,
                         stderr=stderr, termination_log=termination_log)
         line = json.dumps(summary)
+        flush_c_streams()       # so nothing a C++ library buffered can land after the summary
         print(line, flush=True)
         write_termination_log(termination_log, line)
         return 0
+
+
+def flush_c_streams() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).fflush(None)
 
 
 def termination_log_of(argv: list[str]) -> pathlib.Path | None:
