@@ -200,70 +200,43 @@ def summary_of(metadata: dict, *, model_dir: pathlib.Path, reused: bool) -> dict
 
 def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, artifact_key: str) -> dict:
     """Fetch, convert, quantize, save into `staging` and verify; returns the metadata."""
-    import openvino as ov
+    from modelkiln.runtime import calibration, formats, sources, verification
 
-    from modelkiln.runtime import calibration, formats, preprocessing, sources, verification
-
-    if args.precision == "INT8" and not (args.calibration or args.synthetic_calibration):
-        raise ConversionFailed("INT8 needs calibration data: pass --calibration URI (.npy, .npz or a "
-                               "directory of images), or --synthetic-calibration to accept random inputs")
-    if args.calibration_samples < 1:
-        raise ConversionFailed(f"--calibration-samples must be at least 1 (got {args.calibration_samples})")
+    check_arguments(args)
     downloads = staging / "downloads"
     source = sources.fetch_source(args.source, download_dir=downloads, expected_sha256=args.sha256)
     model_file = formats.detect_format(source.path, declared=args.format)
     print(f"converting {model_file.format} model {model_file.path.name} to {args.precision}", flush=True)
 
     started = time.monotonic()
-    raw_options = preprocessing.parse_input_options(
-        shapes=args.input_shape, layouts=args.layout, means=args.mean, scales=args.scale,
-        reverse_channels=args.reverse_channels)
-    model = formats.read_model(model_file, example_inputs=raw_options.shapes)
-    options = preprocessing.resolved(model, raw_options)
-    preprocessing.reshape(model, options)
-    reference_model = model.clone()
-    model = preprocessing.embed_preprocessing(model, options)
-
-    samples = None      # real inputs: calibration data, and the samples verification runs on
+    model, reference_model, options = prepare_model(args, model_file=model_file)
+    samples, calibration_data = None, None      # real inputs: for calibration and verification
     if args.calibration:
-        data = sources.fetch_source(args.calibration, download_dir=downloads)
-        samples = calibration.load_samples(data.path, model=model, limit=args.calibration_samples,
+        calibration_data = sources.fetch_source(args.calibration, download_dir=downloads)
+        samples = calibration.load_samples(calibration_data.path, model=model, limit=args.calibration_samples,
                                            layouts=options.layouts)
     calibration_record = None
     if args.precision == "INT8":
-        from modelkiln.runtime.quantization import quantize_int8
-
-        if args.synthetic_calibration:
-            calibration_set = calibration.synthetic_samples(model, count=args.calibration_samples)
-            calibration_record = {"source": "synthetic", "samples": calibration_set.rows(), "synthetic": True}
-        else:
-            calibration_set = samples
-            calibration_record = {"source": args.calibration, "sha256": data.sha256,
-                                  "samples": samples.rows(), "synthetic": False}
-        print(f"quantizing to INT8 on {calibration_set.rows()} calibration samples", flush=True)
-        model, how = quantize_int8(model, calibration=calibration_set, max_accuracy_drop=args.max_accuracy_drop)
-        calibration_record.update(how)
-        samples = samples or calibration_set
+        model, calibration_record, samples = quantize(args, model=model, samples=samples,
+                                                      calibration_data=calibration_data)
     xml = staging / "model.xml"
     save_ir(model, xml=xml, compress_to_fp16=args.precision == "FP16")
     convert_seconds = time.monotonic() - started
 
     started = time.monotonic()
-    check_samples = verification_samples(samples, model=model)
     result = verification.verify(
         artifact=verification.openvino_runner(str(xml)),
         reference=verification.reference_for(model_file, source_model=reference_model),
-        samples=check_samples, options=options)
+        samples=verification_samples(samples, model=model), options=options)
     verify_seconds = time.monotonic() - started
     print(f"verification: {json.dumps(result)}", flush=True)
     verification.check_gate(result, max_accuracy_drop=args.max_accuracy_drop, min_cosine=args.min_cosine)
 
     shutil.rmtree(downloads, ignore_errors=True)
-    saved = ov.Core().read_model(str(xml))
     return {
         "name": args.output.name, "version": None, "artifactKey": artifact_key, "precision": args.precision,
         "source": {"uri": args.source, "sha256": source.sha256, "format": model_file.format},
-        "inputs": signature(saved.inputs), "outputs": signature(saved.outputs),
+        **signatures(xml),
         "preprocessing": preprocessing_record(options),
         "sizeBytes": sum(p.stat().st_size for p in staging.iterdir() if p.is_file()),
         "sha256": sources.sha256_of(staging / "model.bin"),
@@ -273,6 +246,45 @@ def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, artifact_
         "calibration": calibration_record,
         "verification": result,
     }
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    if args.precision == "INT8" and not (args.calibration or args.synthetic_calibration):
+        raise ConversionFailed("INT8 needs calibration data: pass --calibration URI (.npy, .npz or a "
+                               "directory of images), or --synthetic-calibration to accept random inputs")
+    if args.calibration_samples < 1:
+        raise ConversionFailed(f"--calibration-samples must be at least 1 (got {args.calibration_samples})")
+
+
+def prepare_model(args: argparse.Namespace, *, model_file):
+    """The model with shapes and embedded preprocessing, the untouched source for reference, the options."""
+    from modelkiln.runtime import formats, preprocessing
+
+    raw_options = preprocessing.parse_input_options(
+        shapes=args.input_shape, layouts=args.layout, means=args.mean, scales=args.scale,
+        reverse_channels=args.reverse_channels)
+    model = formats.read_model(model_file, example_inputs=raw_options.shapes)
+    options = preprocessing.resolved(model, raw_options)
+    preprocessing.reshape(model, options)
+    reference_model = model.clone()
+    return preprocessing.embed_preprocessing(model, options), reference_model, options
+
+
+def quantize(args: argparse.Namespace, *, model, samples, calibration_data):
+    """INT8 model, its calibration record, and the samples to verify on (real ones when given)."""
+    from modelkiln.runtime import calibration
+    from modelkiln.runtime.quantization import quantize_int8
+
+    if args.synthetic_calibration:
+        calibration_set = calibration.synthetic_samples(model, count=args.calibration_samples)
+        record = {"source": "synthetic", "samples": calibration_set.rows(), "synthetic": True}
+    else:
+        calibration_set = samples
+        record = {"source": args.calibration, "sha256": calibration_data.sha256,
+                  "samples": samples.rows(), "synthetic": False}
+    print(f"quantizing to INT8 on {calibration_set.rows()} calibration samples", flush=True)
+    model, how = quantize_int8(model, calibration=calibration_set, max_accuracy_drop=args.max_accuracy_drop)
+    return model, {**record, **how}, samples if samples is not None else calibration_set
 
 
 def verification_samples(samples, *, model):
@@ -302,6 +314,13 @@ def save_ir(model, *, xml: pathlib.Path, compress_to_fp16: bool) -> None:
         if shutil.disk_usage(xml.parent).free < (1 << 20):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(xml.parent)) from error
         raise ConversionFailed(f"cannot save the IR: {str(error).strip().splitlines()[-1]}") from error
+
+
+def signatures(xml: pathlib.Path) -> dict:
+    import openvino as ov
+
+    saved = ov.Core().read_model(str(xml))
+    return {"inputs": signature(saved.inputs), "outputs": signature(saved.outputs)}
 
 
 def signature(ports) -> list[dict]:
