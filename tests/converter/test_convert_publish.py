@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from conftest import DIGITS, metadata, version_dirs
 
@@ -83,3 +84,19 @@ def test_converter_that_loses_the_race_after_converting_reuses_the_winner(tmp_pa
     assert (published["version"], reused, again["version"], reused_again) == (1, False, 1, True)
     assert version_dirs(model_dir) == ["1"]     # the loser's staging directory is gone
     assert oct((model_dir / "1").stat().st_mode & 0o777) == "0o755"
+
+
+def test_publishing_removes_staging_left_by_a_killed_converter_but_not_a_live_one(tmp_path):
+    model_dir = tmp_path / "digits"
+    abandoned, live = model_dir / ".tmp-killed", model_dir / ".tmp-running"
+    for directory in (abandoned, live):
+        directory.mkdir(parents=True)
+        (directory / "model.bin").write_bytes(b"partial")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(abandoned, (two_days_ago, two_days_ago))
+
+    with publish.staging_directory(model_dir) as staging:
+        (staging / "model.xml").write_text("<net/>")
+        publish.publish_version(model_dir=model_dir, staging=staging, metadata={"artifactKey": "k"})
+
+    assert version_dirs(model_dir) == [".tmp-running", "1"]

@@ -17,11 +17,14 @@ import os
 import pathlib
 import shutil
 import tempfile
+import time
 from typing import Iterator
 
 METADATA = "modelkiln.json"
 LOCK = ".lock"
 STAGING_PREFIX = ".tmp-"
+# A staging directory untouched this long belongs to a converter that was killed (OOM, SIGKILL).
+ABANDONED_AFTER_SECONDS = 24 * 3600
 
 
 def versions(model_dir: pathlib.Path) -> list[int]:
@@ -73,16 +76,36 @@ def publish_version(*, model_dir: pathlib.Path, staging: pathlib.Path, metadata:
     Returns the published metadata and whether an existing version was reused.
     """
     with repository_lock(model_dir):
+        remove_abandoned_staging(model_dir, keep=staging)
         existing = find_published(model_dir, metadata["artifactKey"])
         if existing:
             return existing, True
         version = (versions(model_dir) or [0])[-1] + 1
         metadata = {**metadata, "version": version}
+        sync_files(staging)     # the weights reach the disk before the version becomes visible
         write_durably(staging / METADATA, json.dumps(metadata, indent=2) + "\n")
         staging.chmod(0o755)    # mkdtemp's 0700 would hide the version from serving pods run as another user
         os.rename(staging, model_dir / str(version))
         sync_directory(model_dir)
     return metadata, False
+
+
+def remove_abandoned_staging(model_dir: pathlib.Path, *, keep: pathlib.Path) -> None:
+    now = time.time()
+    for path in model_dir.glob(STAGING_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            if path != keep and now - path.stat().st_mtime > ABANDONED_AFTER_SECONDS:
+                shutil.rmtree(path)
+
+
+def sync_files(directory: pathlib.Path) -> None:
+    for path in directory.iterdir():
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def write_durably(path: pathlib.Path, text: str) -> None:
