@@ -23,9 +23,17 @@ import signal
 import sys
 import time
 import traceback
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from modelkiln.runtime.conversion_errors import ConversionFailed
+
+if TYPE_CHECKING:   # OpenVINO loads only when a conversion runs: `--help` stays instant
+    import openvino as ov
+
+    from modelkiln.runtime.calibration import SampleSet
+    from modelkiln.runtime.formats import ModelFile
+    from modelkiln.runtime.preprocessing import InputOptions
+    from modelkiln.runtime.sources import FetchedSource
 
 PRECISIONS = ("FP32", "FP16", "INT8")
 DEFAULT_TERMINATION_LOG = pathlib.Path("/dev/termination-log")
@@ -256,7 +264,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConversionFailed(f"--calibration-samples must be at least 1 (got {args.calibration_samples})")
 
 
-def prepare_model(args: argparse.Namespace, *, model_file):
+def prepare_model(args: argparse.Namespace, *, model_file: ModelFile) -> tuple[ov.Model, ov.Model, InputOptions]:
     """The model with shapes and embedded preprocessing, the untouched source for reference, the options."""
     from modelkiln.runtime import formats, preprocessing
 
@@ -270,7 +278,8 @@ def prepare_model(args: argparse.Namespace, *, model_file):
     return preprocessing.embed_preprocessing(model, options), reference_model, options
 
 
-def quantize(args: argparse.Namespace, *, model, samples, calibration_data):
+def quantize(args: argparse.Namespace, *, model: ov.Model, samples: SampleSet | None,
+             calibration_data: FetchedSource | None) -> tuple[ov.Model, dict, SampleSet]:
     """INT8 model, its calibration record, and the samples to verify on (real ones when given)."""
     from modelkiln.runtime import calibration
     from modelkiln.runtime.quantization import quantize_int8
@@ -287,7 +296,7 @@ def quantize(args: argparse.Namespace, *, model, samples, calibration_data):
     return model, {**record, **how}, samples if samples is not None else calibration_set
 
 
-def verification_samples(samples, *, model):
+def verification_samples(samples: SampleSet | None, *, model: ov.Model) -> SampleSet:
     """Labelled data is checked in full (it measures accuracy); otherwise a few rows suffice."""
     from modelkiln.runtime.calibration import SampleSet, synthetic_samples
 
@@ -304,7 +313,7 @@ def verification_samples(samples, *, model):
     return SampleSet(samples=kept, synthetic=samples.synthetic)
 
 
-def save_ir(model, *, xml: pathlib.Path, compress_to_fp16: bool) -> None:
+def save_ir(model: ov.Model, *, xml: pathlib.Path, compress_to_fp16: bool) -> None:
     import openvino as ov
 
     try:
@@ -323,7 +332,7 @@ def signatures(xml: pathlib.Path) -> dict:
     return {"inputs": signature(saved.inputs), "outputs": signature(saved.outputs)}
 
 
-def signature(ports) -> list[dict]:
+def signature(ports: list[ov.Output]) -> list[dict]:
     from openvino import Type
 
     names = {Type.f32: "FP32", Type.f16: "FP16", Type.f64: "FP64", Type.i64: "INT64", Type.i32: "INT32",
@@ -334,7 +343,7 @@ def signature(ports) -> list[dict]:
             for port in ports]
 
 
-def preprocessing_record(options) -> dict | None:
+def preprocessing_record(options: InputOptions) -> dict | None:
     record = {"layout": options.layouts, "mean": options.means, "scale": options.scales,
               "reverseChannels": options.reverse_channels}
     return record if any(record.values()) else None

@@ -5,7 +5,8 @@ into place, so a serving pod never sees half a version and a failed or killed co
 leaves no version directory behind. Converters that race on one model (two Jobs, a retried
 Job, `modelkiln up` next to the cluster) take an exclusive lock on `MODEL/.lock` only for the
 moment of choosing the number and renaming; a converter finding its artifact key already
-published reuses that version instead of publishing a twin.
+published reuses that version instead of publishing a twin. Staging left by a converter that
+was killed outright (OOM, SIGKILL) is removed by a later publish once it is a day old.
 """
 
 from __future__ import annotations
