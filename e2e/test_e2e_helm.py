@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -128,6 +129,22 @@ def test_the_charts_rbac_and_configuration_take_a_model_to_ready(kubectl, chart_
     peering = kubectl.get_json("clusterkopfpeering", "modelkiln")
     assert peering["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
     assert peering.get("status"), "the operator never announced itself on the chart's peering object"
+
+
+def test_the_helm_test_hook_passes_against_the_running_operator(helm, kubectl, chart_operator):
+    # kwok's pods run nothing, so `helm test` cannot run here: its script runs on the health port instead.
+    hooks = yaml.safe_load_all(helm_on(helm, kubectl, "get", "hooks", RELEASE, "-n", NAMESPACE).stdout)
+    (test_pod,) = [h for h in hooks if h and h["metadata"]["annotations"]["helm.sh/hook"] == "test"]
+    command = test_pod["spec"]["containers"][0]["command"]
+    assert command[:2] == ["python", "-c"]
+    service_url = re.compile(rf"http://{OPERATOR}\.{NAMESPACE}\.svc:\d+")
+    assert service_url.search(command[2])
+    proc, _ = chart_operator
+    health_port = next(a.split("=")[1] for a in proc.popen.args if a.startswith("--health-port="))
+    script = service_url.sub(f"http://127.0.0.1:{health_port}", command[2])
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("/healthz 200")
 
 
 def test_the_dashboard_and_docs_name_the_operators_live_metrics(chart_operator):
