@@ -4,7 +4,8 @@ The statuses are built with the operator's own status functions (conditions, pha
 reconcile writes them. Flux computes health with kstatus; `kstatus_health` below is kstatus'
 generic rules as Flux applies them to custom resources (sigs.k8s.io/cli-utils
 `checkGenericProperties`, plus the Ready condition). Argo CD runs the Lua script of
-manifests/gitops, here in a real Lua interpreter (lupa).
+manifests/gitops, here in a real Lua 5.1 interpreter (lupa), the language version of Argo CD's
+gopher-lua.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import pytest
 import yaml
 from chart_helpers import ROOT
-from lupa import LuaRuntime
+from lupa.lua51 import LuaRuntime  # Argo CD runs health checks in gopher-lua, a Lua 5.1
 
 from modelkiln.operator import schema
 from modelkiln.operator import status as st
