@@ -39,6 +39,13 @@ def test_json_input_takes_the_model_datatype_and_gets_a_batch_dimension(served, 
     assert "scores FP32 [1, 3]" in result.stdout
 
 
+def test_npz_inputs_are_matched_by_name(served, tmp_path):
+    np.savez(tmp_path / "inputs.npz", x=np.zeros((2, 4), np.float32))
+    result = predict("--url", served.http, "--model", "mlp", "--input", str(tmp_path / "inputs.npz"))
+    assert result.returncode == 0, result.stderr
+    assert "scores FP32 [2, 3]" in result.stdout and "label INT64 [2]" in result.stdout
+
+
 def test_image_input_is_resized_to_the_model_and_ranked(served, tmp_path):
     Image.new("RGB", (32, 20), (10, 200, 30)).save(tmp_path / "green.png")
     result = predict("--url", served.grpc, "--protocol", "grpc", "--model", "image",

@@ -6,7 +6,7 @@ import io
 
 import httpx
 import numpy as np
-from runtime_helpers import run_directly
+from runtime_helpers import image_graph, publish, run_directly
 
 X = np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32)
 
@@ -118,3 +118,32 @@ def test_metrics_count_requests_by_model_version_protocol_and_code(served):
                  "modelkiln_model_load_duration_seconds_bucket"):
         assert name + "{" in text, name
     assert 'modelkiln_model_ready{model="mlp",version="1"} 1.0' in text
+
+
+def test_sagemaker_invocations_go_to_the_only_model_and_answer_npy(tmp_path, start_server):
+    repository = tmp_path / "repo"
+    publish(repository, "image", 1, image_graph())
+    server = start_server(repository)
+    server.wait_until("/ping")
+    image = np.random.default_rng(5).random((1, 3, 8, 8), dtype=np.float32)
+    buffer = io.BytesIO()
+    np.save(buffer, image)
+    response = httpx.post(f"{server.http}/invocations", content=buffer.getvalue(),
+                          headers={"Content-Type": "application/x-npy",
+                                   "Accept": "application/x-npy"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/x-npy"
+    scores = np.load(io.BytesIO(response.content))
+    np.testing.assert_allclose(scores, image.mean(axis=(2, 3)), rtol=1e-5)
+
+
+def test_sagemaker_npy_answer_needs_a_single_output(served):
+    buffer = io.BytesIO()
+    np.save(buffer, X)
+    response = httpx.post(f"{served.http}/invocations", content=buffer.getvalue(),
+                          headers={"X-Amzn-SageMaker-Target-Model": "mlp",
+                                   "Content-Type": "application/x-npy",
+                                   "Accept": "application/x-npy"})
+    assert response.status_code == 400
+    assert response.json()["error"] == ("Accept: application/x-npy needs one output; model 'mlp' "
+                                        "answers with 'scores', 'label'")

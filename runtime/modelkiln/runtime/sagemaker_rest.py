@@ -43,12 +43,9 @@ def decode_npy(served: ServedVersion, body: bytes) -> Decoded:
                    outputs=served.outputs)
 
 
-def encode_npy(arrays: list[np.ndarray]) -> Response:
-    if len(arrays) != 1:
-        raise InvalidInput(f"Accept: application/x-npy needs a single-output model; this one "
-                           f"has {len(arrays)} outputs")
+def encode_npy(array: np.ndarray) -> Response:
     buffer = io.BytesIO()
-    np.save(buffer, arrays[0], allow_pickle=False)
+    np.save(buffer, array, allow_pickle=False)
     return Response(200, buffer.getvalue(), content_type=NPY)
 
 
@@ -80,22 +77,29 @@ class SageMakerRoutes:
             raise UnsupportedMediaType(f"Content-Type {content_type.decode(errors='replace')!r} "
                                        f"is not supported; send application/json or "
                                        f"application/x-npy")
+        wants_npy = NPY in (request.header(b"accept") or b"")
         answer = {}
 
         def decode(served: ServedVersion) -> Decoded:
             if content_type == NPY:
-                return decode_npy(served, request.body)
-            document, binary = kserve_rest.split_body(request)
-            if _is_kserve(document) or binary:
-                answer["kserve"] = kserve_rest.decode_request(served, document, binary)
-                return answer["kserve"].decoded
-            decoded, answer["tfs"] = tfserving_rest.decode_predict(served, document)
+                decoded = decode_npy(served, request.body)
+            else:
+                document, binary = kserve_rest.split_body(request)
+                if _is_kserve(document) or binary:
+                    answer["kserve"] = kserve_rest.decode_request(served, document, binary)
+                    decoded = answer["kserve"].decoded
+                else:
+                    decoded, answer["tfs"] = tfserving_rest.decode_predict(served, document)
+            if wants_npy and len(decoded.outputs) != 1:
+                raise InvalidInput(f"Accept: application/x-npy needs one output; model "
+                                   f"'{served.model}' answers with "
+                                   f"{', '.join(repr(s.name) for s in decoded.outputs)}")
             return decoded
 
         result = await self.dataplane.infer(model=model, version=None, protocol="sagemaker",
                                             decode=decode)
-        if NPY in (request.header(b"accept") or b""):
-            return encode_npy(result.arrays)
+        if wants_npy:
+            return encode_npy(result.arrays[0])
         if "kserve" in answer:
             return kserve_rest.encode_response(result, answer["kserve"])
         return tfserving_rest.encode_predict(result, answer.get("tfs", tfserving_rest.ROW))
