@@ -95,6 +95,18 @@ def build_router(dataplane: DataPlane, metrics: Metrics) -> Router:
     return router
 
 
+async def load_then_poll(repository: Repository, interval: float) -> None:
+    try:
+        await repository.poll()
+    except Exception:  # readiness stays false; the next polls retry
+        log.exception("loading the model repository %s failed", repository.root)
+    else:
+        ready = sorted(name for name, model in repository.models.items() if model.ready)
+        log.info("ready: %d of %d model(s) serving: %s", len(ready), len(repository.models),
+                 ", ".join(ready) or "none")
+    await repository.poll_forever(interval)
+
+
 async def serve(args: argparse.Namespace, config: ServingConfig) -> int:
     metrics = Metrics()
     repository = Repository(root=args.repository,
@@ -129,12 +141,8 @@ async def serve(args: argparse.Namespace, config: ServingConfig) -> int:
     log.info("listening: HTTP %s:%s, gRPC %s:%s", args.host, args.http_port, args.host,
              grpc_port)
 
-    await repository.poll()
-    ready = sorted(name for name, model in repository.models.items() if model.ready)
-    log.info("ready: %d of %d model(s) serving: %s", len(ready), len(repository.models),
-             ", ".join(ready) or "none")
-    poller = asyncio.create_task(repository.poll_forever(args.poll_interval))
-
+    # a SIGTERM while the first models are still loading stops at once, without waiting for them
+    poller = asyncio.create_task(load_then_poll(repository, args.poll_interval))
     await stop.wait()
     log.info("stopping: readiness false, draining in-flight requests (up to %ss)",
              args.drain_timeout)
