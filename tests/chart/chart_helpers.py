@@ -1,4 +1,5 @@
-"""Helpers for the chart tests: helm on the chart of this checkout, rendered objects by kind."""
+"""Helpers for the chart tests (and e2e/test_e2e_helm.py): helm on the chart of this checkout, rendered objects by
+kind, and the metric names the dashboard and docs/metrics.md use, compared with a live /metrics page."""
 
 from __future__ import annotations
 
