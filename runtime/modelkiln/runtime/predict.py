@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=".npy, .npz, .json or an image; NAME may be omitted for a "
                              "single-input model or an .npz")
     parser.add_argument("--top-k", type=int, default=5, help="classes listed per row")
+    parser.add_argument("--labels", type=pathlib.Path, metavar="FILE",
+                        help="class names, one per line (line N+1 names class N), printed "
+                             "next to the class numbers of classifier outputs")
     parser.add_argument("--timeout", type=float, default=60.0)
     return parser
 
@@ -219,21 +222,37 @@ def read_inputs(specs: list[str], metadata: dict) -> dict[str, tuple[str, np.nda
 
 # ---- printing ----
 
-def describe_output(name: str, datatype: str, array: np.ndarray, top_k: int) -> list[str]:
+def read_labels(path: pathlib.Path | None) -> list[str]:
+    if path is None:
+        return []
+    try:
+        return path.read_text().splitlines()
+    except OSError as error:
+        raise PredictError(f"--labels {path}: {error.strerror}") from None
+
+
+def describe_output(name: str, datatype: str, array: np.ndarray, top_k: int,
+                    labels: list[str]) -> list[str]:
     lines = [f"{name} {datatype} {list(array.shape)}"]
     with np.printoptions(threshold=50, edgeitems=5, precision=5, suppress=True):
         lines.append("  " + str(array).replace("\n", "\n  "))
     if array.ndim == 2 and array.shape[1] > 1 and array.dtype.kind == "f":
         for row, scores in enumerate(array[:16]):
             order = np.argsort(scores)[::-1][:top_k]
-            ranked = ", ".join(f"{i} ({scores[i]:.4g})" for i in order)
-            lines.append(f"  row {row}: argmax {order[0]}; top-{len(order)}: {ranked}")
+            ranked = ", ".join(f"{class_name(i, labels)} ({scores[i]:.4g})" for i in order)
+            lines.append(f"  row {row}: argmax {class_name(order[0], labels)}; "
+                         f"top-{len(order)}: {ranked}")
     return lines
+
+
+def class_name(index: int, labels: list[str]) -> str:
+    return f"{index} {labels[index]!r}" if index < len(labels) else str(index)
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
+        labels = read_labels(args.labels)
         client = (GrpcClient if args.protocol == "grpc" else RestClient)(args.url, args.timeout)
         metadata = client.metadata(args.model, args.version)
         arrays = read_inputs(args.input, metadata)
@@ -243,5 +262,5 @@ def main(argv: list[str]) -> int:
         return 1
     print(f"model {args.model} version {version}")
     for name, (datatype, array) in outputs.items():
-        print("\n".join(describe_output(name, datatype, array, args.top_k)))
+        print("\n".join(describe_output(name, datatype, array, args.top_k, labels)))
     return 0
