@@ -280,8 +280,8 @@ def _start(plane: ControlPlane, *, bin_dir: Path, pki: Path, logs: Path, tokens:
         str(bin_dir / "kube-controller-manager"), f"--kubeconfig={plane.kubeconfig}",
         "--leader-elect=false", "--controllers=*", f"--service-account-private-key-file={sa_key}",
         f"--root-ca-file={pki / 'apiserver.crt'}", "--bind-address=127.0.0.1", f"--secure-port={cm_port}",
-        # Short syncs so that HPA and node-lifecycle decisions show up within a test.
-        "--horizontal-pod-autoscaler-sync-period=5s",
+        # Short syncs so that HPA decisions and volume bindings show up within a test.
+        "--horizontal-pod-autoscaler-sync-period=5s", "--pvclaimbinder-sync-period=2s",
     ], log_dir=logs))
     plane.processes.append(spawn("kube-scheduler", [
         str(bin_dir / "kube-scheduler"), f"--kubeconfig={plane.kubeconfig}", "--leader-elect=false",

@@ -49,43 +49,37 @@ def service_account_kubeconfig(kubectl: cp.Kubectl, path: Path, *, namespace: st
     return cp.write_kubeconfig(path, cluster=config["clusters"][0]["cluster"], token=token)
 
 
-def repository_claim(namespace: str) -> dict:
-    """The model repository claim every InferenceModel namespace needs, asking for its volume by name."""
-    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": REPOSITORY_CLAIM, "namespace": namespace},
-            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"models-{namespace}",
-                     "resources": {"requests": {"storage": "20Gi"}}}}
-
-
-def repository_volume(namespace: str, *, claim_uid: str | None = None) -> dict:
-    """A PersistentVolume pre-bound to the repository claim of `namespace` (to its uid when known).
-
-    No storage provisioner runs here, so volumes are made by hand; kwok's pods never write to them.
-    """
-    claim_ref = {"namespace": namespace, "name": REPOSITORY_CLAIM, **({"uid": claim_uid} if claim_uid else {})}
-    return {"apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": f"models-{namespace}"},
-            "spec": {"capacity": {"storage": "20Gi"}, "accessModes": ["ReadWriteMany"],
-                     "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
-                     "hostPath": {"path": f"/srv/modelkiln/{namespace}"}, "claimRef": claim_ref}}
-
-
 def model_repository(namespace: str) -> list[dict]:
-    """Volume and claim of a namespace's model repository, for a claim made elsewhere (a chart)."""
-    return [repository_volume(namespace), repository_claim(namespace)]
+    """The model repository claim every InferenceModel namespace needs, and a volume pre-bound to it.
+
+    No storage provisioner runs here, so the PersistentVolume is made by hand and names its claim;
+    the controller-manager's volume binder binds the pair when the claim appears (kwok's pods
+    never write to the volume).
+    """
+    return [
+        {"apiVersion": "v1", "kind": "PersistentVolume",
+         "metadata": {"name": f"models-{namespace}"},
+         "spec": {"capacity": {"storage": "20Gi"}, "accessModes": ["ReadWriteMany"],
+                  "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                  "hostPath": {"path": f"/srv/modelkiln/{namespace}"},
+                  "claimRef": {"namespace": namespace, "name": REPOSITORY_CLAIM}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": REPOSITORY_CLAIM, "namespace": namespace},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"models-{namespace}",
+                  "resources": {"requests": {"storage": "20Gi"}}}},
+    ]
 
 
 def create_model_namespace(kubectl: cp.Kubectl, name: str) -> None:
     """A namespace ready for InferenceModels: default ServiceAccount and a Bound repository claim.
 
-    The volume points at the claim's uid, so the controller-manager's volume binder only has to
-    complete the binding (a volume pre-bound by name alone now and then stayed unbound for minutes).
+    Waiting for Bound matters: a conversion pod created before the binding is marked unschedulable
+    ("unbound immediate PersistentVolumeClaims") and may wait minutes for the scheduler's retry.
     """
     kubectl.run("create", "namespace", name)
     kubectl.wait("serviceaccount/default", "create", namespace=name, timeout=60)
-    kubectl.apply(repository_claim(name))
-    uid = kubectl.get_json("pvc", REPOSITORY_CLAIM, namespace=name)["metadata"]["uid"]
-    kubectl.apply(repository_volume(name, claim_uid=uid))
+    for obj in model_repository(name):
+        kubectl.apply(obj)
     kubectl.wait(f"pvc/{REPOSITORY_CLAIM}", "jsonpath={.status.phase}=Bound", namespace=name, timeout=120)
 
 
