@@ -123,3 +123,13 @@ def test_only_changed_conditions_are_transitions():
     new = conds((True, "ConversionSucceeded"), (False, "Converting"))
     assert [c["type"] for c in st.transitions(old, new)] == [st.CONVERTED]
     assert st.transitions(new, new) == []
+
+
+def test_a_status_patch_holds_only_what_differs_and_removes_what_is_gone():
+    ready = st.condition(st.READY, True, reason="MinimumReplicasAvailable", message="1 of 1", generation=1)
+    old = {"phase": "Ready", "replicas": 1, "conversionJob": "digits-convert-abc12345",
+           "conditions": st.merge_conditions([], [ready], now="2026-11-26T00:00:00Z")}
+    same = {**old, "conditions": st.merge_conditions(old["conditions"], [ready], now="2026-11-27T00:00:00Z")}
+    assert st.patch(old, same) == {}
+    changed = {"phase": "Ready", "replicas": 2, "conditions": same["conditions"]}
+    assert st.patch(old, changed) == {"replicas": 2, "conversionJob": None}

@@ -1,9 +1,10 @@
 """One reconcile's decisions: which objects it creates, when it leaves things alone, what status says.
 
 The API server is played by `RecordingApi`, an in-memory store with the five calls of
-`modelkiln.operator.kube.Kube`; the real API server runs in e2e/. Each test drives the flow
-through the states a user sees (converting, converted, deployed, changed) and checks what a
-user would see: the objects and the status.
+`modelkiln.operator.kube.Kube` that records every write request it gets (an apply that changes
+nothing and a delete of an absent object included: the API server handles those too); the real
+API server runs in e2e/. Each test drives the flow through the states a user sees (converting,
+converted, deployed, changed) and checks what a user would see: the objects and the status.
 """
 
 from __future__ import annotations
@@ -60,14 +61,13 @@ class RecordingApi:
         stored = {**copy.deepcopy(body), "status": before.get("status", {})}
         stored["metadata"]["generation"] = before.get("metadata", {}).get("generation", 0) + (
             before.get("spec") != body.get("spec"))
-        if stored != before:
-            self.writes.append(("apply", resource.plural, body["metadata"]["name"]))
+        self.writes.append(("apply", resource.plural, body["metadata"]["name"]))
         self.objects[key] = stored
         return copy.deepcopy(stored)
 
     def delete(self, resource, *, namespace, name):
-        if self.objects.pop((resource.plural, namespace, name), None):
-            self.writes.append(("delete", resource.plural, name))
+        self.writes.append(("delete", resource.plural, name))
+        self.objects.pop((resource.plural, namespace, name), None)
 
     # What the Job controller, kubelet and Deployment controller would do:
     def finish_job(self, name: str, *, summary: dict | None = None, failure: str | None = None) -> None:
@@ -133,10 +133,12 @@ def test_a_converted_model_is_served_and_becomes_ready(make_model, api):
     assert condition(model, "Converted") == ("True", "ConversionSucceeded")
     assert ("apply", "deployments", "digits") in api.writes
     assert model["status"]["phase"] == "Deploying"
+    assert sorted(api.writes) == [("apply", "deployments", "digits"), ("apply", "services", "digits"),
+                                  ("apply", "services", "digits-headless"), ("create", "jobs", job_name(model))]
     api.roll_out("digits")
     api.writes.clear()
     reconcile(model, api)
-    assert api.writes == []
+    assert api.writes == []  # only the Deployment's status changed: no child is applied again
     assert model["status"]["phase"] == "Ready" and condition(model, "Ready") == ("True", "MinimumReplicasAvailable")
     assert model["status"]["endpoints"] == {"rest": "http://digits.vision.svc:8080", "grpc": "digits.vision.svc:8081"}
     assert (model["status"]["replicas"], model["status"]["readyReplicas"]) == (1, 1)
@@ -237,3 +239,35 @@ def test_a_missing_device_pool_configmap_is_named(make_model, api):
     assert ready["reason"] == "NoDevicePool"
     assert ready["message"].startswith("ConfigMap modelkiln-system/pools does not exist")
     assert ("create", "jobs", job_name(model)) in api.writes  # conversion does not need a pool
+
+
+def test_an_unchanged_ready_model_writes_nothing_and_its_status_stays_as_it_was(make_model, api):
+    model = ready_model(make_model, api)
+    before = copy.deepcopy(model["status"])
+    result = flows.reconcile(model=model, api=api, config=CONFIG, now="2026-11-27T00:00:00Z")
+    assert api.writes == [] and result.events == []
+    assert result.status == before  # lastTransitionTime too: no condition changed
+
+
+def test_a_deleted_service_is_applied_again_and_only_it(make_model, api):
+    model = ready_model(make_model, api)
+    del api.objects["services", "vision", "digits-headless"]
+    reconcile(model, api)
+    assert api.writes == [("apply", "services", "digits-headless")]
+
+
+def test_a_replaced_model_of_the_same_name_takes_its_children_over(make_model, api):
+    model = ready_model(make_model, api)
+    model["metadata"]["uid"] = "another-uid"  # deleted and created again before the collector ran
+    reconcile(model, api)
+    assert sorted(api.writes) == [("apply", "deployments", "digits"), ("apply", "services", "digits"),
+                                  ("apply", "services", "digits-headless")]
+    owner = api.objects["deployments", "vision", "digits"]["metadata"]["ownerReferences"][0]
+    assert owner["uid"] == "another-uid"
+
+
+def test_an_autoscaler_of_the_same_name_that_is_not_ours_is_left_alone(make_model, api):
+    model = ready_model(make_model, api)
+    api.put(kube.AUTOSCALERS, {"metadata": {"namespace": "vision", "name": "digits", "labels": {}}})
+    reconcile(model, api)
+    assert api.writes == [] and ("horizontalpodautoscalers", "vision", "digits") in api.objects

@@ -2,21 +2,22 @@
 
 Level-triggered: every call looks at the world as it is (the model's status, the conversion Job,
 the Deployment) and makes it right, so a create, a spec change, a periodic resync, an operator
-restart and a replayed event all run the same code and a replay changes nothing. Kubernetes
-decisions are made by the pure builders and status functions; only `kube` touches the API.
+restart and a replayed event all run the same code and a replay changes nothing. It reads before
+it writes: a child whose live copy carries the digest of the desired object is left alone, and an
+autoscaler or budget is deleted only when it exists, so an unchanged model costs reads, no writes.
+Kubernetes decisions are made by the pure builders and status functions; only `kube` touches the API.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from modelkiln.operator import conversion_job, kube, serving
+from modelkiln.operator import conversion_job, kube, objects, serving
 from modelkiln.operator import status as st
 from modelkiln.operator.commands import artifact_key, defaulted_spec
 from modelkiln.operator.config import OperatorConfig
 from modelkiln.operator.devicepools import (CONFIG_KEY, DevicePool, DevicePoolError, conversion_pool,
                                             parse_device_pools, pool_for)
-from modelkiln.operator.objects import selector_string
 
 SERVING_FIELDS = ("endpoints", "replicas", "readyReplicas", "selector")
 
@@ -140,20 +141,20 @@ def _converge_serving(*, model: dict, spec: dict, artifact: dict | None, convert
     except DevicePoolError as exc:
         return st.condition(st.READY, False, reason="NoDevicePool", message=str(exc),
                             generation=generation), {}
-    deployment = api.apply(kube.DEPLOYMENTS, serving.build_deployment(
+    deployment = _apply(api, kube.DEPLOYMENTS, serving.build_deployment(
         model=model, spec=spec, artifact=artifact, image=config.runtime_image,
         repository_claim=config.repository_claim, pool=pool))
-    api.apply(kube.SERVICES, serving.build_service(model=model))
-    api.apply(kube.SERVICES, serving.build_service(model=model, headless=True))
+    _apply(api, kube.SERVICES, serving.build_service(model=model))
+    _apply(api, kube.SERVICES, serving.build_service(model=model, headless=True))
     if "autoscaling" in serving_spec:
-        api.apply(kube.AUTOSCALERS, serving.build_hpa(model=model, autoscaling=serving_spec["autoscaling"]))
+        _apply(api, kube.AUTOSCALERS, serving.build_hpa(model=model, autoscaling=serving_spec["autoscaling"]))
     else:
-        api.delete(kube.AUTOSCALERS, namespace=namespace, name=name)
+        _remove(api, kube.AUTOSCALERS, namespace=namespace, name=name)
     wanted = serving.min_replicas(serving_spec)
     if wanted > 1:
-        api.apply(kube.DISRUPTION_BUDGETS, serving.build_pdb(model=model))
+        _apply(api, kube.DISRUPTION_BUDGETS, serving.build_pdb(model=model))
     else:
-        api.delete(kube.DISRUPTION_BUDGETS, namespace=namespace, name=name)
+        _remove(api, kube.DISRUPTION_BUDGETS, namespace=namespace, name=name)
 
     if converted["status"] == "True":
         ready = st.ready_from_deployment(deployment, wanted=wanted, generation=generation)
@@ -165,4 +166,25 @@ def _converge_serving(*, model: dict, spec: dict, artifact: dict | None, convert
     observed = deployment.get("status", {})
     return ready, {"endpoints": serving.endpoints(name=name, namespace=namespace),
                    "replicas": observed.get("replicas", 0), "readyReplicas": observed.get("readyReplicas", 0),
-                   "selector": selector_string(deployment["spec"]["selector"]["matchLabels"])}
+                   "selector": objects.selector_string(deployment["spec"]["selector"]["matchLabels"])}
+
+
+def _apply(api: kube.Kube, resource: kube.Resource, body: dict) -> dict:
+    """The live object, applied first unless it already carries the digest of `body`.
+
+    A change someone else makes to a field we set is undone at the next change of the model:
+    the digest covers what we asked for, not what the object holds now.
+    """
+    desired = objects.with_digest(body)
+    meta = body["metadata"]
+    live = api.get(resource, namespace=meta["namespace"], name=meta["name"])
+    if live is not None and objects.digest(live) == objects.digest(desired):
+        return live
+    return api.apply(resource, desired)
+
+
+def _remove(api: kube.Kube, resource: kube.Resource, *, namespace: str, name: str) -> None:
+    """Delete our object `name` if it exists (an object of that name we do not own is not ours to delete)."""
+    live = api.get(resource, namespace=namespace, name=name)
+    if live is not None and objects.MANAGED_BY.items() <= (live["metadata"].get("labels") or {}).items():
+        api.delete(resource, namespace=namespace, name=name)

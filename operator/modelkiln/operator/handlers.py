@@ -1,20 +1,28 @@
-"""The kopf handlers: thin, each hands the InferenceModel to `flows.reconcile`.
+"""The kopf handlers: thin, each hands an InferenceModel to `flows.reconcile`.
 
-A create, a spec change and the operator's resume react at once; a timer resyncs each model
-every `resync_seconds` to follow the conversion Job and the Deployment's readiness. All of them
-run the same level-triggered reconcile, so it does not matter which one runs, or how often.
+A create, a spec change and the operator's resume react at once; so does any change of a child
+Deployment or conversion Job (kopf watches them, and the ownerReference names the model), which
+is how a model follows its conversion and its rollout. A timer resyncs each model every
+`resync_seconds` as a safety net, for what is not watched (the device-pool ConfigMap, the
+repository claim, a deleted Service). All of them run the same level-triggered reconcile, one at
+a time per model, so it does not matter which one runs, or how often: when nothing changed it
+reads and writes nothing (the status is patched only with what differs, an Event only on a
+condition's transition).
 """
 
 from __future__ import annotations
 
+import collections
 import datetime
 import logging
+import threading
 
 import kopf
 
-from modelkiln.operator import flows, kube, metrics
+from modelkiln.operator import flows, kube, metrics, objects
+from modelkiln.operator import status as st
 from modelkiln.operator.config import OperatorConfig
-from modelkiln.operator.schema import GROUP, PLURAL, VERSION
+from modelkiln.operator.schema import GROUP, KIND, PLURAL, VERSION
 
 RETRY_SECONDS = 10
 # Transitions are logged here; kopf's own per-handler lines (every resync) stay at DEBUG level.
@@ -27,36 +35,59 @@ FRAMEWORK_PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     (GROUP, f"{PLURAL}/status"): frozenset({"patch"}),
     (GROUP, f"{PLURAL}/finalizers"): frozenset({"update"}),
     ("", "events"): frozenset({"create"}),
+    ("apps", "deployments"): frozenset({"list", "watch"}),  # children watched: see WATCHED_CHILDREN
+    ("batch", "jobs"): frozenset({"list", "watch"}),
     ("apiextensions.k8s.io", "customresourcedefinitions"): frozenset({"list", "watch"}),
     ("kopf.dev", "clusterkopfpeerings"): frozenset({"get", "list", "watch", "patch"}),
 }
+
+WATCHED_CHILDREN = (kube.DEPLOYMENTS, kube.JOBS)
+
+# Sync handlers run in kopf's thread pool: a child's event and the model's own handler or timer
+# may run at once, and two reconciles of one model would race on its status and Events.
+_locks: collections.defaultdict[tuple[str, str], threading.Lock] = collections.defaultdict(threading.Lock)
+_locks_guard = threading.Lock()
+
+
+def _model_lock(namespace: str, name: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks[namespace, name]
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
-    if body.metadata.deletion_timestamp:
-        return  # going away (foreground deletion): applying children now would only recreate them
-    model = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
-    try:
-        with metrics.RECONCILE_DURATION.time():
-            result = flows.reconcile(model=model, api=memo.api, config=memo.config, now=_now())
-    except Exception as exc:
-        metrics.RECONCILES.labels(outcome="error").inc()
-        if isinstance(exc, kube.KubeError):
-            raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=RETRY_SECONDS) from exc
-        raise  # kopf logs it with its traceback and retries with backoff
+def _reconcile(namespace: str, name: str, memo: kopf.Memo) -> None:
+    """Reconcile the model as stored now (not as an event saw it) and patch what changed in its status."""
+    with _model_lock(namespace, name):
+        api: kube.Kube = memo.api
+        try:
+            model = api.get(kube.MODELS, namespace=namespace, name=name)
+            if model is None or model["metadata"].get("deletionTimestamp"):
+                return  # gone or going (foreground deletion): applying children now would only recreate them
+            with metrics.RECONCILE_DURATION.time():
+                result = flows.reconcile(model=model, api=api, config=memo.config, now=_now())
+            changes = st.patch(model.get("status") or {}, result.status)
+            if changes:
+                api.merge_patch(kube.MODEL_STATUS, namespace=namespace, name=name, patch={"status": changes})
+        except Exception as exc:
+            metrics.RECONCILES.labels(outcome="error").inc()
+            if isinstance(exc, kube.KubeError):
+                raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=RETRY_SECONDS) from exc
+            raise  # kopf logs it with its traceback and retries with backoff
     metrics.RECONCILES.labels(outcome="success").inc()
-    metrics.record_phase(body.metadata.uid, result.status["phase"])
-    # A merge patch: fields the new status no longer has are removed explicitly.
-    patch.status.update({field: None for field in model["status"] if field not in result.status})
-    patch.status.update(result.status)
+    metrics.record_phase(model["metadata"]["uid"], result.status["phase"])
     for kind, reason, message in result.events:
-        kopf.event(body, type=kind, reason=reason, message=message)
+        kopf.event(model, type=kind, reason=reason, message=message)
         log = LOG.warning if kind == "Warning" else LOG.info
-        log("%s/%s: %s: %s", body.metadata.namespace, body.metadata.name, reason, message)
+        log("%s/%s: %s: %s", namespace, name, reason, message)
+
+
+def _owner(body: kopf.Body) -> str | None:
+    """The name of the InferenceModel that controls `body`, if one does."""
+    return next((ref["name"] for ref in body.metadata.get("ownerReferences", [])
+                 if ref.get("kind") == KIND and ref.get("controller")), None)
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
@@ -87,15 +118,24 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     @kopf.on.resume(**resource, registry=registry)
     @kopf.on.create(**resource, registry=registry)
     @kopf.on.update(**resource, field="spec", registry=registry)
-    def spec_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_) -> None:
-        _reconcile(body, patch, memo)
+    def spec_changed(body: kopf.Body, memo: kopf.Memo, **_) -> None:
+        _reconcile(body.metadata.namespace, body.metadata.name, memo)
 
     @kopf.timer(**resource, interval=config.resync_seconds, initial_delay=config.resync_seconds,
                 registry=registry)
-    def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_) -> None:
-        _reconcile(body, patch, memo)
+    def resync(body: kopf.Body, memo: kopf.Memo, **_) -> None:
+        _reconcile(body.metadata.namespace, body.metadata.name, memo)
+
+    for child in WATCHED_CHILDREN:
+        @kopf.on.event(child.group, child.version, child.plural, labels=objects.MANAGED_BY, registry=registry)
+        def child_changed(body: kopf.Body, memo: kopf.Memo, **_) -> None:
+            owner = _owner(body)
+            if owner:
+                _reconcile(body.metadata.namespace, owner, memo)
 
     @kopf.on.delete(**resource, optional=True, registry=registry)
     def deleted(body: kopf.Body, **_) -> None:
         # Children go with ownerReferences (Kubernetes' garbage collector); only the gauge is ours.
         metrics.record_phase(body.metadata.uid, None)
+        with _locks_guard:
+            _locks.pop((body.metadata.namespace, body.metadata.name), None)

@@ -1,8 +1,10 @@
 """The one module that talks to the Kubernetes API (besides kopf, which watches and patches status).
 
 Objects travel as plain dicts, as the builders make them. Writes are idempotent: `apply` is
-server-side apply (creates, updates, and removes fields we stopped setting; a replay is a no-op),
-`create` takes "already exists" as done, `delete` takes "already gone" as done.
+server-side apply (creates, updates, and removes fields we stopped setting),
+`create` takes "already exists" as done, `delete` takes "already gone" as done. Whether a write is
+needed at all is the caller's decision (flows reads before it writes): an apply that changes
+nothing is still a request the API server has to process.
 
 PERMISSIONS lists every (resource, verb) this module may use and every request is checked against
 it, so the operator's ClusterRole (manifests/rbac.yaml) can grant exactly these, and a test keeps
@@ -17,6 +19,8 @@ import urllib.parse
 
 import kubernetes
 
+from modelkiln.operator.schema import GROUP, PLURAL, VERSION
+
 FIELD_MANAGER = "modelkiln-operator"
 
 
@@ -24,15 +28,19 @@ FIELD_MANAGER = "modelkiln-operator"
 class Resource:
     group: str  # "" for the core API
     version: str
-    plural: str
+    plural: str  # "plural/subresource" for a subresource, as RBAC names it
     namespaced: bool = True
 
     def path(self, namespace: str | None, name: str | None = None) -> str:
+        plural, _, subresource = self.plural.partition("/")
         base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
-        path = f"{base}/namespaces/{namespace}/{self.plural}" if self.namespaced else f"{base}/{self.plural}"
-        return f"{path}/{name}" if name else path
+        path = f"{base}/namespaces/{namespace}/{plural}" if self.namespaced else f"{base}/{plural}"
+        path = f"{path}/{name}" if name else path
+        return f"{path}/{subresource}" if subresource else path
 
 
+MODELS = Resource(GROUP, VERSION, PLURAL)
+MODEL_STATUS = Resource(GROUP, VERSION, f"{PLURAL}/status")
 JOBS = Resource("batch", "v1", "jobs")
 PODS = Resource("", "v1", "pods")
 DEPLOYMENTS = Resource("apps", "v1", "deployments")
@@ -43,9 +51,12 @@ CLAIMS = Resource("", "v1", "persistentvolumeclaims")
 CONFIGMAPS = Resource("", "v1", "configmaps")
 PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings", namespaced=False)
 
-# Server-side apply may create the object: the API server asks for `create` and `patch` then.
-_APPLY = frozenset({"create", "patch"})
+# Read before write; server-side apply may create the object: the API server asks for `create`
+# and `patch` then.
+_APPLY = frozenset({"get", "create", "patch"})
 PERMISSIONS: dict[Resource, frozenset[str]] = {
+    MODELS: frozenset({"get"}),  # each reconcile starts from the model as stored now
+    MODEL_STATUS: frozenset({"patch"}),
     JOBS: frozenset({"get", "create"}),
     PODS: frozenset({"list"}),
     DEPLOYMENTS: _APPLY,
@@ -104,6 +115,11 @@ class Kube:
         return self._request("PATCH", "patch", resource, resource.path(meta["namespace"], meta["name"]),
                              body=body, content_type="application/apply-patch+yaml",
                              query={"fieldManager": FIELD_MANAGER, "force": "true"})
+
+    def merge_patch(self, resource: Resource, *, namespace: str, name: str, patch: dict) -> dict:
+        """JSON merge patch (RFC 7396): only the fields in `patch`; a None removes a field."""
+        return self._request("PATCH", "patch", resource, resource.path(namespace, name), body=patch,
+                             content_type="application/merge-patch+json")
 
     def delete(self, resource: Resource, *, namespace: str, name: str) -> None:
         self._request("DELETE", "delete", resource, resource.path(namespace, name), missing_ok=True,

@@ -6,6 +6,9 @@ labels (the Service selects exactly the serving pods) and on the pod's security 
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from modelkiln.operator.devicepools import DevicePool
 from modelkiln.operator.schema import API_VERSION, KIND
 
@@ -13,6 +16,9 @@ MODEL_LABEL = "modelkiln.io/model"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 REPOSITORY_PATH = "/models"
 RUNTIME_UID = 1000  # the runtime image's user (docker/runtime.Dockerfile)
+MANAGED_BY = {"app.kubernetes.io/managed-by": "modelkiln-operator"}
+# The digest of the desired object last applied to a child: equal means nothing to apply.
+DIGEST_ANNOTATION = "modelkiln.io/applied-digest"
 
 
 def selector_labels(*, name: str, component: str) -> dict[str, str]:
@@ -21,8 +27,7 @@ def selector_labels(*, name: str, component: str) -> dict[str, str]:
 
 def labels(*, name: str, component: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "modelkiln", "app.kubernetes.io/instance": name,
-            "app.kubernetes.io/managed-by": "modelkiln-operator",
-            **selector_labels(name=name, component=component)}
+            **MANAGED_BY, **selector_labels(name=name, component=component)}
 
 
 def selector_string(selector: dict[str, str]) -> str:
@@ -39,6 +44,19 @@ def metadata(*, model: dict, name: str, component: str) -> dict:
         "ownerReferences": [{"apiVersion": API_VERSION, "kind": KIND, "name": owner["name"],
                              "uid": owner["uid"], "controller": True, "blockOwnerDeletion": True}],
     }
+
+
+def with_digest(body: dict) -> dict:
+    """`body` annotated with the digest of its own content (metadata included: a new owner uid counts)."""
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+    metadata = body["metadata"]
+    return {**body, "metadata": {**metadata, "annotations": {**metadata.get("annotations", {}),
+                                                             DIGEST_ANNOTATION: digest}}}
+
+
+def digest(live: dict | None) -> str | None:
+    """The digest `with_digest` left on a live object, if any."""
+    return ((live or {}).get("metadata", {}).get("annotations") or {}).get(DIGEST_ANNOTATION)
 
 
 def container_security_context() -> dict:

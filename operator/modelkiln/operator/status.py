@@ -82,3 +82,14 @@ def transitions(old: list[Condition], new: list[Condition]) -> list[Condition]:
     """Conditions of `new` whose status or reason differs from `old`: each is worth an Event."""
     before = {c.get("type"): (c.get("status"), c.get("reason")) for c in old}
     return [c for c in new if before.get(c["type"]) != (c["status"], c["reason"])]
+
+
+def patch(old: dict, new: dict) -> dict:
+    """The JSON merge patch taking status `old` to `new`: only what differs (empty when nothing does).
+
+    Fields `new` no longer has are removed explicitly (None); lastTransitionTime does not churn,
+    `merge_conditions` keeps it while a condition's status stays.
+    """
+    changes: dict = {field: None for field in old if field not in new}
+    changes.update({field: value for field, value in new.items() if old.get(field) != value})
+    return changes
