@@ -4,7 +4,8 @@ Level-triggered: every call looks at the world as it is (the model's status, the
 the Deployment) and makes it right, so a create, a spec change, a periodic resync, an operator
 restart and a replayed event all run the same code and a replay changes nothing. It reads before
 it writes: a child whose live copy carries the digest of the desired object is left alone, and an
-autoscaler or budget is deleted only when it exists, so an unchanged model costs reads, no writes.
+autoscaler or budget is deleted only when it exists, so an unchanged model costs no writes (and,
+with children read from the watch, `kube.Kube.known`, few reads).
 Kubernetes decisions are made by the pure builders and status functions; only `kube` touches the API.
 """
 
@@ -177,9 +178,10 @@ def _apply(api: kube.Kube, resource: kube.Resource, body: dict) -> dict:
     """
     desired = objects.with_digest(body)
     meta = body["metadata"]
-    live = api.get(resource, namespace=meta["namespace"], name=meta["name"])
-    if live is not None and objects.digest(live) == objects.digest(desired):
-        return live
+    for fresh in (False, True):  # what the watch saw, then (before writing) what is stored now
+        live = api.get(resource, namespace=meta["namespace"], name=meta["name"], fresh=fresh)
+        if live is not None and objects.digest(live) == objects.digest(desired):
+            return live
     return api.apply(resource, desired)
 
 

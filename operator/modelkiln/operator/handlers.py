@@ -2,12 +2,13 @@
 
 A create, a spec change and the operator's resume react at once; so does any change of a child
 Deployment or conversion Job (kopf watches them, and the ownerReference names the model), which
-is how a model follows its conversion and its rollout. A timer resyncs each model every
-`resync_seconds` as a safety net, for what is not watched (the device-pool ConfigMap, the
-repository claim, a deleted Service). All of them run the same level-triggered reconcile, one at
-a time per model, so it does not matter which one runs, or how often: when nothing changed it
-reads and writes nothing (the status is patched only with what differs, an Event only on a
-condition's transition).
+is how a model follows its conversion and its rollout. kopf also keeps our children in indexes,
+so reading them costs no request. A timer resyncs each model every `resync_seconds` as a safety
+net, for what does not reconcile the model by itself (the device-pool ConfigMap, the repository
+claim, a deleted Service). All of them run the same level-triggered reconcile, one at a time per
+model, so it does not matter which one runs, or how often: when nothing changed it writes
+nothing and reads only the model and the device-pool ConfigMap (the status is patched only with
+what differs, an Event only on a condition's transition).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import collections
 import datetime
 import logging
 import threading
+from collections.abc import Mapping
 
 import kopf
 
@@ -28,6 +30,11 @@ RETRY_SECONDS = 10
 # Transitions are logged here; kopf's own per-handler lines (every resync) stay at DEBUG level.
 LOG = logging.getLogger("modelkiln.operator")
 
+# Children kopf watches (ours only, by label) and keeps in indexes: reads of them are answered
+# from memory. A change of a Deployment or conversion Job also reconciles its model.
+WATCHED_CHILDREN = (kube.DEPLOYMENTS, kube.JOBS, kube.SERVICES, kube.AUTOSCALERS, kube.DISRUPTION_BUDGETS)
+TRIGGERING_CHILDREN = (kube.DEPLOYMENTS, kube.JOBS)
+
 # What kopf calls for these handlers, and what the API server checks for ownerReferences with
 # blockOwnerDeletion; kube.PERMISSIONS has the operator's own calls. The ClusterRole grants the union.
 FRAMEWORK_PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
@@ -35,13 +42,10 @@ FRAMEWORK_PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     (GROUP, f"{PLURAL}/status"): frozenset({"patch"}),
     (GROUP, f"{PLURAL}/finalizers"): frozenset({"update"}),
     ("", "events"): frozenset({"create"}),
-    ("apps", "deployments"): frozenset({"list", "watch"}),  # children watched: see WATCHED_CHILDREN
-    ("batch", "jobs"): frozenset({"list", "watch"}),
+    **{(child.group, child.plural): frozenset({"list", "watch"}) for child in WATCHED_CHILDREN},
     ("apiextensions.k8s.io", "customresourcedefinitions"): frozenset({"list", "watch"}),
     ("kopf.dev", "clusterkopfpeerings"): frozenset({"get", "list", "watch", "patch"}),
 }
-
-WATCHED_CHILDREN = (kube.DEPLOYMENTS, kube.JOBS)
 
 # Sync handlers run in kopf's thread pool: a child's event and the model's own handler or timer
 # may run at once, and two reconciles of one model would race on its status and Events.
@@ -58,10 +62,10 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _reconcile(namespace: str, name: str, memo: kopf.Memo) -> None:
+def _reconcile(namespace: str, name: str, memo: kopf.Memo, indexes: Mapping[str, kube.Known]) -> None:
     """Reconcile the model as stored now (not as an event saw it) and patch what changed in its status."""
     with _model_lock(namespace, name):
-        api: kube.Kube = memo.api
+        api = memo.api.knowing({child: indexes[child.plural] for child in WATCHED_CHILDREN})
         try:
             model = api.get(kube.MODELS, namespace=namespace, name=name)
             if model is None or model["metadata"].get("deletionTimestamp"):
@@ -118,20 +122,27 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     @kopf.on.resume(**resource, registry=registry)
     @kopf.on.create(**resource, registry=registry)
     @kopf.on.update(**resource, field="spec", registry=registry)
-    def spec_changed(body: kopf.Body, memo: kopf.Memo, **_) -> None:
-        _reconcile(body.metadata.namespace, body.metadata.name, memo)
+    def spec_changed(body: kopf.Body, memo: kopf.Memo, **indexes) -> None:
+        _reconcile(body.metadata.namespace, body.metadata.name, memo, indexes)
 
     @kopf.timer(**resource, interval=config.resync_seconds, initial_delay=config.resync_seconds,
                 registry=registry)
-    def resync(body: kopf.Body, memo: kopf.Memo, **_) -> None:
-        _reconcile(body.metadata.namespace, body.metadata.name, memo)
+    def resync(body: kopf.Body, memo: kopf.Memo, **indexes) -> None:
+        _reconcile(body.metadata.namespace, body.metadata.name, memo, indexes)
 
     for child in WATCHED_CHILDREN:
+        # Handlers get the index as the keyword argument named by its id (the plural).
+        @kopf.index(child.group, child.version, child.plural, id=child.plural, labels=objects.MANAGED_BY,
+                    registry=registry)
+        def known(namespace: str, name: str, body: kopf.Body, **_) -> dict:
+            return {(namespace, name): dict(body)}
+
+    for child in TRIGGERING_CHILDREN:
         @kopf.on.event(child.group, child.version, child.plural, labels=objects.MANAGED_BY, registry=registry)
-        def child_changed(body: kopf.Body, memo: kopf.Memo, **_) -> None:
+        def child_changed(body: kopf.Body, memo: kopf.Memo, **indexes) -> None:
             owner = _owner(body)
             if owner:
-                _reconcile(body.metadata.namespace, owner, memo)
+                _reconcile(body.metadata.namespace, owner, memo, indexes)
 
     @kopf.on.delete(**resource, optional=True, registry=registry)
     def deleted(body: kopf.Body, **_) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import urllib.parse
+from collections.abc import Iterable, Mapping
 
 import kubernetes
 
@@ -78,11 +79,24 @@ class KubeError(Exception):
         self.status = status
 
 
-class Kube:
-    """Requests to the API server through a configured `kubernetes.client.ApiClient`."""
+# Objects by (namespace, name), each a collection of (at most one) object: kopf's indexes.
+Known = Mapping[tuple[str, str], Iterable[dict]]
 
-    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+
+class Kube:
+    """Requests to the API server through a configured `kubernetes.client.ApiClient`.
+
+    `known` holds, for the resources the operator watches, the objects as the watch last saw
+    them: `get` answers from there instead of asking the API server again.
+    """
+
+    def __init__(self, client: kubernetes.client.ApiClient, *, known: Mapping[Resource, Known] | None = None) -> None:
         self.client = client
+        self.known = dict(known or {})
+
+    def knowing(self, known: Mapping[Resource, Known]) -> Kube:
+        """This client, answering `get` from `known` for the resources it has."""
+        return Kube(self.client, known=known)
 
     @classmethod
     def from_environment(cls) -> Kube:
@@ -93,8 +107,13 @@ class Kube:
             kubernetes.config.load_kube_config()
         return cls(kubernetes.client.ApiClient())
 
-    def get(self, resource: Resource, *, namespace: str | None, name: str) -> dict | None:
-        """The object, or None when it does not exist."""
+    def get(self, resource: Resource, *, namespace: str | None, name: str, fresh: bool = False) -> dict | None:
+        """The object, or None when it does not exist; from the watch unless `fresh` or not watched.
+
+        A watched object may lag behind a write made a moment ago: check `fresh` before writing.
+        """
+        if not fresh and resource in self.known:
+            return next(iter(self.known[resource].get((namespace, name), ())), None)
         return self._request("GET", "get", resource, resource.path(namespace, name), missing_ok=True)
 
     def list(self, resource: Resource, *, namespace: str, selector: str) -> list[dict]:
@@ -107,7 +126,7 @@ class Kube:
         meta = body["metadata"]
         created = self._request("POST", "create", resource, resource.path(meta.get("namespace")), body=body,
                                 exists_ok=True)
-        return created or self.get(resource, namespace=meta.get("namespace"), name=meta["name"])
+        return created or self.get(resource, namespace=meta.get("namespace"), name=meta["name"], fresh=True)
 
     def apply(self, resource: Resource, body: dict) -> dict:
         """Server-side apply `body` as the operator's field manager (forcing over conflicts)."""

@@ -1,0 +1,30 @@
+"""What `kube.Kube` asks the API server for: paths, and reads answered from the watch instead.
+
+The client here has no API server behind it (None): a test passes only if no request is made.
+The requests themselves go to a real API server in e2e/.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from modelkiln.operator import kube
+
+DEPLOYMENT = {"metadata": {"namespace": "vision", "name": "digits"}, "status": {"readyReplicas": 1}}
+
+
+def test_a_subresource_path_puts_the_subresource_after_the_name():
+    assert kube.MODEL_STATUS.path("vision", "digits") == \
+        "/apis/modelkiln.io/v1alpha1/namespaces/vision/inferencemodels/digits/status"
+    assert kube.DEPLOYMENTS.path("vision") == "/apis/apps/v1/namespaces/vision/deployments"
+
+
+def test_a_watched_resource_is_read_from_what_the_watch_saw():
+    api = kube.Kube(None).knowing({kube.DEPLOYMENTS: {("vision", "digits"): [DEPLOYMENT]}})
+    assert api.get(kube.DEPLOYMENTS, namespace="vision", name="digits") == DEPLOYMENT
+    assert api.get(kube.DEPLOYMENTS, namespace="vision", name="letters") is None  # the watch has none
+
+
+def test_a_call_outside_the_permissions_is_refused_before_any_request():
+    with pytest.raises(PermissionError, match="delete deployments is not in kube.PERMISSIONS"):
+        kube.Kube(None).delete(kube.DEPLOYMENTS, namespace="vision", name="digits")
