@@ -37,7 +37,7 @@ class RecordingApi:
         meta = obj["metadata"]
         self.objects[resource.plural, meta.get("namespace"), meta["name"]] = obj
 
-    def get(self, resource, *, namespace, name):
+    def get(self, resource, *, namespace, name, fresh=False):
         found = self.objects.get((resource.plural, namespace, name))
         return copy.deepcopy(found) if found else None
 
