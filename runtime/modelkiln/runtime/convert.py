@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", required=True,
                         help="model path or URI: file://, http(s)://, pvc://CLAIM/path; a file or a directory")
     parser.add_argument("--output", required=True, type=pathlib.Path, help="REPO/MODEL: versions go below it")
-    parser.add_argument("--precision", required=True, type=str.upper, choices=PRECISIONS)
+    parser.add_argument("--precision", required=True, type=str.upper, choices=PRECISIONS,
+                        help="FP32 (no weight compression), FP16 (weights compressed to half) or "
+                             "INT8 (NNCF post-training quantization; needs calibration data)")
     parser.add_argument("--format", choices=("onnx", "tensorflow", "tflite", "paddle", "pytorch", "ir"),
                         help="source format (detected from the file when absent)")
     parser.add_argument("--sha256", help="expected sha256 of the source file")

@@ -40,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "print the outputs.")
     parser.add_argument("--url", default="http://localhost:8080",
                         help="http://HOST:PORT for REST, HOST:PORT for gRPC")
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True, help="name of the model to call")
     parser.add_argument("--version", default="", help="model version (default: the server's)")
-    parser.add_argument("--protocol", choices=["rest", "grpc"], default="rest")
+    parser.add_argument("--protocol", choices=["rest", "grpc"], default="rest",
+                        help="KServe v2 over REST (default) or gRPC")
     parser.add_argument("--input", action="append", required=True, metavar="[NAME=]FILE",
                         help=".npy, .npz, .json or an image; NAME may be omitted for a "
                              "single-input model or an .npz")
@@ -50,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", type=pathlib.Path, metavar="FILE",
                         help="class names, one per line (line N+1 names class N), printed "
                              "next to the class numbers of classifier outputs")
-    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds to wait for an answer (default: 60)")
     return parser
 
 

@@ -52,16 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="CPU", type=str.upper,
                         choices=engine_module.DEVICES, help="OpenVINO device (VPU = NPU)")
     parser.add_argument("--performance-hint", default="THROUGHPUT", type=str.upper,
-                        choices=engine_module.PERFORMANCE_HINTS)
+                        choices=engine_module.PERFORMANCE_HINTS,
+                        help="OpenVINO performance hint: LATENCY (one request fast) or "
+                             "THROUGHPUT (many in parallel; the default)")
     parser.add_argument("--inference-precision", default="auto", type=str.lower,
                         choices=engine_module.INFERENCE_PRECISIONS,
                         help="OpenVINO INFERENCE_PRECISION_HINT; f32 keeps FP32 accuracy on "
                              "CPUs that would otherwise run bf16")
     parser.add_argument("--version-policy", default='{"latest": 1}',
                         help='JSON: {"latest": N}, {"specific": [1, 2]} or {"all": {}}')
-    parser.add_argument("--http-port", type=int, default=8080)
-    parser.add_argument("--grpc-port", type=int, default=8081)
-    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--http-port", type=int, default=8080,
+                        help="KServe v2 / TF-Serving / SageMaker REST and /metrics (default: 8080)")
+    parser.add_argument("--grpc-port", type=int, default=8081,
+                        help="KServe v2 gRPC (default: 8081)")
+    parser.add_argument("--host", default="0.0.0.0",
+                        help="address both servers listen on (default: 0.0.0.0)")
     parser.add_argument("--cache-dir", help="OpenVINO compiled-model cache (CACHE_DIR)")
     parser.add_argument("--poll-interval", type=float, default=2.0,
                         help="seconds between repository scans")
@@ -70,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--drain-timeout", type=float, default=30.0,
                         help="seconds in-flight requests get to finish after SIGTERM")
     parser.add_argument("--log-level", default="INFO", type=str.upper,
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level; DEBUG adds a line per request (default: INFO)")
     return parser
 
 
