@@ -58,6 +58,12 @@ def _model_lock(namespace: str, name: str) -> threading.Lock:
         return _locks[namespace, name]
 
 
+def _forget(namespace: str, name: str) -> None:
+    """Drop the lock of a model that is gone (a child's last events may come after the model's own)."""
+    with _locks_guard:
+        _locks.pop((namespace, name), None)
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -69,6 +75,7 @@ def _reconcile(namespace: str, name: str, memo: kopf.Memo, indexes: Mapping[str,
         try:
             model = api.get(kube.MODELS, namespace=namespace, name=name)
             if model is None or model["metadata"].get("deletionTimestamp"):
+                _forget(namespace, name)
                 return  # gone or going (foreground deletion): applying children now would only recreate them
             with metrics.RECONCILE_DURATION.time():
                 result = flows.reconcile(model=model, api=api, config=memo.config, now=_now())
@@ -148,5 +155,4 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     def deleted(body: kopf.Body, **_) -> None:
         # Children go with ownerReferences (Kubernetes' garbage collector); only the gauge is ours.
         metrics.record_phase(body.metadata.uid, None)
-        with _locks_guard:
-            _locks.pop((body.metadata.namespace, body.metadata.name), None)
+        _forget(body.metadata.namespace, body.metadata.name)
