@@ -9,7 +9,9 @@ its own ServiceAccount, applies N InferenceModels in one `kubectl apply`, and me
 - API requests per model, from the API server's audit log of the operator's user, split into
   writes (create/patch/update/delete) and reads, until all are Ready and then in a steady-state
   window in which nothing changes;
-- the operator's peak RSS (VmHWM).
+- the operator's peak RSS (VmHWM);
+- the requests of a restarted operator in a window as long as the steady one: its resume
+  handlers and resyncs look at every model again, and should change nothing.
 Target (issue 5): all Ready, RSS below 200 MB, no more writes per model than the objects the
 operator must create plus its status updates.
 
@@ -136,12 +138,16 @@ def run(*, models: int, resync: float, steady: float, work: Path) -> dict:
         time.sleep(steady)
         steady_stamp, reconciles_at_end = utc_now(), reconciles(metrics_port)
         rss = peak_rss_mb(operator.process.popen.pid)
+        operator.restart()
+        time.sleep(steady)
+        restarted_stamp = utc_now()
         operator.stop()
     finally:
         plane.stop()
 
     to_ready = audit_counts(audit_log, since=start_stamp, until=ready_stamp)
     in_steady = audit_counts(audit_log, since=ready_stamp, until=steady_stamp)
+    after_restart = audit_counts(audit_log, since=steady_stamp, until=restarted_stamp)
     return {
         "models": models, "resyncSeconds": resync, "steadySeconds": steady,
         "secondsUntilAllReady": round(all_ready, 1),
@@ -153,8 +159,11 @@ def run(*, models: int, resync: float, steady: float, work: Path) -> dict:
         "readsPerModelPerMinuteSteady": round(total(in_steady, "read") / models * 60 / steady, 1),
         "reconcilesPerSecondSteady": round((reconciles_at_end - reconciles_at_ready) / steady, 1),
         "operatorPeakRssMB": round(rss, 1),
+        "writesPerModelAfterRestart": round(total(after_restart, "write") / models, 1),
+        "readsPerModelAfterRestart": round(total(after_restart, "read") / models, 1),
         "untilReadyByRequest": per_model(to_ready, models),
         "steadyByRequest": per_model(in_steady, models),
+        "afterRestartByRequest": per_model(after_restart, models),
         "machine": {"cores": len(os.sched_getaffinity(0)), "python": platform.python_version()},
     }
 
@@ -163,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", type=int, default=100)
     p.add_argument("--resync", type=float, default=10.0, help="MODELKILN_RESYNC_SECONDS (the manifests' 10)")
-    p.add_argument("--steady", type=float, default=60.0, help="seconds observed after all are Ready")
+    p.add_argument("--steady", type=float, default=60.0,
+                   help="seconds observed after all are Ready, and again after a restart of the operator")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="operator-scale-") as tmp:
         result = run(models=args.models, resync=args.resync, steady=args.steady, work=Path(tmp))
