@@ -135,6 +135,10 @@ def test_failed_conversion_shows_the_cause_on_the_resource_and_as_an_event(clust
     assert converted["reason"] == "ConversionFailed"
     assert "not a valid ONNX model" in converted["message"]
     assert condition(im, "Ready").get("status") != "True"
+    # kstatus (Flux) reads Stalled: the failure needs a person, there is nothing to wait for.
+    assert condition(im, "Stalled") == {**condition(im, "Stalled"), "status": "True",
+                                        "reason": "ConversionFailed", "message": converted["message"]}
+    cluster.run("wait", "--for=condition=Stalled", "im/broken", "--timeout=10s", "-n", namespace)
     events = cluster.get_json("events", "--field-selector", "involvedObject.name=broken", namespace=namespace)["items"]
     assert any("not a valid ONNX model" in e.get("message", "") for e in events), [e.get("message") for e in events]
     assert cluster.items("deployments", namespace=namespace) == []
@@ -154,6 +158,18 @@ def test_deleting_the_model_garbage_collects_everything_it_owned(cluster, namesp
     eventually("garbage collection of " + ", ".join(kinds), lambda: not any(
         cluster.items(kind, namespace=namespace) for kind in kinds), timeout=120)
     eventually("the serving pods to go", lambda: not cluster.items("pods", namespace=namespace), timeout=120)
+
+
+def test_a_model_carries_no_finalizer_and_deletes_while_no_operator_runs(cluster, namespace, operator):
+    cluster.apply(inference_model("digits"), namespace=namespace)
+    im = wait_ready(cluster, namespace, "digits")
+    assert im["metadata"].get("finalizers", []) == []
+    operator.stop()  # as after `helm uninstall`, which keeps the CRD and the models
+    try:
+        cluster.run("delete", "inferencemodel", "digits", "-n", namespace, "--wait=true", "--timeout=60s")
+    finally:
+        operator.start()
+    assert cluster.items("inferencemodels", namespace=namespace) == []
 
 
 def test_operator_restart_mid_conversion_creates_no_duplicates(cluster, namespace, operator):
@@ -234,11 +250,15 @@ def test_no_gpu_capacity_leaves_the_model_pending_until_a_gpu_node_appears(clust
             return None
         pods = cluster.items("pods", namespace=namespace, selector=selector)
         ready = condition(im, "Ready")
+        # The model says why itself: Ready's message carries the scheduler's reason.
         return (pods and all(p["status"]["phase"] == "Pending" for p in pods)
-                and ready.get("status") == "False" and ready.get("reason") and im)
+                and ready.get("status") == "False" and "gpu.intel.com/i915" in ready.get("message", "")
+                and im)
 
-    im = eventually("converted, serving pods Pending and Ready=False", waiting_for_gpu, timeout=READY_TIMEOUT)
-    assert condition(im, "Ready")["message"], condition(im, "Ready")
+    im = eventually("converted, serving pods Pending, Ready=False naming the missing GPU", waiting_for_gpu,
+                    timeout=READY_TIMEOUT)
+    assert "a pod waits: 0/" in condition(im, "Ready")["message"], condition(im, "Ready")
+    assert condition(im, "Reconciling")["status"] == "True"
     assert im["status"]["phase"] != "Ready"
     # The real scheduler says why: no node of the GPU pool has a free gpu.intel.com/i915.
     for pod in cluster.items("pods", namespace=namespace, selector=im["status"]["selector"]):

@@ -64,7 +64,7 @@ def model(*, generation: int = 1, observed: int | None = None, conditions: list[
     if deleting:
         obj["metadata"]["deletionTimestamp"] = "2026-11-26T00:00:00Z"
     if conditions is not None:
-        conditions = st.merge_conditions([], conditions, now="2026-11-26T00:00:00Z")
+        conditions = st.merge_conditions([], st.summarize(*conditions), now="2026-11-26T00:00:00Z")
         obj["status"] = {"observedGeneration": observed if observed is not None else generation,
                          "phase": st.phase(conditions), "conditions": conditions}
     return obj
@@ -98,13 +98,13 @@ CASES = [
      "Ready", "Current", "Healthy"),
     ("failed: conversion",
      model(conditions=[converted(False, "ConversionFailed"), ready(False, "ConversionFailed")]),
-     "Failed", "InProgress", "Degraded"),
+     "Failed", "Failed", "Degraded"),
     ("failed: no device pool",
      model(conditions=[converted(True, "ConversionSucceeded"), ready(False, "NoDevicePool")]),
-     "Failed", "InProgress", "Degraded"),
+     "Failed", "Failed", "Degraded"),
     ("failed: no repository claim",
      model(conditions=[converted(False, "RepositoryMissing"), ready(False, "RepositoryMissing")]),
-     "Failed", "InProgress", "Degraded"),
+     "Failed", "Failed", "Degraded"),
     ("ready, but a new spec is not observed yet",
      model(generation=2, observed=1, conditions=[converted(True, "ConversionSucceeded"),
                                                  ready(True, "MinimumReplicasAvailable")]),

@@ -133,3 +133,22 @@ def test_a_status_patch_holds_only_what_differs_and_removes_what_is_gone():
     assert st.patch(old, same) == {}
     changed = {"phase": "Ready", "replicas": 2, "conditions": same["conditions"]}
     assert st.patch(old, changed) == {"replicas": 2, "conversionJob": None}
+
+
+def kstatus_conditions(conditions: list) -> dict:
+    return {c["type"]: (c["status"], c["reason"]) for c in conditions
+            if c["type"] in (st.RECONCILING, st.STALLED)}
+
+
+def test_kstatus_conditions_tell_work_in_progress_from_a_failure_that_needs_a_person():
+    converting = st.summarize(*conds((False, "Converting"), (False, "Converting")))
+    assert kstatus_conditions(converting) == {st.RECONCILING: ("True", "Converting")}
+    rolling = st.summarize(*conds((True, "ConversionSucceeded"), (False, "RollingOut")))
+    assert kstatus_conditions(rolling) == {st.RECONCILING: ("True", "RollingOut")}
+    failed = st.summarize(*conds((False, "ConversionFailed"), (False, "ConversionFailed")))
+    assert kstatus_conditions(failed) == {st.STALLED: ("True", "ConversionFailed")}
+    no_pool = st.summarize(*conds((True, "ConversionSucceeded"), (False, "NoDevicePool")))
+    assert kstatus_conditions(no_pool) == {st.STALLED: ("True", "NoDevicePool")}
+    ready = st.summarize(*conds((True, "ConversionSucceeded"), (True, "MinimumReplicasAvailable")))
+    assert kstatus_conditions(ready) == {}
+    assert st.phase(failed) == "Failed" and st.phase(ready) == "Ready"

@@ -271,3 +271,38 @@ def test_an_autoscaler_of_the_same_name_that_is_not_ours_is_left_alone(make_mode
     api.put(kube.AUTOSCALERS, {"metadata": {"namespace": "vision", "name": "digits", "labels": {}}})
     reconcile(model, api)
     assert api.writes == [] and ("horizontalpodautoscalers", "vision", "digits") in api.objects
+
+
+def test_a_serving_pod_that_cannot_be_scheduled_is_named_in_ready_and_reconciling(make_model, api):
+    model = make_model()
+    reconcile(model, api)
+    api.finish_job(job_name(model), summary=summary(model, 1))
+    reconcile(model, api)
+    labels = api.objects["deployments", "vision", "digits"]["spec"]["selector"]["matchLabels"]
+    unschedulable = "0/4 nodes are available: 1 Insufficient gpu.intel.com/i915, 3 node(s) didn't match"
+    api.put(kube.PODS, {"metadata": {"namespace": "vision", "name": "digits-abc", "labels": labels,
+                                     "creationTimestamp": "t"},
+                        "status": {"phase": "Pending", "conditions": [
+                            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                             "message": unschedulable}]}})
+    reconcile(model, api)
+    ready = next(c for c in model["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["message"].endswith(f"a pod waits: {unschedulable}")
+    assert condition(model, "Reconciling") == ("True", ready["reason"])
+    assert not any(c["type"] == "Stalled" for c in model["status"]["conditions"])
+
+    api.roll_out("digits")
+    reconcile(model, api)
+    assert condition(model, "Ready") == ("True", "MinimumReplicasAvailable")
+    assert {c["type"] for c in model["status"]["conditions"]} == {"Converted", "Ready"}
+
+
+def test_a_failed_conversion_is_stalled_for_kstatus_with_the_cause(make_model, api):
+    model = make_model()
+    reconcile(model, api)
+    api.finish_job(job_name(model), failure="checksum mismatch: expected abc…, got def…")
+    result = reconcile(model, api)
+    assert condition(model, "Stalled") == ("True", "ConversionFailed")
+    stalled = next(c for c in model["status"]["conditions"] if c["type"] == "Stalled")
+    assert stalled["message"] == "checksum mismatch: expected abc…, got def…"
+    assert [reason for _, reason, _ in result.events] == ["ConversionFailed"]

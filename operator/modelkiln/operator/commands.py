@@ -92,15 +92,6 @@ def serving_options(*, spec: dict, version: int | None = None, device: str | Non
             "versionPolicy": version_policy(spec=spec, version=version)}
 
 
-def serving_options(*, spec: dict, version: int | None = None, device: str | None = None) -> dict:
-    """Options of one model as `modelkiln serve --config` takes them; `device` overrides the spec's."""
-    serving = defaulted_spec(spec)["serving"]
-    return {"device": canonical_device(device or serving["device"]),
-            "performanceHint": serving["performanceHint"],
-            "inferencePrecision": serving["inferencePrecision"],
-            "versionPolicy": version_policy(spec=spec, version=version)}
-
-
 def serve_args(*, name: str, spec: dict, repository: str, version: int | None = None) -> list[str]:
     """Arguments after `modelkiln serve` that serve model `name` of `repository` as `spec` says."""
     options = serving_options(spec=spec, version=version)

@@ -136,19 +136,4 @@ def conversion_outcome(*, job: dict, pods: list[dict]) -> Outcome:
         if transient:
             cause += f" (transient; gave up after {BACKOFF_LIMIT + 1} attempts)"
         return {"state": "failed", "summary": None, "transient": transient, "message": cause}
-    return {"state": "running", "summary": None, "transient": False, "message": _waiting_reason(pods)}
-
-
-def _waiting_reason(pods: list[dict]) -> str:
-    """Why the newest pod is not converting yet (unschedulable, image pull, ...), or ""."""
-    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True):
-        status = pod.get("status", {})
-        for condition in status.get("conditions", []):
-            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-                return condition.get("message") or condition.get("reason", "")
-        for container in status.get("containerStatuses", []):
-            waiting = container.get("state", {}).get("waiting")
-            if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
-                return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
-        return ""
-    return ""
+    return {"state": "running", "summary": None, "transient": False, "message": objects.waiting_reason(pods)}

@@ -46,14 +46,15 @@ def reconcile(*, model: dict, api: kube.Kube, config: OperatorConfig, now: str) 
         ready, observed = _converge_serving(model=model, spec=spec, artifact=artifact, converted=converted,
                                             pools=pools, api=api, config=config)
     old_conditions = old.get("conditions", [])
-    conditions = st.merge_conditions(old_conditions, [converted, ready], now=now)
+    conditions = st.merge_conditions(old_conditions, st.summarize(converted, ready), now=now)
     status = {"observedGeneration": generation, "phase": st.phase(conditions), "conditions": conditions,
               "conversionJob": job, **observed}
     if artifact:
         status["artifact"] = artifact
     # Ready repeats Converted's reason while there is nothing (new) to serve: one Event says it.
+    # Reconciling and Stalled repeat them for kstatus: no Event of their own.
     changed = [c for c in st.transitions(old_conditions, conditions)
-               if c["type"] == st.CONVERTED or c["reason"] != converted["reason"]]
+               if c["type"] == st.CONVERTED or (c["type"] == st.READY and c["reason"] != converted["reason"])]
     events = [("Normal" if c["status"] == "True" or c["reason"] not in st.FAILURE_REASONS else "Warning",
                c["reason"], c["message"]) for c in changed]
     return Result(status=status, events=events)
@@ -158,7 +159,8 @@ def _converge_serving(*, model: dict, spec: dict, artifact: dict | None, convert
         _remove(api, kube.DISRUPTION_BUDGETS, namespace=namespace, name=name)
 
     if converted["status"] == "True":
-        ready = st.ready_from_deployment(deployment, wanted=wanted, generation=generation)
+        ready = _explain_waiting(api, st.ready_from_deployment(deployment, wanted=wanted,
+                                                               generation=generation), deployment)
     else:
         # The previous artifact keeps serving, but this spec is not in effect (kstatus: not Ready).
         ready = st.condition(st.READY, False, reason=converted["reason"], generation=generation,
@@ -168,6 +170,17 @@ def _converge_serving(*, model: dict, spec: dict, artifact: dict | None, convert
     return ready, {"endpoints": serving.endpoints(name=name, namespace=namespace),
                    "replicas": observed.get("replicas", 0), "readyReplicas": observed.get("readyReplicas", 0),
                    "selector": objects.selector_string(deployment["spec"]["selector"]["matchLabels"])}
+
+
+def _explain_waiting(api: kube.Kube, ready: st.Condition, deployment: dict) -> st.Condition:
+    """`ready`, with why a serving pod waits (no node of the pool has room, image pull, ...)
+    added to its message while replicas are missing: read only then, so Ready models cost no read."""
+    if ready["status"] == "True":
+        return ready
+    pods = api.list(kube.PODS, namespace=deployment["metadata"]["namespace"],
+                    selector=objects.selector_string(deployment["spec"]["selector"]["matchLabels"]))
+    waiting = objects.waiting_reason(pods)
+    return {**ready, "message": f"{ready['message']}; a pod waits: {waiting}"} if waiting else ready
 
 
 def _apply(api: kube.Kube, resource: kube.Resource, body: dict) -> dict:

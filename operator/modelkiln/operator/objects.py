@@ -89,3 +89,18 @@ def scratch_volume(name: str) -> dict:
 
 def repository_volume(*, claim: str, read_only: bool) -> dict:
     return {"name": "repository", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
+
+
+def waiting_reason(pods: list[dict]) -> str:
+    """Why the newest pod is not running yet (unschedulable, image pull, ...), or ""."""
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True):
+        status = pod.get("status", {})
+        for condition in status.get("conditions", []):
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                return condition.get("message") or condition.get("reason", "")
+        for container in status.get("containerStatuses", []):
+            waiting = container.get("state", {}).get("waiting")
+            if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
+                return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+        return ""
+    return ""

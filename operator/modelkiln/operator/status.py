@@ -11,6 +11,10 @@ from typing import Literal, TypedDict
 
 CONVERTED = "Converted"
 READY = "Ready"
+# kstatus' "abnormal-true" conditions, present only while they hold: Flux (kstatus) reads them,
+# not Ready, to tell work in progress from a failure that waits for a person.
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
 
 # Reasons that need a person (a spec or configuration change), not time.
 FAILURE_REASONS = frozenset({"ConversionFailed", "NoDevicePool", "RepositoryMissing"})
@@ -40,6 +44,21 @@ def merge_conditions(old: list[Condition], new: list[Condition], *, now: str) ->
         merged.append({**cond, "lastTransitionTime": before["lastTransitionTime"]
                        if unchanged and before.get("lastTransitionTime") else now})
     return merged
+
+
+def summarize(converted: Condition, ready: Condition) -> list[Condition]:
+    """The status conditions: Converted and Ready, plus Stalled while a failure needs a person
+    (a spec or configuration change) or Reconciling while conversion or rollout is under way."""
+    conditions = [converted, ready]
+    failure = next((c for c in conditions
+                    if c["status"] == "False" and c["reason"] in FAILURE_REASONS), None)
+    if failure is not None:
+        conditions.append(condition(STALLED, True, reason=failure["reason"],
+                                    message=failure["message"], generation=ready["observedGeneration"]))
+    elif ready["status"] != "True":
+        conditions.append(condition(RECONCILING, True, reason=ready["reason"],
+                                    message=ready["message"], generation=ready["observedGeneration"]))
+    return conditions
 
 
 def find(conditions: list[Condition], kind: str) -> Condition | None:
