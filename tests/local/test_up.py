@@ -90,3 +90,20 @@ def test_missing_device_is_refused_unless_a_fallback_is_given(start_up, reposito
         assert "serving on CPU as --device-fallback asks" in up.output
     finally:
         assert up.stop() == 0
+
+
+def test_a_failed_conversion_prints_its_cause_and_leaves_no_version(repository, tmp_path):
+    model = yaml.safe_load((DIGITS / "fp32.yaml").read_text())
+    (tmp_path / "model.onnx").write_bytes((DIGITS / "model.onnx").read_bytes()[:200])  # truncated
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(model))
+    result = subprocess.run(
+        [sys.executable, "-m", "modelkiln.cli", "up", "-f", str(broken),
+         "--repository", str(repository)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("modelkiln up: digits: conversion failed: ")
+    assert "ONNX" in last
+    # Nothing half-written: no version, no staging directory.
+    left = list((repository / "digits").iterdir()) if (repository / "digits").exists() else []
+    assert left == []
