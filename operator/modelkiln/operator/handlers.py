@@ -1,19 +1,29 @@
 """The kopf handlers: thin, each hands an InferenceModel to `flows.reconcile`.
 
 A create, a spec change and the operator's resume react at once; so does any change of a child
-Deployment or conversion Job (kopf watches them, and the ownerReference names the model), which
-is how a model follows its conversion and its rollout. kopf also keeps our children in indexes,
-so reading them costs no request. A timer resyncs each model every `resync_seconds` as a safety
-net, for what does not reconcile the model by itself (the device-pool ConfigMap, the repository
-claim, a deleted Service). All of them run the same level-triggered reconcile, one at a time per
-model, so it does not matter which one runs, or how often: when nothing changed it writes
-nothing and reads only the model and the device-pool ConfigMap (the status is patched only with
-what differs, an Event only on a condition's transition).
+Deployment, conversion Job or Service (kopf watches them, and the ownerReference names the
+model), which is how a model follows its conversion and its rollout and gets a deleted Service
+back. kopf also keeps our children in indexes, so reading them costs no request. One
+operator-wide task resyncs every model every `resync_seconds` as a safety net, for what does not
+reconcile the model by itself (an edit of the device-pool ConfigMap, the repository claim
+appearing). All of them run the same level-triggered reconcile, one at a time per model, so it
+does not matter which one runs, or how often: when nothing changed it writes nothing and reads
+only the model and the device-pool ConfigMap (the status is patched only with what differs, an
+Event only on a condition's transition).
+
+No handler needs a finalizer on the model (DESIGN.md: a finalizer only for what garbage
+collection cannot do): children go with their ownerReferences, so a model deletes at once even
+while no operator runs. That is why the resync is not a kopf timer (kopf puts its finalizer on
+every object a timer or daemon runs for) but a task of our own over kopf's index of the models.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import concurrent.futures
+import contextlib
+import contextvars
 import datetime
 import logging
 import threading
@@ -31,16 +41,18 @@ RETRY_SECONDS = 10
 LOG = logging.getLogger("modelkiln.operator")
 
 # Children kopf watches (ours only, by label) and keeps in indexes: reads of them are answered
-# from memory. A change of a Deployment or conversion Job also reconciles its model.
+# from memory. A change of a Deployment, conversion Job or Service also reconciles its model.
 WATCHED_CHILDREN = (kube.DEPLOYMENTS, kube.JOBS, kube.SERVICES, kube.AUTOSCALERS, kube.DISRUPTION_BUDGETS)
-TRIGGERING_CHILDREN = (kube.DEPLOYMENTS, kube.JOBS)
+TRIGGERING_CHILDREN = (kube.DEPLOYMENTS, kube.JOBS, kube.SERVICES)
+# kopf's index of the InferenceModels (keys only): what the resync task goes through.
+MODELS_INDEX = PLURAL
 
 # What kopf calls for these handlers, and what the API server checks for ownerReferences with
 # blockOwnerDeletion; kube.PERMISSIONS has the operator's own calls. The ClusterRole grants the union.
 FRAMEWORK_PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     (GROUP, PLURAL): frozenset({"list", "watch", "patch"}),
     (GROUP, f"{PLURAL}/status"): frozenset({"patch"}),
-    (GROUP, f"{PLURAL}/finalizers"): frozenset({"update"}),
+    (GROUP, f"{PLURAL}/finalizers"): frozenset({"update"}),  # blockOwnerDeletion; kopf adds no finalizer
     ("", "events"): frozenset({"create"}),
     **{(child.group, child.plural): frozenset({"list", "watch"}) for child in WATCHED_CHILDREN},
     ("apiextensions.k8s.io", "customresourcedefinitions"): frozenset({"list", "watch"}),
@@ -95,6 +107,23 @@ def _reconcile(namespace: str, name: str, memo: kopf.Memo, indexes: Mapping[str,
         log("%s/%s: %s: %s", namespace, name, reason, message)
 
 
+async def _resync_forever(*, memo: kopf.Memo, indexes: Mapping[str, kopf.Index], interval: float,
+                          executor: concurrent.futures.Executor) -> None:
+    """Reconcile each model kopf has indexed, one after another, every `interval` seconds, until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval)
+        for namespace, name in list(indexes[MODELS_INDEX]):
+            # A copy of a handler's context: kopf.event posts through what kopf sets there.
+            run = memo.handler_context.copy().run
+            try:
+                await loop.run_in_executor(executor, run, _reconcile, namespace, name, memo, indexes)
+            except kopf.TemporaryError as exc:
+                LOG.warning("%s/%s: resync: %s (the next resync retries)", namespace, name, exc)
+            except Exception:
+                LOG.exception("%s/%s: resync failed (the next resync retries)", namespace, name)
+
+
 def _owner(body: kopf.Body) -> str | None:
     """The name of the InferenceModel that controls `body`, if one does."""
     return next((ref["name"] for ref in body.metadata.get("ownerReferences", [])
@@ -132,10 +161,23 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     def spec_changed(body: kopf.Body, memo: kopf.Memo, **indexes) -> None:
         _reconcile(body.metadata.namespace, body.metadata.name, memo, indexes)
 
-    @kopf.timer(**resource, interval=config.resync_seconds, initial_delay=config.resync_seconds,
-                registry=registry)
-    def resync(body: kopf.Body, memo: kopf.Memo, **indexes) -> None:
-        _reconcile(body.metadata.namespace, body.metadata.name, memo, indexes)
+    # Not a kopf.timer: kopf would put its finalizer on every model (see the module docstring).
+    @kopf.on.startup(registry=registry)
+    async def start_resync(memo: kopf.Memo, settings: kopf.OperatorSettings, **indexes) -> None:
+        memo.resync = asyncio.create_task(_resync_forever(
+            memo=memo, indexes=indexes, interval=config.resync_seconds, executor=settings.execution.executor))
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_resync(memo: kopf.Memo, **_) -> None:
+        memo.resync.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await memo.resync
+
+    @kopf.index(**resource, id=MODELS_INDEX, registry=registry)
+    def models(namespace: str, name: str, memo: kopf.Memo, **_) -> dict:
+        # Kept before the model is indexed, so the resync task has it for every model it sees.
+        memo.handler_context = contextvars.copy_context()
+        return {(namespace, name): True}
 
     for child in WATCHED_CHILDREN:
         # Handlers get the index as the keyword argument named by its id (the plural).
@@ -151,8 +193,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             if owner:
                 _reconcile(body.metadata.namespace, owner, memo, indexes)
 
-    @kopf.on.delete(**resource, optional=True, registry=registry)
-    def deleted(body: kopf.Body, **_) -> None:
-        # Children go with ownerReferences (Kubernetes' garbage collector); only the gauge is ours.
-        metrics.record_phase(body.metadata.uid, None)
-        _forget(body.metadata.namespace, body.metadata.name)
+    # Not kopf.on.delete: without a finalizer, kopf sees a model only once it is gone.
+    @kopf.on.event(**resource, registry=registry)
+    def deleted(event: kopf.RawEvent, body: kopf.Body, **_) -> None:
+        if event["type"] == "DELETED":
+            # Children go with ownerReferences (Kubernetes' garbage collector); only the gauge is ours.
+            metrics.record_phase(body.metadata.uid, None)
+            _forget(body.metadata.namespace, body.metadata.name)

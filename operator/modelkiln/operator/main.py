@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
-        # kopf logs every handler and timer run of every object at INFO: a line per model per resync.
+        # kopf logs every handler run of every object at INFO: a line per event of every child.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port)
