@@ -24,6 +24,7 @@ import collections
 import concurrent.futures
 import contextlib
 import contextvars
+import dataclasses
 import datetime
 import logging
 import threading
@@ -59,7 +60,7 @@ FRAMEWORK_PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("kopf.dev", "clusterkopfpeerings"): frozenset({"get", "list", "watch", "patch"}),
 }
 
-# Sync handlers run in kopf's thread pool: a child's event and the model's own handler or timer
+# Sync handlers run in kopf's thread pool: a child's event, the model's own handler and the resync
 # may run at once, and two reconciles of one model would race on its status and Events.
 _locks: collections.defaultdict[tuple[str, str], threading.Lock] = collections.defaultdict(threading.Lock)
 _locks_guard = threading.Lock()
@@ -107,15 +108,24 @@ def _reconcile(namespace: str, name: str, memo: kopf.Memo, indexes: Mapping[str,
         log("%s/%s: %s: %s", namespace, name, reason, message)
 
 
-async def _resync_forever(*, memo: kopf.Memo, indexes: Mapping[str, kopf.Index], interval: float,
-                          executor: concurrent.futures.Executor) -> None:
+@dataclasses.dataclass
+class _Resync:
+    """The operator-wide resync task, shared by every object's memo (kopf gives each a shallow copy)."""
+
+    # A kopf handler's context, kept by the models' indexer before it indexes a model: kopf.event
+    # posts through what kopf sets there, and the task is no handler.
+    handler_context: contextvars.Context | None = None
+    task: asyncio.Task | None = None
+
+
+async def _resync_forever(*, resync: _Resync, memo: kopf.Memo, indexes: Mapping[str, kopf.Index],
+                          interval: float, executor: concurrent.futures.Executor) -> None:
     """Reconcile each model kopf has indexed, one after another, every `interval` seconds, until cancelled."""
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(interval)
         for namespace, name in list(indexes[MODELS_INDEX]):
-            # A copy of a handler's context: kopf.event posts through what kopf sets there.
-            run = memo.handler_context.copy().run
+            run = resync.handler_context.copy().run
             try:
                 await loop.run_in_executor(executor, run, _reconcile, namespace, name, memo, indexes)
             except kopf.TemporaryError as exc:
@@ -164,19 +174,20 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     # Not a kopf.timer: kopf would put its finalizer on every model (see the module docstring).
     @kopf.on.startup(registry=registry)
     async def start_resync(memo: kopf.Memo, settings: kopf.OperatorSettings, **indexes) -> None:
-        memo.resync = asyncio.create_task(_resync_forever(
-            memo=memo, indexes=indexes, interval=config.resync_seconds, executor=settings.execution.executor))
+        memo.resync = _Resync()
+        memo.resync.task = asyncio.create_task(_resync_forever(
+            resync=memo.resync, memo=memo, indexes=indexes, interval=config.resync_seconds,
+            executor=settings.execution.executor))
 
     @kopf.on.cleanup(registry=registry)
     async def stop_resync(memo: kopf.Memo, **_) -> None:
-        memo.resync.cancel()
+        memo.resync.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await memo.resync
+            await memo.resync.task
 
     @kopf.index(**resource, id=MODELS_INDEX, registry=registry)
     def models(namespace: str, name: str, memo: kopf.Memo, **_) -> dict:
-        # Kept before the model is indexed, so the resync task has it for every model it sees.
-        memo.handler_context = contextvars.copy_context()
+        memo.resync.handler_context = contextvars.copy_context()  # before the task can see a model
         return {(namespace, name): True}
 
     for child in WATCHED_CHILDREN:
