@@ -28,23 +28,13 @@ _state: dict[str, object] = {}
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: build only when e2e tests will run
 def pytest_collection_modifyitems(session, config, items):
-    if not any(Path(str(item.fspath)).is_relative_to(E2E_DIR) for item in items):
+    e2e_items = [item for item in items if Path(str(item.fspath)).is_relative_to(E2E_DIR)]
+    if not e2e_items or os.environ.get("KUBECONFIG"):
         return
-    if os.environ.get("KUBECONFIG"):
-        return
-    go = cp.find_go()
-    if go is None:
-        reason = "e2e skipped: no Go toolchain to build the control plane and no KUBECONFIG (see e2e/README.md)"
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            raise pytest.UsageError(reason.replace("skipped", "cannot run in CI"))
-        for item in items:
-            if Path(str(item.fspath)).is_relative_to(E2E_DIR):
-                item.add_marker(pytest.mark.skip(reason=reason))
-        return
-    try:
-        _state["bin_dir"] = cp.build_binaries(go=go)
-    except RuntimeError as exc:
-        raise pytest.UsageError(f"e2e: {exc}") from None
+    bin_dir = cp.binaries_for_tests(e2e_items, what="e2e",
+                                    needs="the control plane and no KUBECONFIG")
+    if bin_dir is not None:
+        _state["bin_dir"] = bin_dir
 
 
 @pytest.hookimpl(wrapper=True)

@@ -147,6 +147,26 @@ def build_binaries(*, go: str) -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+def binaries_for_tests(items: list, *, what: str, needs: str) -> Path | None:
+    """Build the binaries for the pytest `items` that need them, at collection (so a cold build
+    does not count against a test's timeout), and return their directory. Without Go the items
+    are skipped with one line, except in CI, where that is an error: a green CI means they ran."""
+    import pytest  # only the test suites call this; the benchmarks import this module too
+
+    go = find_go()
+    if go is None:
+        reason = f"{what} skipped: no Go toolchain to build {needs} (see e2e/README.md)"
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            raise pytest.UsageError(reason.replace("skipped", "cannot run in CI"))
+        for item in items:
+            item.add_marker(pytest.mark.skip(reason=reason))
+        return None
+    try:
+        return build_binaries(go=go)
+    except RuntimeError as exc:
+        raise pytest.UsageError(f"{what}: {exc}") from None
+
+
 def write_kubeconfig(path: Path, *, cluster: dict, token: str) -> Path:
     """A kubeconfig for `cluster` (a kubeconfig cluster entry) with a bearer token."""
     config = {

@@ -7,7 +7,6 @@ Go the tests that need helm are skipped with one line, except in CI, where they 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -23,18 +22,9 @@ def pytest_collection_modifyitems(session, config, items):
     wanted = [item for item in items if Path(str(item.fspath)).is_relative_to(HERE) and "helm" in item.fixturenames]
     if not wanted:
         return
-    go = cp.find_go()
-    if go is None:
-        reason = "chart tests skipped: no Go toolchain to build helm (see e2e/README.md)"
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            raise pytest.UsageError(reason.replace("skipped", "cannot run in CI"))
-        for item in wanted:
-            item.add_marker(pytest.mark.skip(reason=reason))
-        return
-    try:
-        _state["helm"] = cp.build_binaries(go=go) / "helm"
-    except RuntimeError as exc:
-        raise pytest.UsageError(f"chart tests: {exc}") from None
+    helm_dir = cp.binaries_for_tests(wanted, what="chart tests", needs="helm")
+    if helm_dir is not None:
+        _state["helm"] = helm_dir / "helm"
 
 
 @pytest.fixture(scope="session")
