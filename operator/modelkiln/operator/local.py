@@ -160,8 +160,7 @@ def machine_devices() -> set[str]:
 
 
 def choose_device(name: str, wanted: str, available: set[str], fallback: str | None) -> str:
-    device = "NPU" if wanted == "VPU" else wanted
-    if device in available:
+    if commands.canonical_device(wanted) in available:
         return wanted
     if fallback:
         print(f"modelkiln up: {name}: device {wanted} is not on this machine "
@@ -184,8 +183,8 @@ def convert(name: str, spec: dict, repository: pathlib.Path) -> dict:
     key = commands.artifact_key(spec)
     args = commands.convert_args(spec=spec, output=str(repository / name), artifact_key=key)
     with tempfile.NamedTemporaryFile("r", suffix=".termination-log") as log:
-        print(f"modelkiln up: {name}: converting {spec['source']['uri']} to "
-              f"{spec['conversion']['precision']} (artifact {key[:8]})", file=sys.stderr)
+        print(f"modelkiln up: {name}: {spec['conversion']['precision']} artifact {key[:8]} of "
+              f"{spec['source']['uri']}", file=sys.stderr)
         result = subprocess.run([*modelkiln_command(), "convert", *args,
                                  "--termination-log", log.name],
                                 stdout=subprocess.PIPE, text=True)  # stderr: progress, to the user
