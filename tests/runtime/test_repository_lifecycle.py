@@ -195,3 +195,24 @@ def test_an_engine_failure_is_a_500_with_the_reason_and_the_model_keeps_serving(
         assert "Traceback" not in failed.text
     assert infer(2).status_code == 200
     assert "inference failed" in server.log()
+
+
+def test_readiness_is_false_until_the_expected_model_is_loaded(tmp_path, start_server):
+    repository = tmp_path / "repo"
+    (repository / "mlp").mkdir(parents=True)  # the model's directory, no version in it yet
+    server = start_server(repository, "--model", "mlp")
+    server.wait_until("/v2/health/live")
+    grpc_client = triton_grpc.InferenceServerClient(server.grpc)
+    for _ in range(3):  # as a readiness probe asks, again and again
+        assert httpx.get(f"{server.http}/v2/health/ready").status_code == 503
+        assert httpx.get(f"{server.http}/ping").status_code == 503
+        ready = httpx.get(f"{server.http}/v2/models/mlp/ready")
+        assert ready.status_code == 503 and "no version directory" in ready.json()["error"]
+        assert not grpc_client.is_server_ready() and not grpc_client.is_model_ready("mlp")
+
+    publish(repository, "mlp", 1, mlp_graph())
+    server.wait_until("/v2/health/ready")
+    assert httpx.get(f"{server.http}/ping").status_code == 200
+    assert grpc_client.is_server_ready() and grpc_client.is_model_ready("mlp")
+    # Not being ready yet is a state, not a fault: the probes leave no ERROR in the log.
+    assert " ERROR " not in server.log(), server.log()

@@ -7,6 +7,8 @@ same way. Messages name what was wrong and what was expected; they never carry a
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 
 
@@ -15,6 +17,8 @@ class ServingError(Exception):
 
     http_status = 500
     grpc_code = grpc.StatusCode.INTERNAL
+    # Client mistakes are warnings; server faults errors (both protocols log at this level).
+    log_level = logging.ERROR
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -26,6 +30,7 @@ class InvalidInput(ServingError):
 
     http_status = 400
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    log_level = logging.WARNING
 
 
 class ModelNotFound(ServingError):
@@ -33,6 +38,7 @@ class ModelNotFound(ServingError):
 
     http_status = 404
     grpc_code = grpc.StatusCode.NOT_FOUND
+    log_level = logging.WARNING
 
 
 class ModelNotReady(ServingError):
@@ -40,6 +46,9 @@ class ModelNotReady(ServingError):
 
     http_status = 503
     grpc_code = grpc.StatusCode.UNAVAILABLE
+    # A state, not a fault: readiness probes ask every few seconds while a model loads, and a
+    # failed load was logged once, with its reason, when it failed.
+    log_level = logging.DEBUG
 
 
 class PayloadTooLarge(ServingError):
@@ -47,6 +56,7 @@ class PayloadTooLarge(ServingError):
 
     http_status = 413
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    log_level = logging.WARNING
 
 
 class UnsupportedMediaType(ServingError):
@@ -54,6 +64,7 @@ class UnsupportedMediaType(ServingError):
 
     http_status = 415
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    log_level = logging.WARNING
 
 
 class InferenceFailed(ServingError):

@@ -76,7 +76,7 @@ def _rpc(method):
         try:
             return await method(self, data)
         except ServingError as error:
-            log.warning("gRPC %s: %s", method.__name__, error.message)
+            log.log(error.log_level, "gRPC %s: %s", method.__name__, error.message)
             await context.abort(error.grpc_code, error.message)
         except Exception as error:
             log.exception("gRPC %s failed", method.__name__)

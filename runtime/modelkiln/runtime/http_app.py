@@ -115,10 +115,7 @@ class HttpApp:
                 request.body = await self._read_body(request, receive)
             response = await handler(request, **params)
         except ServingError as error:
-            if error.http_status >= 500:
-                log.error("%s %s: %s", scope["method"], scope["path"], error.message)
-            else:
-                log.warning("%s %s: %s", scope["method"], scope["path"], error.message)
+            log.log(error.log_level, "%s %s: %s", scope["method"], scope["path"], error.message)
             response = error_response(error.http_status, error.message)
         except Exception as error:
             log.exception("%s %s failed", scope["method"], scope["path"])
