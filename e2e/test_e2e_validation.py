@@ -44,6 +44,12 @@ INVALID = {
     "calibration without INT8": (
         _with("spec.conversion", {"precision": "FP16", "calibration": {"synthetic": True}}),
         "calibration is only valid with precision INT8"),
+    "keepFloat without INT8": (
+        _with("spec.conversion", {"precision": "FP16", "keepFloat": {"types": ["GroupConvolution"]}}),
+        "keepFloat is only valid with precision INT8"),
+    "empty keepFloat": (
+        _with("spec.conversion", {"precision": "INT8", "calibration": {"synthetic": True}, "keepFloat": {}}),
+        "keepFloat needs at least one of types, names or patterns"),
     "INT8 without calibration": (
         _with("spec.conversion.precision", "INT8"), "precision INT8 needs calibration"),
     "minReplicas above maxReplicas": (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -123,3 +125,21 @@ def test_no_space_left_is_transient_and_leaves_nothing(convert, tmp_path, tiny_f
     assert result.returncode == 3
     assert result.cause.startswith("no space left on device writing ")
     assert version_dirs(tiny_filesystem / "wide") == []
+
+
+def test_a_forked_child_terminated_at_exit_ends_quietly():
+    # OpenVINO's telemetry forks a sender that multiprocessing terminates at exit; the converter's
+    # SIGTERM handler, inherited by the fork, must not report a failure after the summary.
+    code = textwrap.dedent("""
+        import multiprocessing, time
+        from modelkiln.runtime.convert import sigterm_raises
+        with sigterm_raises():
+            child = multiprocessing.Process(target=time.sleep, args=(30,))
+            child.start()
+            time.sleep(0.5)
+            child.terminate()
+            child.join()
+            print(child.exitcode)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (result.stdout.strip(), result.stderr) == ("143", "")

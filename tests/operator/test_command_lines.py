@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from modelkiln.operator import schema
 from modelkiln.operator.commands import artifact_key, convert_args, serve_args, serving_options
 
 SOURCE = {"uri": "https://models.example.com/digits.onnx"}
@@ -39,6 +40,19 @@ def test_convert_args_for_int8_carry_calibration_and_accuracy_bounds():
     assert "--precision INT8" in joined
     assert "--calibration file://calib.npz --calibration-samples 300" in joined
     assert "--max-accuracy-drop 0.02" in joined and "--min-cosine 0.98" in joined
+
+
+def test_convert_args_keep_float_operations_by_type_name_and_pattern():
+    spec = {"source": SOURCE, "conversion": {"precision": "INT8", "calibration": {"synthetic": True},
+                                             "keepFloat": {"types": ["GroupConvolution", "MatMul"],
+                                                           "patterns": [".*head.*"]}}}
+    args = convert_args(spec=spec, output="/m/d", artifact_key="k")
+    assert " ".join(args).endswith("--keep-float-type GroupConvolution --keep-float-type MatMul "
+                                   "--keep-float-pattern .*head.*")
+    assert schema.validate({"apiVersion": "modelkiln.io/v1alpha1", "kind": "InferenceModel",
+                            "metadata": {"name": "m"}, "spec": spec}) == []
+    without = {**spec, "conversion": {k: v for k, v in spec["conversion"].items() if k != "keepFloat"}}
+    assert artifact_key(spec) != artifact_key(without)
 
 
 def test_convert_args_take_resolved_uris_and_preprocessing():

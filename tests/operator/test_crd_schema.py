@@ -71,6 +71,10 @@ def test_defaults_do_not_change_the_input_and_fill_nested_objects():
      'spec.conversion.precision: Unsupported value: "FP8": supported values: "FP32", "FP16", "INT8"'),
     (with_spec(conversion={"precision": "FP16", "calibration": {"uri": "file://c.npz"}}),
      'spec.conversion: Invalid value: "object": calibration is only valid with precision INT8'),
+    (with_spec(conversion={"precision": "FP16", "keepFloat": {"types": ["GroupConvolution"]}}),
+     'spec.conversion: Invalid value: "object": keepFloat is only valid with precision INT8'),
+    (with_spec(conversion={"precision": "INT8", "calibration": {"synthetic": True}, "keepFloat": {"names": []}}),
+     'spec.conversion.keepFloat: Invalid value: "object": keepFloat needs at least one of types, names or patterns'),
     (with_spec(conversion={"precision": "INT8"}),
      'spec.conversion: Invalid value: "object": precision INT8 needs calibration: '
      'set calibration.uri, or calibration.synthetic: true'),

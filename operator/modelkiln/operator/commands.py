@@ -65,6 +65,11 @@ def convert_args(*, spec: dict, output: str, artifact_key: str, source_uri: str 
         if calibration.get("synthetic"):
             args.append("--synthetic-calibration")
         args += ["--calibration-samples", str(calibration["samples"])]
+    keep_float = conversion.get("keepFloat", {})
+    for flag, field in (("--keep-float-type", "types"), ("--keep-float-name", "names"),
+                        ("--keep-float-pattern", "patterns")):
+        for value in keep_float.get(field, []):
+            args += [flag, value]
     if "maxAccuracyDrop" in conversion:
         args += ["--max-accuracy-drop", str(conversion["maxAccuracyDrop"])]
     if "minCosine" in conversion:

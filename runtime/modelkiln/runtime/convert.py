@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import sys
@@ -74,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--synthetic-calibration", action="store_true",
                         help="calibrate INT8 on random inputs (recorded in modelkiln.json; usually less "
                              "accurate); --calibration data, if given, then only serves verification")
+    parser.add_argument("--keep-float-type", action="append", default=[], metavar="TYPE",
+                        help="INT8: leave operations of this OpenVINO type in floating point, e.g. "
+                             "GroupConvolution for depthwise convolutions (repeatable)")
+    parser.add_argument("--keep-float-name", action="append", default=[], metavar="NAME",
+                        help="INT8: leave the operation with this name in floating point (repeatable)")
+    parser.add_argument("--keep-float-pattern", action="append", default=[], metavar="REGEX",
+                        help="INT8: leave operations whose names match this regular expression in "
+                             "floating point (repeatable)")
     parser.add_argument("--max-accuracy-drop", type=float, metavar="X",
                         help="fail when accuracy drops by more than X (0.01 = 1 point; without labels: "
                              "the share of changed top-1 answers); with labelled INT8 calibration data, "
@@ -153,7 +162,13 @@ def write_termination_log(path: pathlib.Path | None, text: str) -> None:
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
     """A deleted Job's SIGTERM unwinds like a failure: staging is removed, the cause reported."""
+    owner = os.getpid()
+
     def terminated(signum, frame) -> None:
+        # A forked child inherits this handler: OpenVINO's telemetry sender is one, and is sent
+        # SIGTERM when the converter exits; it must end quietly, not print a failure after the summary.
+        if os.getpid() != owner:
+            os._exit(128 + signum)
         raise ConversionFailed("terminated by SIGTERM before the conversion finished", transient=True)
 
     try:
@@ -264,6 +279,15 @@ def check_arguments(args: argparse.Namespace) -> None:
                                "directory of images), or --synthetic-calibration to accept random inputs")
     if args.calibration_samples < 1:
         raise ConversionFailed(f"--calibration-samples must be at least 1 (got {args.calibration_samples})")
+    keep_float = args.keep_float_type or args.keep_float_name or args.keep_float_pattern
+    if keep_float and args.precision != "INT8":
+        raise ConversionFailed(f"--keep-float-* only applies to precision INT8 (got {args.precision})")
+    for pattern in args.keep_float_pattern:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ConversionFailed(f"--keep-float-pattern {pattern!r} is not a valid regular expression: "
+                                   f"{error}") from error
 
 
 def prepare_model(args: argparse.Namespace, *, model_file: ModelFile) -> tuple[ov.Model, ov.Model, InputOptions]:
@@ -294,7 +318,10 @@ def quantize(args: argparse.Namespace, *, model: ov.Model, samples: SampleSet | 
         record = {"source": args.calibration, "sha256": calibration_data.sha256,
                   "samples": samples.rows(), "synthetic": False}
     print(f"quantizing to INT8 on {calibration_set.rows()} calibration samples", flush=True)
-    model, how = quantize_int8(model, calibration=calibration_set, max_accuracy_drop=args.max_accuracy_drop)
+    keep_float = {"types": args.keep_float_type, "names": args.keep_float_name,
+                  "patterns": args.keep_float_pattern}
+    model, how = quantize_int8(model, calibration=calibration_set, max_accuracy_drop=args.max_accuracy_drop,
+                               keep_float={kind: values for kind, values in keep_float.items() if values})
     return model, {**record, **how}, samples if samples is not None else calibration_set
 
 
