@@ -12,7 +12,7 @@ shaped, 1x3x224x224) and a tiny MLP (1x16, measures server overhead). In the sam
 
 Prints req/s, p50 and p99 per cell and the ratios the targets are about, and writes them as JSON.
 
-    python bench/serving.py [--peers kserve,mlserver] [--seconds 6] [--json out.json]
+    python bench/serving.py [--peers kserve,mlserver] [--seconds 6] [--rounds 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -424,7 +424,49 @@ def start_mlserver(repo: pathlib.Path, work: pathlib.Path):
     return process, http, grpc_port
 
 
-SERVERS = {"modelkiln": start_modelkiln, "kserve": start_kserve, "mlserver": start_mlserver}
+FLOOR_SERVER = '''
+import asyncio, sys, grpc, uvloop
+
+async def main(port: int, response: bytes) -> None:
+    async def infer(data, context):
+        return response
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 1 << 28)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)}),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+uvloop.run(main(int(sys.argv[1]), bytes.fromhex(sys.argv[2])))
+'''
+
+
+def start_grpc_floor(repo: pathlib.Path, work: pathlib.Path):
+    """What grpc.aio alone costs: a server that answers every ModelInfer with the same bytes and
+    does nothing else (gRPC only), run as ModelKiln's is (this Python, uvloop, the same grpcio)."""
+    from modelkiln.runtime.proto import grpc_service_pb2 as pb
+
+    response = pb.ModelInferResponse(model_name="tiny", model_version="1")
+    response.outputs.add(name="logits", datatype="FP32", shape=[1, 4])
+    response.raw_output_contents.append(bytes(16))
+    grpc_port = free_port()
+    script = work / "grpc_floor.py"
+    script.write_text(textwrap.dedent(FLOOR_SERVER))
+    process = subprocess.Popen([sys.executable, str(script), str(grpc_port),
+                                response.SerializeToString().hex()])
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", grpc_port), timeout=1).close()
+            return process, None, grpc_port
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("the do-nothing gRPC server did not start") from None
+            time.sleep(0.1)
+
+
+SERVERS = {"modelkiln": start_modelkiln, "kserve": start_kserve, "mlserver": start_mlserver,
+           "grpc-floor": start_grpc_floor}
 
 
 def client_factories(model: str, http: int, grpc_port: int) -> dict:
@@ -435,8 +477,9 @@ def client_factories(model: str, http: int, grpc_port: int) -> dict:
 
 
 def measure(servers: dict, repo: pathlib.Path, args) -> dict:
-    """Every cell, for every server back to back, so that they share the machine's weather."""
-    results: dict[str, dict] = {name: {} for name in ["in-process", *servers]}
+    """Every cell, for every server back to back, so that they share the machine's weather; each
+    cell `args.rounds` times (the rounds one after the other), reported as the medians."""
+    samples: dict[tuple[str, str], list] = {}
     core = ov.Core()
     for model in args.models:
         seconds = args.seconds * (2 if model == "image" else 1)
@@ -445,16 +488,23 @@ def measure(servers: dict, repo: pathlib.Path, args) -> dict:
         factories = {name: client_factories(model, http, grpc_port)
                      for name, (_, http, grpc_port) in servers.items()}
         for concurrency in args.concurrency:
-            cell = in_process(compiled, MODELS[model][1], concurrency, seconds, args.warmup)
-            results["in-process"][f"{model}/in-process/c{concurrency}"] = cell
-            report("in-process", model, "AsyncInferQueue", concurrency, cell)
-            for protocol in args.protocols:
-                for name in servers:
-                    cell = asyncio.run(closed_loop(factories[name][protocol], concurrency,
-                                                   seconds, args.warmup))
-                    results[name][f"{model}/{protocol}/c{concurrency}"] = cell
-                    report(name, model, protocol, concurrency, cell)
+            for _ in range(args.rounds):
+                cell = in_process(compiled, MODELS[model][1], concurrency, seconds, args.warmup)
+                samples.setdefault(("in-process", f"{model}/in-process/c{concurrency}"), []).append(cell)
+                report("in-process", model, "AsyncInferQueue", concurrency, cell)
+                for protocol in args.protocols:
+                    for name in servers:
+                        if name == "grpc-floor" and protocol != "grpc-raw":
+                            continue
+                        cell = asyncio.run(closed_loop(factories[name][protocol], concurrency,
+                                                       seconds, args.warmup))
+                        samples.setdefault((name, f"{model}/{protocol}/c{concurrency}"), []).append(cell)
+                        report(name, model, protocol, concurrency, cell)
         del compiled
+    results: dict[str, dict] = {name: {} for name in ["in-process", *servers]}
+    for (name, key), cells in samples.items():
+        rate, p50, p99 = (float(np.median(column)) for column in list(zip(*cells))[:3])
+        results[name][key] = (rate, p50, p99, sum(cell[3] for cell in cells))
     return results
 
 
@@ -483,6 +533,10 @@ def main() -> int:
                         help="comma-separated: kserve, mlserver (empty for none)")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="measurements of each cell; medians are reported (default 3)")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="leave out the do-nothing grpc.aio server (what gRPC alone costs)")
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")],
                         default=list(CONCURRENCY))
     parser.add_argument("--protocols", type=lambda s: s.split(","), default=list(PROTOCOLS))
@@ -502,7 +556,7 @@ def main() -> int:
     print(f"machine: {machine()}", flush=True)
     servers = {}
     try:
-        for name in ["modelkiln", *[p for p in args.peers.split(",") if p]]:
+        for name in ["modelkiln", *[p for p in args.peers.split(",") if p], *(["grpc-floor"] if args.floor else [])]:
             servers[name] = SERVERS[name](repo, work)
         results = measure(servers, repo, args)
     finally:
@@ -516,6 +570,7 @@ def main() -> int:
 
 
 def summarize(results: dict) -> None:
+    print_tables(results)
     ours = results["modelkiln"]
     limit = results["in-process"]
     print("\nratios")
@@ -524,17 +579,46 @@ def summarize(results: dict) -> None:
         if key in ours and "image/in-process/c8" in limit:
             print(f"  image {protocol} c=8 / in-process c=8: "
                   f"{ours[key][0] / limit['image/in-process/c8'][0]:.2f}x")
-    key = "image/grpc-raw/c1"
-    if key in ours and "image/in-process/c1" in limit:
-        print(f"  image grpc-raw c=1 p99 - in-process p99: "
-              f"{ours[key][2] - limit['image/in-process/c1'][2]:+.2f} ms")
-    peers = [p for p in results if p not in ("modelkiln", "in-process")]
+    for protocol in ("grpc-raw", "rest-binary"):
+        key = f"image/{protocol}/c1"
+        if key in ours and "image/in-process/c1" in limit:
+            print(f"  image {protocol} c=1 p99 - in-process p99: "
+                  f"{ours[key][2] - limit['image/in-process/c1'][2]:+.2f} ms")
+    peers = [p for p in results if p not in ("modelkiln", "in-process", "grpc-floor")]
     for protocol in PROTOCOLS:
         key = f"tiny/{protocol}/c8"
         best = max((results[p].get(key, (0,))[0] for p in peers), default=0)
         if key in ours and best:
             print(f"  tiny {protocol} c=8 / best peer: {ours[key][0] / best:.2f}x "
                   f"({ours[key][0]:.0f} vs {best:.0f} req/s)")
+        floor = results.get("grpc-floor", {}).get(key)
+        if key in ours and floor:
+            print(f"    a do-nothing grpc.aio server: {floor[0]:.0f} req/s; ModelKiln at "
+                  f"{ours[key][0] / floor[0]:.0%} of it" + (f"; 2.5x the best peer is {2.5 * best / floor[0]:.0%} of it"
+                                                         if best else ""))
+
+
+def print_tables(results: dict) -> None:
+    """One markdown table per model: req/s (p50 / p99 ms) per protocol and concurrency."""
+    servers = list(results)
+    for model in MODELS:
+        keys = sorted({key.split("/", 1)[1] for name in servers for key in results[name]
+                       if key.startswith(f"{model}/") and "in-process" not in key},
+                      key=lambda k: (PROTOCOLS.index(k.split("/")[0]), int(k.split("/c")[1])))
+        if not keys:
+            continue
+        print(f"\n**{model}** — req/s (p50 / p99 ms)\n")
+        print("| protocol | c | " + " | ".join(servers) + " |")
+        print("| --- | --- |" + " --- |" * len(servers))
+        for key in keys:
+            protocol, concurrency = key.split("/c")
+            cells = []
+            for name in servers:
+                cell = results[name].get(f"{model}/in-process/c{concurrency}" if name == "in-process"
+                                         else f"{model}/{key}")
+                cells.append("—" if cell is None else "fails" if cell[0] == 0 else
+                             f"{cell[0]:,.1f} ({cell[1]:.3g} / {cell[2]:.3g})")
+            print(f"| {protocol} | {concurrency} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

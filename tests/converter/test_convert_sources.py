@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import http.server
+import os
+import pathlib
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -37,7 +39,8 @@ class ModelServer(http.server.ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        scheme = "https" if isinstance(self.socket, ssl.SSLSocket) else "http"
+        return f"{scheme}://127.0.0.1:{self.server_address[1]}"
 
 
 class ModelRequestHandler(http.server.BaseHTTPRequestHandler):
@@ -75,8 +78,13 @@ class ModelRequestHandler(http.server.BaseHTTPRequestHandler):
 def serve():
     servers = []
 
-    def start(files: dict[str, bytes], **kwargs) -> ModelServer:
+    def start(files: dict[str, bytes], *, tls: tuple[pathlib.Path, pathlib.Path] | None = None,
+              **kwargs) -> ModelServer:
         server = ModelServer(files, **kwargs)
+        if tls:     # (certificate, key)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return server
@@ -97,6 +105,35 @@ def test_http_source_is_downloaded_checked_and_recorded(convert, repo, serve):
     assert meta["source"] == {"uri": f"{server.url}/models/digits.onnx", "sha256": digest, "format": "onnx"}
     assert f"downloaded {server.url}/models/digits.onnx: {len(MODEL_BYTES)} bytes" in result.stdout
     assert "100% of" in result.stdout       # plain progress lines, as in a pod's log
+
+
+@pytest.fixture
+def self_signed(tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
+    """A certificate for 127.0.0.1 that no trust store knows, and its key."""
+    certificate, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(certificate)], check=True, capture_output=True)
+    return certificate, key
+
+
+def test_https_source_with_the_ca_given_is_downloaded(convert, repo, serve, self_signed):
+    server = serve({"/digits.onnx": MODEL_BYTES}, tls=self_signed)
+    assert server.url.startswith("https://")
+    result = convert("--source", f"{server.url}/digits.onnx", "--output", repo / "digits", "--precision", "FP32",
+                     env={"SSL_CERT_FILE": str(self_signed[0])})
+    assert metadata(result.summary["path"])["source"]["sha256"] == hashlib.sha256(MODEL_BYTES).hexdigest()
+
+
+def test_untrusted_https_certificate_fails_at_once_naming_the_fix(convert, repo, serve, self_signed):
+    server = serve({"/digits.onnx": MODEL_BYTES}, tls=self_signed)
+    result = convert("--source", f"{server.url}/digits.onnx", "--output", repo / "digits", "--precision", "FP32",
+                     env=FAST_RETRIES)
+    assert result.returncode == 1       # permanent: no retry makes an unknown CA trusted
+    assert result.cause == (f"cannot download {server.url}/digits.onnx: its TLS certificate is not trusted "
+                            "(self-signed certificate); give the converter the CA that signed it "
+                            "(SSL_CERT_FILE=/path/to/ca.pem)")
+    assert "attempt" not in result.stdout and version_dirs(repo / "digits") == []
 
 
 def test_dropped_connection_is_resumed_with_a_range_request(convert, repo, serve):

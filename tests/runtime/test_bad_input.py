@@ -168,6 +168,28 @@ def test_oversize_body_is_refused_before_it_is_read(served):
     assert status_line == b"HTTP/1.1 413 Request Entity Too Large"
 
 
+def test_chunked_body_is_refused_once_it_passes_the_limit(served):
+    # No Content-Length to check up front: the server counts the chunks as they come and answers
+    # 413 as soon as the limit is passed, while the client is still sending (no final chunk sent).
+    chunk = b"0" * 4096
+    with socket.create_connection(("127.0.0.1", served.http_port), timeout=10) as sock:
+        sock.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: test\r\n"
+                     b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(MAX_REQUEST_BYTES // len(chunk) + 1):    # just over: nothing left unread
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        response = b""
+        while b"}" not in response:
+            data = sock.recv(4096)
+            if not data:
+                break
+            response += data
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == b"HTTP/1.1 413 Request Entity Too Large"
+    assert json.loads(body) == {"error": f"request body is over the limit of {MAX_REQUEST_BYTES} bytes"}
+    good = httpx.post(f"{served.http}/v2/models/mlp/infer", json={"inputs": [rest_input()]})
+    assert good.status_code == 200
+
+
 def test_unknown_route_and_method_are_named(served):
     response = httpx.get(f"{served.http}/v2/nothing/here")
     assert response.status_code == 404 and "no route for GET /v2/nothing/here" in response.json()["error"]

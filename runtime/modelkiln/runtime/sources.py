@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import os
 import pathlib
+import ssl
 import sys
 import time
 import urllib.error
@@ -98,7 +99,12 @@ def download(url: str, *, destination: pathlib.Path, progress: TextIO) -> pathli
                 raise ConversionFailed(f"cannot download {url}: HTTP {error.code} {error.reason}") from error
             last_error = f"HTTP {error.code} {error.reason}"
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
-            last_error = str(getattr(error, "reason", error)) or type(error).__name__
+            reason = getattr(error, "reason", error)
+            if isinstance(reason, ssl.SSLCertVerificationError):    # retrying cannot fix trust
+                raise ConversionFailed(
+                    f"cannot download {url}: its TLS certificate is not trusted ({reason.verify_message}); "
+                    "give the converter the CA that signed it (SSL_CERT_FILE=/path/to/ca.pem)") from error
+            last_error = str(reason) or type(error).__name__
         else:
             partial.replace(destination)
             return destination
