@@ -78,3 +78,31 @@ def test_pytorch_source_without_torch_says_how_to_install_it(convert, repo, tmp_
         archive.writestr("model/data.pkl", b"")
     result = convert("--source", source, "--output", repo / "m", "--precision", "FP32")
     assert result.cause == "reading a PyTorch model needs torch: pip install 'modelkiln[torch]'"
+
+
+@needs_torch
+def test_torchscript_with_several_named_inputs_keeps_their_names(convert, repo, tmp_path):
+    import torch
+
+    class Scaled(torch.nn.Module):
+        def forward(self, image, scale):
+            return image.mean(dim=(2, 3)) * scale
+
+    source = tmp_path / "scaled.pt"
+    torch.jit.script(Scaled()).save(str(source))
+    result = convert("--source", source, "--output", repo / "scaled", "--precision", "FP32",
+                     "--input-shape", "image=2,3,8,8", "--input-shape", "scale=2,3")
+
+    meta = metadata(result.summary["path"])
+    assert [(i["name"], i["shape"]) for i in meta["inputs"]] == [("image", [2, 3, 8, 8]), ("scale", [2, 3])]
+    rng = np.random.default_rng(0)
+    image, scale = rng.normal(size=(2, 3, 8, 8)).astype(np.float32), rng.normal(size=(2, 3)).astype(np.float32)
+    got = run_ir(repo / "scaled" / "1" / "model.xml", {"image": image, "scale": scale})[0]
+    np.testing.assert_allclose(got, image.mean(axis=(2, 3)) * scale, rtol=1e-5, atol=1e-6)
+
+    swapped = convert("--source", source, "--output", repo / "other", "--precision", "FP32",
+                      "--input-shape", "scale=2,3", "--input-shape", "image=2,3,8,8")
+    assert [i["name"] for i in metadata(swapped.summary["path"])["inputs"]] == ["image", "scale"]
+    wrong = convert("--source", source, "--output", repo / "wrong", "--precision", "FP32",
+                    "--input-shape", "x=2,3,8,8")
+    assert wrong.cause == "--input-shape names 'x' do not match forward(image, scale): give one shape per argument, by name"

@@ -130,7 +130,12 @@ def read_ir(path: pathlib.Path, *, example_inputs: dict[str, list[int]]) -> ov.M
 
 
 def read_pytorch(path: pathlib.Path, *, example_inputs: dict[str, list[int]]) -> ov.Model:
-    return ov.convert_model(**pytorch_conversion_arguments(path, example_inputs=example_inputs))
+    arguments, names = pytorch_conversion_arguments(path, example_inputs=example_inputs)
+    model = ov.convert_model(**arguments)
+    # TorchScript names inputs after its graph values (image.1); clients use forward's argument names.
+    for port, name in zip(model.inputs, names):
+        port.get_tensor().set_names({name})
+    return model
 
 
 def load_pytorch(path: pathlib.Path):
@@ -144,17 +149,33 @@ def load_pytorch(path: pathlib.Path):
     return torch.export.load(str(path)) if exported else torch.jit.load(str(path), map_location="cpu")
 
 
-def pytorch_conversion_arguments(path: pathlib.Path, *, example_inputs: dict[str, list[int]]) -> dict:
+def pytorch_conversion_arguments(path: pathlib.Path, *,
+                                 example_inputs: dict[str, list[int]]) -> tuple[dict, list[str]]:
+    """ov.convert_model's arguments, and the names to give the inputs (none for torch.export,
+    which names them itself)."""
     model = load_pytorch(path)     # first: it explains a missing torch
     import torch
 
     if isinstance(model, torch.export.ExportedProgram):
         # The program carries its own signature; keep its static shapes unless told otherwise.
         shapes = list(example_inputs.values()) or [list(t.shape) for t in (model.example_inputs or ((), {}))[0]]
-        return {"input_model": model, "input": [ov.PartialShape(shape) for shape in shapes]}
+        return {"input_model": model, "input": [ov.PartialShape(shape) for shape in shapes]}, []
+    arguments = [argument.name for argument in model.forward.schema.arguments[1:]]     # after self
     if not example_inputs:
         raise ConversionFailed("a TorchScript model has no input signature: pass --input-shape "
-                               "for each input, e.g. --input-shape x=1,3,224,224")
-    shapes = [[max(dim, 1) for dim in shape] for shape in example_inputs.values()]
-    return {"input_model": model, "example_input": tuple(torch.zeros(shape) for shape in shapes),
-            "input": [ov.PartialShape(shape) for shape in example_inputs.values()]}
+                               f"for each input of forward({', '.join(arguments)}), e.g. "
+                               f"--input-shape {arguments[0] if arguments else 'x'}=1,3,224,224")
+    shapes = torchscript_shapes(example_inputs, arguments)
+    return {"input_model": model, "example_input": tuple(torch.zeros([max(d, 1) for d in s]) for s in shapes),
+            "input": [ov.PartialShape(shape) for shape in shapes]}, arguments
+
+
+def torchscript_shapes(example_inputs: dict[str, list[int]], arguments: list[str]) -> list[list[int]]:
+    """--input-shape values in forward's argument order, matched by name (NAME= may be left out
+    for a single input)."""
+    if list(example_inputs) == [""] and len(arguments) == 1:
+        return list(example_inputs.values())
+    if set(example_inputs) != set(arguments):
+        raise ConversionFailed(f"--input-shape names {', '.join(repr(n) for n in example_inputs)} do not match "
+                               f"forward({', '.join(arguments)}): give one shape per argument, by name")
+    return [example_inputs[name] for name in arguments]
