@@ -52,7 +52,8 @@ def test_int8_model_names_held_out_photos_and_agrees_with_fp32(start_up, tmp_pat
     tensor.set_data_from_numpy(pixels, binary_data=True)
     int8_top1 = client.infer("efficientnet-lite0", [tensor]).as_numpy("logits").argmax(axis=1)
     agreeing = [name for name, a, b in zip(names, fp32_top1, int8_top1) if a == b]
-    # Measured: 5 of 6 (the cat moves to its runner-up); 88% on 126 crops of these photos.
+    # Measured: 6 of 6 (92% on 126 crops of these photos, examples/efficientnet/README.md); one
+    # may move where FP32 hesitates (the cat: 0.40 against 0.37), as bf16 execution alone can.
     assert len(agreeing) >= 5, dict(zip(names, zip(fp32_top1, int8_top1)))
 
 
