@@ -174,8 +174,9 @@ def sigterm_raises() -> Iterator[None]:
     owner = os.getpid()
 
     def terminated(signum, frame) -> None:
-        # A forked child inherits this handler: OpenVINO's telemetry sender is one, and is sent
-        # SIGTERM when the converter exits; it must end quietly, not print a failure after the summary.
+        # A forked child inherits this handler (a library's helper process, such as OpenVINO's
+        # telemetry sender was): terminated at exit, it must end quietly, not print a failure
+        # after the summary.
         if os.getpid() != owner:
             os._exit(128 + signum)
         raise ConversionFailed("terminated by SIGTERM before the conversion finished", transient=True)
@@ -327,10 +328,10 @@ def quantize(args: argparse.Namespace, *, model: ov.Model, samples: SampleSet | 
         record = {"source": args.calibration, "sha256": calibration_data.sha256,
                   "samples": samples.rows(), "synthetic": False}
     print(f"quantizing to INT8 on {calibration_set.rows()} calibration samples", flush=True)
-    keep_float = {"types": args.keep_float_type, "names": args.keep_float_name,
-                  "patterns": args.keep_float_pattern}
+    keep_float = {kind: values for kind, values in (("types", args.keep_float_type), ("names", args.keep_float_name),
+                                                    ("patterns", args.keep_float_pattern)) if values}
     model, how = quantize_int8(model, calibration=calibration_set, max_accuracy_drop=args.max_accuracy_drop,
-                               keep_float={kind: values for kind, values in keep_float.items() if values})
+                               keep_float=keep_float)
     return model, {**record, **how}, samples if samples is not None else calibration_set
 
 
