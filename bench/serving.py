@@ -8,7 +8,10 @@ shaped, 1x3x224x224) and a tiny MLP (1x16, measures server overhead). In the sam
 - in-process: OpenVINO's AsyncInferQueue on the same IR with the same settings (the limit);
 - KServe's Python ModelServer 0.21 and MLServer 1.7, each serving the same IR through a minimal
   OpenVINO model class, installed by this script into their own venvs under
-  ~/.cache/modelkiln/bench (they are not project dependencies).
+  ~/.cache/modelkiln/bench (they are not project dependencies);
+- do-nothing servers, one gRPC (grpc.aio) and one HTTP (uvicorn), run as ModelKiln's are, that
+  answer every request with the same bytes: what the transport alone costs. At c=1 on the image
+  model they pause between requests as long as an inference takes, as a server does.
 
 Prints req/s, p50 and p99 per cell and the ratios the targets are about, and writes them as JSON.
 
@@ -187,15 +190,17 @@ class HttpConnection(asyncio.Protocol):
         return await self.waiter
 
 
-async def closed_loop(make_client, concurrency: int, seconds: float, warmup: float):
-    """Run `concurrency` clients for `seconds`; returns (req/s, p50 ms, p99 ms, errors)."""
+async def closed_loop(make_client, concurrency: int, seconds: float, warmup: float, pause: float = 0.0):
+    """Run `concurrency` clients for `seconds`; returns (req/s, p50 ms, p99 ms, errors, calls made
+    in all, warm-up included). With a `pause`, each client waits that long after each answer (the
+    time a model would have taken)."""
     latencies: list[float] = []
-    errors = 0
+    errors = calls = 0
     stop_at = time.perf_counter() + warmup + seconds
     measure_from = time.perf_counter() + warmup
 
     async def client():
-        nonlocal errors
+        nonlocal errors, calls
         call = await make_client()
         while True:
             started = time.perf_counter()
@@ -207,15 +212,44 @@ async def closed_loop(make_client, concurrency: int, seconds: float, warmup: flo
                 errors += 1
                 return
             ended = time.perf_counter()
+            calls += 1
             if started >= measure_from:
                 latencies.append(ended - started)
                 errors += not ok
+            if pause:
+                await asyncio.sleep(pause)
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
     if not latencies:
-        return 0.0, float("nan"), float("nan"), errors
+        return 0.0, float("nan"), float("nan"), errors, calls
     p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
-    return len(latencies) / seconds, float(p50), float(p99), errors
+    return len(latencies) / seconds, float(p50), float(p99), errors, calls
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by a process and all its descendants (a server's workers too)."""
+    parents, times = {}, {}
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        child = int(stat.parent.name)
+        parents[child], times[child] = int(fields[1]), int(fields[11]) + int(fields[12])
+    tree, grown = {pid}, True
+    while grown:
+        children = {child for child, parent in parents.items() if parent in tree} - tree
+        tree, grown = tree | children, bool(children)
+    return sum(times.get(member, 0) for member in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_cell(factory, concurrency: int, seconds: float, warmup: float, pause: float, server_pid: int):
+    """closed_loop, plus the CPU each request cost the client (this process) and the server, in µs."""
+    client, server = time.process_time(), process_tree_cpu(server_pid)
+    rate, p50, p99, errors, calls = asyncio.run(closed_loop(factory, concurrency, seconds, warmup, pause))
+    per_call = 1e6 / max(calls, 1)
+    return (rate, p50, p99, errors, (time.process_time() - client) * per_call,
+            (process_tree_cpu(server_pid) - server) * per_call)
 
 
 def http_client_factory(port: int, path: str, body: bytes, headers: dict):
@@ -279,11 +313,12 @@ def in_process(compiled: ov.CompiledModel, shape, concurrency: int, seconds: flo
     queue.set_callback(done)
     run_for(warmup)
     latencies.clear()
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     run_for(seconds)
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
     p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
-    return len(latencies) / elapsed, float(p50), float(p99), 0
+    # no client here; all of this process's CPU is the "server's"
+    return len(latencies) / elapsed, float(p50), float(p99), 0, 0.0, 1e6 * cpu / len(latencies)
 
 
 # ---------------------------------------------------------------- servers
@@ -424,7 +459,7 @@ def start_mlserver(repo: pathlib.Path, work: pathlib.Path):
     return process, http, grpc_port
 
 
-FLOOR_SERVER = '''
+GRPC_FLOOR_SERVER = '''
 import asyncio, sys, grpc, uvloop
 
 async def main(port: int, response: bytes) -> None:
@@ -441,6 +476,25 @@ uvloop.run(main(int(sys.argv[1]), bytes.fromhex(sys.argv[2])))
 '''
 
 
+HTTP_FLOOR_SERVER = '''
+import sys, uvicorn
+
+BODY = b'{"model_name":"tiny","outputs":[{"name":"logits","datatype":"FP32","shape":[1,4],"data":[0,0,0,0]}]}'
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    message = {"more_body": True}
+    while message.get("more_body"):
+        message = await receive()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]})
+    await send({"type": "http.response.body", "body": BODY})
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools", log_level="warning")
+'''
+
+
 def start_grpc_floor(repo: pathlib.Path, work: pathlib.Path):
     """What grpc.aio alone costs: a server that answers every ModelInfer with the same bytes and
     does nothing else (gRPC only), run as ModelKiln's is (this Python, uvloop, the same grpcio)."""
@@ -450,23 +504,38 @@ def start_grpc_floor(repo: pathlib.Path, work: pathlib.Path):
     response.outputs.add(name="logits", datatype="FP32", shape=[1, 4])
     response.raw_output_contents.append(bytes(16))
     grpc_port = free_port()
-    script = work / "grpc_floor.py"
-    script.write_text(textwrap.dedent(FLOOR_SERVER))
-    process = subprocess.Popen([sys.executable, str(script), str(grpc_port),
-                                response.SerializeToString().hex()])
+    process = start_script(work / "grpc_floor.py", GRPC_FLOOR_SERVER, grpc_port,
+                           response.SerializeToString().hex())
+    return process, None, grpc_port
+
+
+def start_http_floor(repo: pathlib.Path, work: pathlib.Path):
+    """What HTTP alone costs: uvicorn with httptools and uvloop, as ModelKiln's REST runs, around
+    an ASGI app that reads the whole body and answers 200 with the same small JSON."""
+    http = free_port()
+    return start_script(work / "http_floor.py", HTTP_FLOOR_SERVER, http), http, None
+
+
+def start_script(script: pathlib.Path, text: str, port: int, *args: str) -> subprocess.Popen:
+    """Run a server script with this Python; return once its port accepts connections."""
+    script.write_text(textwrap.dedent(text))
+    process = subprocess.Popen([sys.executable, str(script), str(port), *args])
     deadline = time.monotonic() + 60
     while True:
         try:
-            socket.create_connection(("127.0.0.1", grpc_port), timeout=1).close()
-            return process, None, grpc_port
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
         except OSError:
             if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the do-nothing gRPC server did not start") from None
+                process.kill()
+                raise RuntimeError(f"{script.name} did not start") from None
             time.sleep(0.1)
 
 
 SERVERS = {"modelkiln": start_modelkiln, "kserve": start_kserve, "mlserver": start_mlserver,
-           "grpc-floor": start_grpc_floor}
+           "grpc-floor": start_grpc_floor, "http-floor": start_http_floor}
+# do-nothing servers: what the transport alone costs, each over its own protocols
+FLOORS = {"grpc-floor": ("grpc-raw",), "http-floor": ("rest-json", "rest-binary")}
 
 
 def client_factories(model: str, http: int, grpc_port: int) -> dict:
@@ -490,28 +559,33 @@ def measure(servers: dict, repo: pathlib.Path, args) -> dict:
         for concurrency in args.concurrency:
             for _ in range(args.rounds):
                 cell = in_process(compiled, MODELS[model][1], concurrency, seconds, args.warmup)
+                in_process_p50 = cell[1]
                 samples.setdefault(("in-process", f"{model}/in-process/c{concurrency}"), []).append(cell)
                 report("in-process", model, "AsyncInferQueue", concurrency, cell)
                 for protocol in args.protocols:
                     for name in servers:
-                        if name == "grpc-floor" and protocol != "grpc-raw":
+                        if protocol not in FLOORS.get(name, (protocol,)):
                             continue
-                        cell = asyncio.run(closed_loop(factories[name][protocol], concurrency,
-                                                       seconds, args.warmup))
+                        # At c=1 on the image model a do-nothing server idles between requests as
+                        # long as an inference lasts: its latency is then the transport's own share.
+                        pause = in_process_p50 / 1000 if name in FLOORS and model == "image" and concurrency == 1 else 0
+                        cell = timed_cell(factories[name][protocol], concurrency, seconds,
+                                          args.warmup, pause, servers[name][0].pid)
                         samples.setdefault((name, f"{model}/{protocol}/c{concurrency}"), []).append(cell)
                         report(name, model, protocol, concurrency, cell)
         del compiled
     results: dict[str, dict] = {name: {} for name in ["in-process", *servers]}
     for (name, key), cells in samples.items():
-        rate, p50, p99 = (float(np.median(column)) for column in list(zip(*cells))[:3])
-        results[name][key] = (rate, p50, p99, sum(cell[3] for cell in cells))
+        rate, p50, p99, _, client, server = (float(np.median(column)) for column in zip(*cells))
+        results[name][key] = (rate, p50, p99, sum(cell[3] for cell in cells), client, server)
     return results
 
 
 def report(server, model, protocol, concurrency, cell) -> None:
-    rate, p50, p99, errors = cell
+    rate, p50, p99, errors, client, server_cpu = cell
     print(f"{server:10} {model:6} {protocol:12} c={concurrency:<3} {rate:9.1f} req/s  "
-          f"p50 {p50:8.2f} ms  p99 {p99:8.2f} ms  errors {errors}", flush=True)
+          f"p50 {p50:8.2f} ms  p99 {p99:8.2f} ms  errors {errors}  "
+          f"CPU per request: client {client:6.0f} µs, server {server_cpu:7.0f} µs", flush=True)
 
 
 def machine() -> str:
@@ -536,7 +610,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="measurements of each cell; medians are reported (default 3)")
     parser.add_argument("--no-floor", dest="floor", action="store_false",
-                        help="leave out the do-nothing grpc.aio server (what gRPC alone costs)")
+                        help="leave out the do-nothing gRPC and HTTP servers (what the transport alone costs)")
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")],
                         default=list(CONCURRENCY))
     parser.add_argument("--protocols", type=lambda s: s.split(","), default=list(PROTOCOLS))
@@ -556,7 +630,7 @@ def main() -> int:
     print(f"machine: {machine()}", flush=True)
     servers = {}
     try:
-        for name in ["modelkiln", *[p for p in args.peers.split(",") if p], *(["grpc-floor"] if args.floor else [])]:
+        for name in ["modelkiln", *[p for p in args.peers.split(",") if p], *(FLOORS if args.floor else [])]:
             servers[name] = SERVERS[name](repo, work)
         results = measure(servers, repo, args)
     finally:
@@ -573,6 +647,7 @@ def summarize(results: dict) -> None:
     print_tables(results)
     ours = results["modelkiln"]
     limit = results["in-process"]
+    floors = {protocol: results.get(name, {}) for name, protocols in FLOORS.items() for protocol in protocols}
     print("\nratios")
     for protocol in ("grpc-raw", "rest-binary"):
         key = f"image/{protocol}/c8"
@@ -584,18 +659,33 @@ def summarize(results: dict) -> None:
         if key in ours and "image/in-process/c1" in limit:
             print(f"  image {protocol} c=1 p99 - in-process p99: "
                   f"{ours[key][2] - limit['image/in-process/c1'][2]:+.2f} ms")
-    peers = [p for p in results if p not in ("modelkiln", "in-process", "grpc-floor")]
+        if key in floors[protocol]:
+            print(f"    a do-nothing server, paced like the model: p50 {floors[protocol][key][1]:.2f} ms, "
+                  f"p99 {floors[protocol][key][2]:.2f} ms per request")
+    peers = [p for p in results if p not in ("modelkiln", "in-process", *FLOORS)]
     for protocol in PROTOCOLS:
         key = f"tiny/{protocol}/c8"
         best = max((results[p].get(key, (0,))[0] for p in peers), default=0)
         if key in ours and best:
             print(f"  tiny {protocol} c=8 / best peer: {ours[key][0] / best:.2f}x "
                   f"({ours[key][0]:.0f} vs {best:.0f} req/s)")
-        floor = results.get("grpc-floor", {}).get(key)
+        floor = floors[protocol].get(key)
         if key in ours and floor:
-            print(f"    a do-nothing grpc.aio server: {floor[0]:.0f} req/s; ModelKiln at "
+            print(f"    a do-nothing server: {floor[0]:.0f} req/s; ModelKiln at "
                   f"{ours[key][0] / floor[0]:.0%} of it" + (f"; 2.5x the best peer is {2.5 * best / floor[0]:.0%} of it"
                                                          if best else ""))
+        if key in ours:
+            # CPU is the bound on a small machine: client and server share its cores
+            client, server = ours[key][4:6]
+            print(f"    CPU per request: client {client:.0f} µs + ModelKiln {server:.0f} µs"
+                  + (f" (do-nothing server {floor[5]:.0f} µs)" if floor else "")
+                  + f"; with all {os.cpu_count()} cores busy, however many server processes: at most "
+                  f"{os.cpu_count() * 1e6 / (client + server):.0f} req/s")
+            inference = limit.get("tiny/in-process/c8")
+            if floor and inference:
+                least = floor[4] + floor[5] + inference[5]
+                print(f"    a server with no code of its own (do-nothing server + client + {inference[5]:.0f} µs "
+                      f"for OpenVINO driven from Python, in-process): at most {os.cpu_count() * 1e6 / least:.0f} req/s")
 
 
 def print_tables(results: dict) -> None:
