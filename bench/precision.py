@@ -254,6 +254,28 @@ def sequential_numbers(run: Callable[[], object], seconds: float) -> tuple[float
     return latency, 1000 / latency
 
 
+def parallel_numbers(run: Callable[[], object], threads: int, seconds: float) -> tuple[float, float]:
+    """(p50 latency ms, calls/s) with `threads` threads calling `run` back to back."""
+    import threading
+
+    run()
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    def worker() -> None:
+        while (started := time.perf_counter()) < deadline:
+            run()
+            times.append(time.perf_counter() - started)
+
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
+    began = time.perf_counter()
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    return 1000 * float(np.median(times)), len(times) / (time.perf_counter() - began)
+
+
 def with_torch_threads(count: int, measure: Callable[[], tuple[float, float]]) -> tuple[float, float]:
     import torch
 
@@ -286,12 +308,19 @@ def bench(case: Case, *, repo: pathlib.Path, seconds: float, rounds: int) -> dic
     artifacts = {p: convert(case, p, repo) for p in ("FP32", "FP16", "INT8")}
     xml = {p: str(pathlib.Path(a["path"]) / "model.xml") for p, a in artifacts.items()}
     session = onnxruntime.InferenceSession(str(case.onnx_path), providers=["CPUExecutionProvider"])
+    # ONNX Runtime's own throughput setup: one single-threaded session run from a thread per core
+    # (its default, two intra-op threads per call, swings between runs on a shared machine).
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    single = onnxruntime.InferenceSession(str(case.onnx_path), options, providers=["CPUExecutionProvider"])
     engines = {
         "IR FP32 (default, bf16)": lambda: openvino_numbers(xml["FP32"], case.timing_input, {}, seconds),
         "IR FP32 (strict f32)": lambda: openvino_numbers(xml["FP32"], case.timing_input, STRICT_FP32, seconds),
         "IR FP16": lambda: openvino_numbers(xml["FP16"], case.timing_input, {}, seconds),
         "IR INT8": lambda: openvino_numbers(xml["INT8"], case.timing_input, {}, seconds),
         "ONNX Runtime FP32": lambda: sequential_numbers(lambda: session.run(None, case.timing_input), seconds),
+        "ONNX Runtime FP32 (1 thread per call, a call per core)": lambda: parallel_numbers(
+            lambda: single.run(None, case.timing_input), os.cpu_count(), seconds),
         "torch eager FP32": lambda: sequential_numbers(lambda: case.torch_model(case.timing_input), seconds),
         # torch's OpenMP threads spin at barriers: on a shared, busy machine two threads can be 20x
         # slower than one, so the single-thread figure is reported too.
@@ -311,6 +340,7 @@ def bench(case: Case, *, repo: pathlib.Path, seconds: float, rounds: int) -> dic
                           "verification": a["verification"]} for p, a in artifacts.items()},
         "speed": {name: {"latencyMs": round(lat, 2), "perSecond": round(rate, 1)} for name, (lat, rate) in rows.items()},
         "int8VsOrt": round(rows["IR INT8"][1] / rows["ONNX Runtime FP32"][1], 2),
+        "int8VsOrtParallel": round(rows["IR INT8"][1] / rows["ONNX Runtime FP32 (1 thread per call, a call per core)"][1], 2),
         "int8VsFp32Strict": agreement(xml["FP32"], xml["INT8"], case),
     }
 
@@ -325,7 +355,8 @@ def print_report(result: dict) -> None:
     print("| engine | p50 latency ms (batch 1) | throughput /s |\n| --- | --- | --- |")
     for name, s in result["speed"].items():
         print(f"| {name} | {s['latencyMs']} | {s['perSecond']} |")
-    print(f"INT8 throughput / ONNX Runtime FP32: {result['int8VsOrt']}x")
+    print(f"INT8 throughput / ONNX Runtime FP32: {result['int8VsOrt']}x "
+          f"(/ its parallel single-thread calls: {result['int8VsOrtParallel']}x)")
     for name, numbers in result["int8VsFp32Strict"].items():
         print(f"INT8 vs FP32 (strict f32) on {name}: {numbers}")
 
