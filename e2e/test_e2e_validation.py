@@ -44,6 +44,8 @@ INVALID = {
     "calibration without INT8": (
         _with("spec.conversion", {"precision": "FP16", "calibration": {"synthetic": True}}),
         "calibration is only valid with precision INT8"),
+    "caConfigMap without a name": (
+        _with("spec.source.caConfigMap", {"key": "ca.crt"}), "spec.source.caConfigMap.name: Required value"),
     "keepFloat without INT8": (
         _with("spec.conversion", {"precision": "FP16", "keepFloat": {"types": ["GroupConvolution"]}}),
         "keepFloat is only valid with precision INT8"),

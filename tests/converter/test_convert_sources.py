@@ -117,11 +117,14 @@ def self_signed(tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
     return certificate, key
 
 
-def test_https_source_with_the_ca_given_is_downloaded(convert, repo, serve, self_signed):
+@pytest.mark.parametrize("trust", ["--ca-file", "SSL_CERT_FILE"])
+def test_https_source_with_the_ca_given_is_downloaded(convert, repo, serve, self_signed, trust):
     server = serve({"/digits.onnx": MODEL_BYTES}, tls=self_signed)
     assert server.url.startswith("https://")
+    ca = str(self_signed[0])
     result = convert("--source", f"{server.url}/digits.onnx", "--output", repo / "digits", "--precision", "FP32",
-                     env={"SSL_CERT_FILE": str(self_signed[0])})
+                     *(["--ca-file", ca] if trust == "--ca-file" else []),
+                     env={"SSL_CERT_FILE": ca} if trust == "SSL_CERT_FILE" else {})
     assert metadata(result.summary["path"])["source"]["sha256"] == hashlib.sha256(MODEL_BYTES).hexdigest()
 
 
@@ -132,8 +135,20 @@ def test_untrusted_https_certificate_fails_at_once_naming_the_fix(convert, repo,
     assert result.returncode == 1       # permanent: no retry makes an unknown CA trusted
     assert result.cause == (f"cannot download {server.url}/digits.onnx: its TLS certificate is not trusted "
                             "(self-signed certificate); give the converter the CA that signed it "
-                            "(SSL_CERT_FILE=/path/to/ca.pem)")
+                            "(--ca-file /path/to/ca.pem; in a cluster, spec.source.caConfigMap)")
     assert "attempt" not in result.stdout and version_dirs(repo / "digits") == []
+
+
+def test_a_ca_file_without_certificates_fails_before_any_download(convert, repo, serve, self_signed, tmp_path):
+    server = serve({"/digits.onnx": MODEL_BYTES}, tls=self_signed)
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("this is not a certificate\n")
+    result = convert("--source", f"{server.url}/digits.onnx", "--output", repo / "digits", "--precision", "FP32",
+                     "--ca-file", not_pem)
+    assert result.returncode == 1
+    assert result.cause.startswith(f"CA file {not_pem} holds no PEM certificate (")
+    assert result.cause.endswith("expected one or more '-----BEGIN CERTIFICATE-----' blocks")
+    assert server.requests == [] and version_dirs(repo / "digits") == []
 
 
 def test_dropped_connection_is_resumed_with_a_range_request(convert, repo, serve):

@@ -107,3 +107,16 @@ def test_a_failed_conversion_prints_its_cause_and_leaves_no_version(repository, 
     # Nothing half-written: no version, no staging directory.
     left = list((repository / "digits").iterdir()) if (repository / "digits").exists() else []
     assert left == []
+
+
+def test_a_ca_config_map_is_noted_as_cluster_only(repository, tmp_path):
+    model = yaml.safe_load((DIGITS / "fp32.yaml").read_text())
+    model["spec"]["source"]["caConfigMap"] = {"name": "internal-ca"}
+    (tmp_path / "model.onnx").write_bytes((DIGITS / "model.onnx").read_bytes()[:200])  # fails fast
+    path = tmp_path / "model.yaml"
+    path.write_text(yaml.safe_dump(model))
+    result = subprocess.run(
+        [sys.executable, "-m", "modelkiln.cli", "up", "-f", str(path),
+         "--repository", str(repository)], capture_output=True, text=True, timeout=300)
+    assert ("modelkiln up: digits: source.caConfigMap is a cluster ConfigMap; here the machine's CAs "
+            "(and SSL_CERT_FILE) are trusted") in result.stderr.splitlines()

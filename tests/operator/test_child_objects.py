@@ -90,6 +90,22 @@ def test_a_pvc_source_and_calibration_are_mounted_read_only_where_the_converter_
         job["spec"]["template"]["spec"]["volumes"]
 
 
+def test_a_ca_config_map_is_mounted_read_only_and_given_to_the_converter(make_model, pools):
+    model = make_model(source={"uri": "https://models.internal/digits.onnx",
+                               "caConfigMap": {"name": "internal-ca", "key": "bundle.pem"}})
+    job = job_for(model, pools)
+    args = container(job)["args"]
+    assert args[args.index("--ca-file") + 1] == "/etc/modelkiln/ca/ca.pem"
+    assert {"name": "ca", "mountPath": "/etc/modelkiln/ca", "readOnly": True} in container(job)["volumeMounts"]
+    assert {"name": "ca", "configMap": {"name": "internal-ca", "items": [{"key": "bundle.pem", "path": "ca.pem"}]}} \
+        in job["spec"]["template"]["spec"]["volumes"]
+    # a new CA is a new attempt: a conversion that failed on trust is retried once the CA is given
+    without = make_model(source={"uri": "https://models.internal/digits.onnx"})
+    assert artifact_key(model["spec"]) != artifact_key(without["spec"])
+    assert "--ca-file" not in container(job_for(without, pools))["args"]
+    assert all(v["name"] != "ca" for v in job_for(without, pools)["spec"]["template"]["spec"]["volumes"])
+
+
 @pytest.mark.parametrize("build", ["job", "deployment"])
 def test_every_pod_is_locked_down(make_model, pools, build):
     model = make_model()

@@ -54,6 +54,11 @@ def test_a_minimal_model_is_valid_and_gets_the_documented_defaults():
     assert "replicas" not in spec["serving"]  # a default would collide with autoscaling
 
 
+def test_a_ca_config_map_defaults_to_the_ca_crt_key():
+    spec = schema.with_defaults(with_spec(source={"uri": "https://x/m.onnx", "caConfigMap": {"name": "internal-ca"}}))["spec"]
+    assert spec["source"]["caConfigMap"] == {"name": "internal-ca", "key": "ca.crt"}
+
+
 def test_defaults_do_not_change_the_input_and_fill_nested_objects():
     obj = with_spec(conversion={"precision": "INT8", "calibration": {"uri": "file://c.npz"}},
                     serving={"autoscaling": {"maxReplicas": 3, "targetCPUUtilization": 60}})
@@ -104,6 +109,11 @@ def test_defaults_do_not_change_the_input_and_fill_nested_objects():
     (with_spec(source={"uri": "https://x/m.onnx", "sha256": "ABC"}),
      "spec.source.sha256: Invalid value: \"ABC\": spec.source.sha256 in body should match '^[0-9a-f]{64}$'"),
     (with_spec(source={}), "spec.source.uri: Required value"),
+    (with_spec(source={"uri": "https://x/m.onnx", "caConfigMap": {"key": "ca.crt"}}),
+     "spec.source.caConfigMap.name: Required value"),
+    (with_spec(source={"uri": "https://x/m.onnx", "caConfigMap": {"name": "Internal_CA"}}),
+     "spec.source.caConfigMap.name: Invalid value: \"Internal_CA\": spec.source.caConfigMap.name in body should "
+     "match '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'"),
     (with_spec(serving={"versionPolicy": {"latest": 1, "all": {}}}),
      'spec.serving.versionPolicy: Invalid value: "object": versionPolicy needs exactly one of latest, specific or all'),
     (with_spec(serving={"device": "CPU", "gpus": 1}), 'unknown field "spec.serving.gpus"'),

@@ -24,6 +24,9 @@ TTL_SECONDS = 3600
 DEADLINE_SECONDS = 7200
 # pvc://CLAIM/path is read by the converter from $MODELKILN_PVC_ROOT/CLAIM/path (docs/interfaces.md).
 PVC_ROOT = "/mnt/pvc"
+# spec.source.caConfigMap's PEM bundle, mounted here and passed as --ca-file.
+CA_DIR = "/etc/modelkiln/ca"
+CA_FILE = "ca.pem"
 RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
 
 
@@ -58,6 +61,12 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
                objects.scratch_volume("tmp")]
     volumes += [{"name": f"source-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
                 for i, claim in enumerate(claims)]
+    ca = spec["source"].get("caConfigMap")
+    if ca:
+        args += ["--ca-file", f"{CA_DIR}/{CA_FILE}"]
+        mounts.append({"name": "ca", "mountPath": CA_DIR, "readOnly": True})
+        volumes.append({"name": "ca", "configMap": {
+            "name": ca["name"], "items": [{"key": ca.get("key", "ca.crt"), "path": CA_FILE}]}})
     container = {
         "name": CONTAINER,
         "image": image,

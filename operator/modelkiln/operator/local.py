@@ -185,6 +185,9 @@ def convert(name: str, spec: dict, repository: pathlib.Path) -> dict:
     with tempfile.NamedTemporaryFile("r", suffix=".termination-log") as log:
         print(f"modelkiln up: {name}: {spec['conversion']['precision']} artifact {key[:8]} of "
               f"{spec['source']['uri']}", file=sys.stderr)
+        if "caConfigMap" in spec["source"]:
+            print(f"modelkiln up: {name}: source.caConfigMap is a cluster ConfigMap; here the "
+                  f"machine's CAs (and SSL_CERT_FILE) are trusted", file=sys.stderr)
         result = subprocess.run([*modelkiln_command(), "convert", *args,
                                  "--termination-log", log.name],
                                 stdout=subprocess.PIPE, text=True)  # stderr: progress, to the user

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=("onnx", "tensorflow", "tflite", "paddle", "pytorch", "ir"),
                         help="source format (detected from the file when absent)")
     parser.add_argument("--sha256", help="expected sha256 of the source file")
+    parser.add_argument("--ca-file", type=pathlib.Path, metavar="PEM",
+                        help="CA certificates to trust for https:// downloads (source and calibration), "
+                             "besides the system's")
     parser.add_argument("--input-shape", action="append", default=[], metavar="[NAME=]D,D,...",
                         help="input shape; -1 or ? for a dynamic dimension (repeat per input)")
     parser.add_argument("--layout", action="append", default=[], metavar="[NAME=]NCHW", help="input layout")
@@ -97,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 def artifact_key_of(args: argparse.Namespace) -> str:
     """A stable hash of everything that shapes the artifact."""
     fields = {name: value for name, value in sorted(vars(args).items())
-              if name not in ("output", "artifact_key", "termination_log")}
+              if name not in ("output", "artifact_key", "termination_log", "ca_file")}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -239,7 +242,8 @@ def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, artifact_
 
     check_arguments(args)
     downloads = staging / "downloads"
-    source = sources.fetch_source(args.source, download_dir=downloads, expected_sha256=args.sha256)
+    tls = sources.tls_context(args.ca_file)
+    source = sources.fetch_source(args.source, download_dir=downloads, expected_sha256=args.sha256, tls=tls)
     model_file = formats.detect_format(source.path, declared=args.format)
     print(f"converting {model_file.format} model {model_file.path.name} to {args.precision}", flush=True)
 
@@ -247,7 +251,7 @@ def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, artifact_
     model, reference_model, options = prepare_model(args, model_file=model_file)
     samples, calibration_data = None, None      # real inputs: for calibration and verification
     if args.calibration:
-        calibration_data = sources.fetch_source(args.calibration, download_dir=downloads)
+        calibration_data = sources.fetch_source(args.calibration, download_dir=downloads, tls=tls)
         samples = calibration.load_samples(calibration_data.path, model=model, limit=args.calibration_samples,
                                            layouts=options.layouts)
     calibration_record = None

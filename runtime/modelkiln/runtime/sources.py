@@ -42,13 +42,30 @@ def pvc_root() -> pathlib.Path:
     return pathlib.Path(os.environ.get("MODELKILN_PVC_ROOT", "/mnt/pvc"))
 
 
+def tls_context(ca_file: pathlib.Path | None) -> ssl.SSLContext | None:
+    """The system's trust store plus the CA certificates in `ca_file` (PEM), or None (urllib's
+    default context) without one."""
+    if ca_file is None:
+        return None
+    context = ssl.create_default_context()
+    try:
+        context.load_verify_locations(cafile=str(ca_file))
+    except FileNotFoundError:
+        raise ConversionFailed(f"CA file {ca_file} not found") from None
+    except ssl.SSLError as error:
+        raise ConversionFailed(f"CA file {ca_file} holds no PEM certificate ({error.reason or error}); "
+                               "expected one or more '-----BEGIN CERTIFICATE-----' blocks") from None
+    return context
+
+
 def fetch_source(uri: str, *, download_dir: pathlib.Path, expected_sha256: str | None = None,
-                 progress: TextIO = sys.stdout) -> FetchedSource:
-    """Make the source at `uri` available as a local path and check its sha256."""
+                 tls: ssl.SSLContext | None = None, progress: TextIO = sys.stdout) -> FetchedSource:
+    """Make the source at `uri` available as a local path and check its sha256; `tls` is the
+    trust for https:// (tls_context)."""
     started = time.monotonic()
     parsed = urllib.parse.urlsplit(uri)
     if parsed.scheme in ("http", "https"):
-        path = download(uri, destination=download_dir / download_name(parsed.path), progress=progress)
+        path = download(uri, destination=download_dir / download_name(parsed.path), tls=tls, progress=progress)
     elif parsed.scheme == "pvc":
         path = pvc_root() / parsed.netloc / parsed.path.lstrip("/")
     elif parsed.scheme == "file":
@@ -84,7 +101,8 @@ def sha256_of(path: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, *, destination: pathlib.Path, progress: TextIO) -> pathlib.Path:
+def download(url: str, *, destination: pathlib.Path, tls: ssl.SSLContext | None,
+             progress: TextIO) -> pathlib.Path:
     """Stream `url` to `destination`, resuming a partial `.part` file after each failure."""
     partial = destination.with_name(destination.name + ".part")
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +111,7 @@ def download(url: str, *, destination: pathlib.Path, progress: TextIO) -> pathli
         if attempt:
             time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
         try:
-            download_once(url, partial=partial, progress=progress)
+            download_once(url, partial=partial, tls=tls, progress=progress)
         except urllib.error.HTTPError as error:
             if error.code < 500 and error.code not in (408, 429):
                 raise ConversionFailed(f"cannot download {url}: HTTP {error.code} {error.reason}") from error
@@ -103,7 +121,8 @@ def download(url: str, *, destination: pathlib.Path, progress: TextIO) -> pathli
             if isinstance(reason, ssl.SSLCertVerificationError):    # retrying cannot fix trust
                 raise ConversionFailed(
                     f"cannot download {url}: its TLS certificate is not trusted ({reason.verify_message}); "
-                    "give the converter the CA that signed it (SSL_CERT_FILE=/path/to/ca.pem)") from error
+                    "give the converter the CA that signed it (--ca-file /path/to/ca.pem; in a "
+                    "cluster, spec.source.caConfigMap)") from error
             last_error = str(reason) or type(error).__name__
         else:
             partial.replace(destination)
@@ -112,10 +131,10 @@ def download(url: str, *, destination: pathlib.Path, progress: TextIO) -> pathli
     raise ConversionFailed(f"cannot download {url} after {RETRIES} attempts: {last_error}", transient=True)
 
 
-def download_once(url: str, *, partial: pathlib.Path, progress: TextIO) -> None:
+def download_once(url: str, *, partial: pathlib.Path, tls: ssl.SSLContext | None, progress: TextIO) -> None:
     have = partial.stat().st_size if partial.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
+    with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS, context=tls) as response:
         resumed = response.status == 206
         if not resumed:
             have = 0    # the server ignored the Range header: start over
