@@ -139,15 +139,20 @@ def test_untrusted_https_certificate_fails_at_once_naming_the_fix(convert, repo,
     assert "attempt" not in result.stdout and version_dirs(repo / "digits") == []
 
 
-def test_a_ca_file_without_certificates_fails_before_any_download(convert, repo, serve, self_signed, tmp_path):
+@pytest.mark.parametrize("content", ["this is not a certificate\n", None], ids=["not PEM", "missing"])
+def test_a_bad_ca_file_fails_before_any_download(convert, repo, serve, self_signed, tmp_path, content):
     server = serve({"/digits.onnx": MODEL_BYTES}, tls=self_signed)
-    not_pem = tmp_path / "ca.pem"
-    not_pem.write_text("this is not a certificate\n")
+    ca = tmp_path / "ca.pem"
+    if content is not None:
+        ca.write_text(content)
     result = convert("--source", f"{server.url}/digits.onnx", "--output", repo / "digits", "--precision", "FP32",
-                     "--ca-file", not_pem)
+                     "--ca-file", ca)
     assert result.returncode == 1
-    assert result.cause.startswith(f"CA file {not_pem} holds no PEM certificate (")
-    assert result.cause.endswith("expected one or more '-----BEGIN CERTIFICATE-----' blocks")
+    if content is None:
+        assert result.cause == f"CA file {ca} not found"
+    else:
+        assert result.cause.startswith(f"CA file {ca} holds no PEM certificate (")
+        assert result.cause.endswith("expected one or more '-----BEGIN CERTIFICATE-----' blocks")
     assert server.requests == [] and version_dirs(repo / "digits") == []
 
 
