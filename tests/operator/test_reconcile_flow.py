@@ -205,6 +205,21 @@ def test_a_failed_conversion_is_reported_and_not_retried_after_its_job_is_gone(m
     assert api.writes == [] and condition(model, "Converted") == ("False", "ConversionFailed")
 
 
+def test_a_conversion_pod_waiting_to_mount_the_ca_config_map_names_it(make_model, api):
+    model = make_model(source={"uri": "https://models.internal/digits.onnx", "caConfigMap": {"name": "internal-ca"}})
+    reconcile(model, api)
+    name = job_name(model)
+    api.put(kube.PODS, {"metadata": {"namespace": "vision", "name": f"{name}-pod", "labels": {"job-name": name},
+                                     "creationTimestamp": "t"},
+                        "status": {"containerStatuses": [{"name": "convert", "state": {"waiting": {
+                            "reason": "ContainerCreating"}}}]}})
+    reconcile(model, api)
+    (converted,) = [c for c in model["status"]["conditions"] if c["type"] == "Converted"]
+    assert converted["message"] == (f"conversion Job {name} is running and waits: its pod is starting; it mounts "
+                                    "ConfigMap internal-ca (spec.source.caConfigMap) and waits here while that "
+                                    "does not exist")
+
+
 def test_without_a_repository_claim_no_job_is_started(make_model, api):
     del api.objects["persistentvolumeclaims", "vision", "models"]
     model = make_model()

@@ -109,7 +109,8 @@ def _converge_conversion(*, model: dict, spec: dict, key: str, old: dict, api: k
     pods = api.list(kube.PODS, namespace=namespace, selector=f"job-name={job_name}")
     outcome = conversion_job.conversion_outcome(job=job, pods=pods)
     if outcome["state"] == "running":
-        waiting = f" and waits: {outcome['message']}" if outcome["message"] else ""
+        reason = outcome["message"] or _mount_hint(spec, pods)
+        waiting = f" and waits: {reason}" if reason else ""
         return st.condition(st.CONVERTED, False, reason="Converting", generation=generation,
                             message=f"conversion Job {job_name} is running{waiting}"), artifact, job_name
     if outcome["state"] == "failed":
@@ -121,6 +122,16 @@ def _converge_conversion(*, model: dict, spec: dict, key: str, old: dict, api: k
                 "path": summary.get("path"), "reused": bool(summary.get("reused"))}
     return st.condition(st.CONVERTED, True, reason="ConversionSucceeded", message=_describe(artifact),
                         generation=generation), artifact, job_name
+
+
+def _mount_hint(spec: dict, pods: list[dict]) -> str:
+    """A pod that cannot mount a volume shows no reason (only Events do, which the operator does
+    not read); when it mounts the user's CA ConfigMap, name it: a missing one keeps it there."""
+    ca = spec["source"].get("caConfigMap")
+    creating = any(status.get("state", {}).get("waiting", {}).get("reason") == "ContainerCreating"
+                   for pod in pods for status in pod.get("status", {}).get("containerStatuses", []))
+    return (f"its pod is starting; it mounts ConfigMap {ca['name']} (spec.source.caConfigMap) and "
+            f"waits here while that does not exist" if ca and creating else "")
 
 
 def _kept_serving_fields(old: dict) -> dict:
