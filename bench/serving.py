@@ -329,21 +329,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_http(port: int, path: str, process: subprocess.Popen, timeout: float = 180) -> None:
-    import urllib.request
+def wait_http(port: int, path: str, process: subprocess.Popen) -> None:
+    from modelkiln.operator.local import wait_until_ready
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"port {port} {path} never ready")
+    wait_until_ready(process, f"http://127.0.0.1:{port}", timeout=180, path=path)
 
 
 KSERVE_SERVER = '''

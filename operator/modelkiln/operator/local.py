@@ -207,13 +207,15 @@ def serve_config(models: list[LocalModel], devices: dict[str, str],
                        for m in models}}
 
 
-def wait_until_ready(server: subprocess.Popen, base_url: str, timeout: float = 300) -> None:
+def wait_until_ready(server: subprocess.Popen, base_url: str, timeout: float = 300,
+                     path: str = "/v2/health/ready") -> None:
+    """Until `base_url + path` answers 200; UpError when the server exits or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise UpError(f"the server exited with code {server.returncode} before it was ready")
         try:
-            with urllib.request.urlopen(f"{base_url}/v2/health/ready", timeout=2) as response:
+            with urllib.request.urlopen(f"{base_url}{path}", timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
