@@ -104,6 +104,11 @@ def test_a_ca_config_map_is_mounted_read_only_and_given_to_the_converter(make_mo
     assert artifact_key(model["spec"]) != artifact_key(without["spec"])
     assert "--ca-file" not in container(job_for(without, pools))["args"]
     assert all(v["name"] != "ca" for v in job_for(without, pools)["spec"]["template"]["spec"]["volumes"])
+    # the key defaults as the CRD says, also for a spec no API server has defaulted (local files)
+    plain = job_for(make_model(source={"uri": "https://models.internal/digits.onnx",
+                                       "caConfigMap": {"name": "internal-ca"}}), pools)
+    assert {"name": "ca", "configMap": {"name": "internal-ca", "items": [{"key": "ca.crt", "path": "ca.pem"}]}} \
+        in plain["spec"]["template"]["spec"]["volumes"]
 
 
 @pytest.mark.parametrize("build", ["job", "deployment"])

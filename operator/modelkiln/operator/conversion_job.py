@@ -13,7 +13,7 @@ import json
 from typing import Literal, TypedDict
 
 from modelkiln.operator import objects
-from modelkiln.operator.commands import convert_args
+from modelkiln.operator.commands import convert_args, defaulted_spec
 from modelkiln.operator.devicepools import DevicePool
 
 CONTAINER = "convert"
@@ -61,12 +61,12 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
                objects.scratch_volume("tmp")]
     volumes += [{"name": f"source-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
                 for i, claim in enumerate(claims)]
-    ca = spec["source"].get("caConfigMap")
+    ca = defaulted_spec(spec)["source"].get("caConfigMap")  # the CRD's default key applied
     if ca:
         args += ["--ca-file", f"{CA_DIR}/{CA_FILE}"]
         mounts.append({"name": "ca", "mountPath": CA_DIR, "readOnly": True})
         volumes.append({"name": "ca", "configMap": {
-            "name": ca["name"], "items": [{"key": ca.get("key", "ca.crt"), "path": CA_FILE}]}})
+            "name": ca["name"], "items": [{"key": ca["key"], "path": CA_FILE}]}})
     container = {
         "name": CONTAINER,
         "image": image,
