@@ -1,19 +1,26 @@
 # The operator image: `modelkiln operator` (kopf), without OpenVINO. Build from the repository root:
 #   docker build -f docker/operator.Dockerfile -t ghcr.io/modelkiln/operator:0.1.0 .
 
-FROM python:3.11-slim AS build
+ARG BASE=python:3.11-slim
+
+FROM ${BASE} AS build
+# PIP_CERT: a CA bundle mounted at build time, for networks that intercept TLS; build stage only.
+ARG PIP_CERT= PIP_INDEX_URL= PIP_EXTRA_INDEX_URL=
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY crds crds
 COPY operator operator
 COPY runtime runtime
+# pip is not needed at run time.
 RUN python -m venv /opt/modelkiln \
  && /opt/modelkiln/bin/pip install --no-cache-dir --upgrade pip \
  && /opt/modelkiln/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
- && /opt/modelkiln/bin/pip install --no-cache-dir --find-links /wheels "modelkiln[operator]"
+ && /opt/modelkiln/bin/pip install --no-cache-dir --find-links /wheels "modelkiln[operator]" \
+ && /opt/modelkiln/bin/pip uninstall --yes --quiet pip setuptools
 
-FROM python:3.11-slim
-RUN useradd --uid 1000 --user-group --no-create-home --home-dir /tmp modelkiln
+FROM ${BASE}
+RUN groupadd --gid 1000 modelkiln \
+ && useradd --uid 1000 --gid 1000 --no-create-home --home-dir /tmp modelkiln
 COPY --from=build /opt/modelkiln /opt/modelkiln
 ENV PATH=/opt/modelkiln/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -11,19 +11,29 @@ fails: a green CI always means these tests ran.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
 import control_plane as cp
+import real_node as rn
 from control_plane import Kubectl
 from modelkiln_setup import (OperatorProcess, create_model_namespace, delete_model_namespace, install_modelkiln,
                              operator_process)
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "chart"))
+from chart_helpers import Helm  # noqa: E402
+
 E2E_DIR = Path(__file__).resolve().parent
 _state: dict[str, object] = {}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_node: runs real containers on a real node (root, runc, buildah)")
 
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: build only when e2e tests will run
@@ -35,6 +45,28 @@ def pytest_collection_modifyitems(session, config, items):
                                     needs="the control plane and no KUBECONFIG")
     if bin_dir is not None:
         _state["bin_dir"] = bin_dir
+        prepare_real_node([item for item in e2e_items if item.get_closest_marker("real_node")])
+
+
+def prepare_real_node(items: list) -> None:
+    """Install the node's packages and build the images at collection (minutes on a cold machine,
+    not counted against a test's timeout); skip the items with one line where containers cannot
+    run, except in CI, where that is an error: a green CI means they ran."""
+    if not items:
+        return
+    reason = rn.cannot_run_containers()
+    if reason is not None:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            raise pytest.UsageError(f"real-node tests cannot run in CI: {reason}")
+        for item in items:
+            item.add_marker(pytest.mark.skip(reason=f"real-node tests skipped: {reason}"))
+        return
+    try:
+        rn.install_packages()
+        rn.build_images()
+    except subprocess.CalledProcessError as exc:
+        raise pytest.UsageError(f"real-node tests: {' '.join(map(str, exc.cmd))} failed (exit {exc.returncode}); "
+                                "its output is above") from None
 
 
 @pytest.hookimpl(wrapper=True)
@@ -44,6 +76,9 @@ def pytest_runtest_makereport(item, call):
     proc = _state.get("operator")
     if report.failed and proc is not None:
         report.sections.append(("modelkiln operator log (tail)", proc.log()))
+    node = _state.get("real_node")
+    if report.failed and node is not None and item.get_closest_marker("real_node"):
+        report.sections.append(("real node logs (tail)", node.logs()))
     return report
 
 
@@ -75,6 +110,28 @@ def operator(cluster: Kubectl, tmp_path_factory) -> OperatorProcess:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def real_node_cluster(tmp_path_factory):
+    """A control plane whose CPU pool is a real node (kwok plays the GPU and NPU pools): its admin
+    kubectl, the node, a work directory and helm."""
+    if os.environ.get("KUBECONFIG"):
+        pytest.skip("the real node joins a control plane of its own, not KUBECONFIG's cluster")
+    bin_dir = _state["bin_dir"]
+    work = tmp_path_factory.mktemp("real-node")
+    plane = cp.start_control_plane(bin_dir=bin_dir, work_dir=work / "control-plane", pools=("gpu", "npu"))
+    try:
+        cache = Path(os.environ.get("MODELKILN_CACHE", Path.home() / ".cache" / "modelkiln"))
+        node = rn.start_real_node(plane, bin_dir=bin_dir, work_dir=work / "node", cache=cache)
+        _state["real_node"] = node
+        try:
+            yield plane.kubectl, node, work, Helm(bin_dir / "helm", work)
+        finally:
+            node.stop()
+            _state.pop("real_node")
+    finally:
+        plane.stop()
 
 
 @pytest.fixture

@@ -237,10 +237,11 @@ class ControlPlane:
 
 
 def start_control_plane(*, bin_dir: Path, work_dir: Path, timeout: float = 180.0,
-                        apiserver_args: tuple[str, ...] = ()) -> ControlPlane:
+                        apiserver_args: tuple[str, ...] = (), pools: tuple[str, ...] | None = None) -> ControlPlane:
     """Start etcd, kube-apiserver, controller-manager, scheduler and kwok; create the nodes.
 
-    `apiserver_args` adds flags to kube-apiserver (bench/ turns on its audit log with them).
+    `apiserver_args` adds flags to kube-apiserver (bench/ turns on its audit log with them);
+    `pools` limits the simulated nodes to those pools (the real node plays the CPU pool).
     """
     pki = work_dir / "pki"
     pki.mkdir(parents=True, exist_ok=True)
@@ -255,7 +256,7 @@ def start_control_plane(*, bin_dir: Path, work_dir: Path, timeout: float = 180.0
     plane = ControlPlane(work_dir=work_dir, kubeconfig=work_dir / "admin.kubeconfig", server="")
     try:
         _start(plane, bin_dir=bin_dir, pki=pki, logs=logs, tokens=tokens, sa_key=sa_key, sa_pub=sa_pub,
-               timeout=timeout, apiserver_args=apiserver_args)
+               timeout=timeout, apiserver_args=apiserver_args, pools=pools)
     except BaseException:
         plane.stop()
         raise
@@ -263,7 +264,8 @@ def start_control_plane(*, bin_dir: Path, work_dir: Path, timeout: float = 180.0
 
 
 def _start(plane: ControlPlane, *, bin_dir: Path, pki: Path, logs: Path, tokens: Path,
-           sa_key: Path, sa_pub: Path, timeout: float, apiserver_args: tuple[str, ...]) -> None:
+           sa_key: Path, sa_pub: Path, timeout: float, apiserver_args: tuple[str, ...],
+           pools: tuple[str, ...] | None) -> None:
     etcd_port, etcd_peer = free_port(), free_port()
     etcd_url = f"http://127.0.0.1:{etcd_port}"
     etcd = spawn("etcd", [
@@ -286,6 +288,8 @@ def _start(plane: ControlPlane, *, bin_dir: Path, pki: Path, logs: Path, tokens:
         "--allow-privileged=true", "--authorization-mode=RBAC", f"--token-auth-file={tokens}",
         f"--service-account-issuer={plane.server}", f"--service-account-key-file={sa_pub}",
         f"--service-account-signing-key-file={sa_key}", "--endpoint-reconciler-type=none",
+        # A real node is reached at its address (kubectl logs/exec), not at its name: no DNS here.
+        "--kubelet-preferred-address-types=InternalIP",
         *apiserver_args,
     ], log_dir=logs)
     plane.processes.append(apiserver)
@@ -325,7 +329,7 @@ def _start(plane: ControlPlane, *, bin_dir: Path, pki: Path, logs: Path, tokens:
     wait_until("default ServiceAccount",
                lambda: plane.kubectl.run("get", "serviceaccount", "default", check=False).returncode == 0,
                timeout=timeout, procs=procs)
-    create_nodes(plane.kubectl, timeout=timeout)
+    create_nodes(plane.kubectl, timeout=timeout, pools=pools)
 
 
 def simulated_node(name: str, *, pool: str, allocatable: dict[str, str], taint: str | None = None) -> dict:
@@ -343,9 +347,12 @@ def simulated_node(name: str, *, pool: str, allocatable: dict[str, str], taint: 
     return node
 
 
-def create_nodes(kubectl: Kubectl, *, timeout: float) -> list[str]:
-    """Create the simulated node pools of `nodes.yaml` and wait until kwok made them Ready."""
-    kubectl.run("apply", "-f", str(NODES))
-    names = [doc["metadata"]["name"] for doc in yaml.safe_load_all(NODES.read_text()) if doc]
+def create_nodes(kubectl: Kubectl, *, timeout: float, pools: tuple[str, ...] | None = None) -> list[str]:
+    """Create the simulated node pools of `nodes.yaml` (or only `pools` of them) and wait until
+    kwok made them Ready."""
+    nodes = [doc for doc in yaml.safe_load_all(NODES.read_text())
+             if doc and (pools is None or doc["metadata"]["labels"]["modelkiln.io/pool"] in pools)]
+    kubectl.apply({"apiVersion": "v1", "kind": "List", "items": nodes})
+    names = [node["metadata"]["name"] for node in nodes]
     kubectl.run("wait", "--for=condition=Ready", f"--timeout={int(timeout)}s", *[f"node/{n}" for n in names])
     return names

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 import control_plane as cp
 
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "charts" / "modelkiln"
+DIGITS = REPO / "examples" / "digits"
 OPERATOR_NAMESPACE = "modelkiln-system"
 OPERATOR_SERVICE_ACCOUNT = "modelkiln-operator"
 REPOSITORY_CLAIM = "modelkiln-models"  # MODELKILN_REPOSITORY_CLAIM, as in manifests/operator.yaml
@@ -127,3 +133,68 @@ def operator_process(kubectl: cp.Kubectl, work_dir: Path, *, resync_seconds: flo
         kubeconfig=service_account_kubeconfig(kubectl, work_dir / "kubeconfig"),
         log_dir=work_dir, resync_seconds=resync_seconds,
     )
+
+
+# --- ModelKiln on the real node (test_e2e_real_node.py, bench/real_node.py) -------------------
+REAL_NODE_RELEASE = "kiln"
+REAL_NODE_RELEASE_NAMESPACE = "modelkiln-system"
+REAL_NODE_OPERATOR = f"{REAL_NODE_RELEASE}-modelkiln-operator"
+REAL_NODE_MODELS = "models"
+UPLOADS = "uploads"  # a second claim the models' sources are read from
+
+
+def digits_example(name: str, source: str, *, precision: str = "FP32", **serving) -> str:
+    """examples/digits/fp32.yaml with another name and source (and precision, serving fields)."""
+    model = yaml.safe_load((DIGITS / "fp32.yaml").read_text())
+    model["metadata"]["name"] = name
+    model["spec"]["source"]["uri"] = source
+    model["spec"]["conversion"]["precision"] = precision
+    model["spec"]["serving"].update(serving)
+    return yaml.safe_dump(model)
+
+
+def host_volume(name: str, path: Path, *, claim: str, namespace: str) -> dict:
+    """A PersistentVolume on a directory of the node, pre-bound to `claim` (no provisioner), as
+    large as the chart's default claim."""
+    return {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+            "spec": {"capacity": {"storage": "20Gi"}, "accessModes": ["ReadWriteMany"],
+                     "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                     "hostPath": {"path": str(path), "type": "Directory"},
+                     "claimRef": {"namespace": namespace, "name": claim}}}
+
+
+def owned_by_runtime_user(path: Path) -> Path:
+    # hostPath volumes ignore fsGroup: the pods' user must own the files itself.
+    path.mkdir(parents=True, exist_ok=True)
+    for p in [path, *path.rglob("*")]:
+        os.chown(p, 1000, 1000)
+    return path
+
+
+def install_on_real_node(kubectl: cp.Kubectl, helm, work: Path) -> None:
+    """`helm install` with the locally built images, and in REAL_NODE_MODELS the repository claim
+    and an uploads claim holding the digits model, its calibration data and a corrupt model; one
+    more copy of the model in the repository claim itself (`incoming/digits.onnx`)."""
+    models = REAL_NODE_MODELS
+    repository, uploads = work / "repository", work / "uploads"
+    (uploads / "digits").mkdir(parents=True)
+    for name in ("model.onnx", "calibration.npz"):
+        shutil.copy(DIGITS / name, uploads / "digits" / name)
+    (uploads / "broken.onnx").write_bytes(b"this is not an ONNX model\n" * 10)
+    (repository / "incoming").mkdir(parents=True)
+    shutil.copy(DIGITS / "model.onnx", repository / "incoming" / "digits.onnx")
+    owned_by_runtime_user(repository), owned_by_runtime_user(uploads)
+
+    kubectl.run("create", "namespace", models)
+    kubectl.wait("serviceaccount/default", "create", namespace=models, timeout=60)
+    kubectl.apply(host_volume(f"{models}-repository", repository, claim=REPOSITORY_CLAIM, namespace=models))
+    kubectl.apply(host_volume(f"{models}-uploads", uploads, claim=UPLOADS, namespace=models))
+    kubectl.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                   "metadata": {"name": UPLOADS, "namespace": models},
+                   "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
+                            "volumeName": f"{models}-uploads", "resources": {"requests": {"storage": "1Gi"}}}})
+    values = {"image": {"registry": "localhost/modelkiln"},
+              "operator": {"resyncSeconds": 2, "verbose": True},
+              "repository": {"namespaces": [models], "storageClass": ""}}
+    helm.run("install", REAL_NODE_RELEASE, str(CHART), "-n", REAL_NODE_RELEASE_NAMESPACE, "--create-namespace",
+             "--wait", "--timeout=5m", "--kubeconfig", str(kubectl.kubeconfig), values=values)

@@ -51,6 +51,12 @@ def operator_env(deployment: dict) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container(deployment)["env"] if "value" in e}
 
 
+def kustomize_images() -> dict[str, str]:
+    """manifests/images.env: the base's images, a ConfigMap its operator reads (envFrom)."""
+    lines = (ROOT / "manifests" / "images.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
 def test_the_test_values_set_every_documented_value():
     assert leaves(ALL_VALUES) == leaves(DEFAULTS)
 
@@ -134,7 +140,9 @@ def test_the_roles_are_bound_to_the_operators_service_account(helm, values):
 def test_the_default_operator_is_configured_as_the_kustomize_base(helm):
     deployment = one(helm.render(), "Deployment")
     base = next(doc for doc in yaml.safe_load_all((ROOT / "manifests" / "operator.yaml").read_text()))
-    assert operator_env(deployment) == operator_env(base)
+    images = kustomize_images()
+    assert container(deployment)["image"] == images.pop("MODELKILN_OPERATOR_IMAGE")
+    assert operator_env(deployment) == {**images, **operator_env(base)}
     assert container(deployment)["args"] == container(base)["args"]
     assert container(deployment)["securityContext"] == container(base)["securityContext"]
     assert deployment["spec"]["template"]["spec"]["securityContext"] == base["spec"]["template"]["spec"]["securityContext"]
@@ -151,12 +159,16 @@ def test_every_operator_value_reaches_the_operators_parser_and_settings(helm):
     assert (parsed.peering, parsed.namespace, parsed.metrics_port, parsed.health_port, parsed.verbose) == (
         "ml-kiln", ["models", "staging"], 9191, 8181, True)
     settings = config.from_environment({**operator_env(deployment), "MODELKILN_NAMESPACE": "modelkiln-system"})
-    assert settings.runtime_image == "registry.example.com/modelkiln/runtime:0.1.1"
+    assert settings.server_image == "registry.example.com/modelkiln/server:0.1.1"
+    assert settings.converter_image == "registry.example.com/modelkiln/converter:0.1.1"
     assert settings.repository_claim == "kiln-models"
     assert settings.resync_seconds == 30
     assert settings.device_pools_configmap == one(rendered, "ConfigMap")["metadata"]["name"]
     assert one(rendered, "ClusterKopfPeering")["metadata"]["name"] == parsed.peering
     assert container(deployment)["image"] == "registry.example.com/modelkiln/operator:0.1.1"
+    assert container(deployment)["imagePullPolicy"] == "Always"
+    (test_pod,) = by_kind(rendered, "Pod")
+    assert test_pod["spec"]["containers"][0]["image"] == container(deployment)["image"]
     assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     pod = deployment["spec"]["template"]["spec"]
     assert pod["imagePullSecrets"] == [{"name": "registry-credentials"}]
@@ -168,7 +180,8 @@ def test_the_image_tags_default_to_the_charts_app_version(helm):
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     deployment = one(helm.render(), "Deployment")
     assert container(deployment)["image"] == f"ghcr.io/modelkiln/operator:{app_version}"
-    assert operator_env(deployment)["MODELKILN_RUNTIME_IMAGE"] == f"ghcr.io/modelkiln/runtime:{app_version}"
+    assert operator_env(deployment)["MODELKILN_SERVER_IMAGE"] == f"ghcr.io/modelkiln/server:{app_version}"
+    assert operator_env(deployment)["MODELKILN_CONVERTER_IMAGE"] == f"ghcr.io/modelkiln/converter:{app_version}"
 
 
 def test_device_pools_from_values_are_read_by_the_operator_with_vpu_as_npu(helm):
@@ -196,8 +209,11 @@ def test_device_pools_from_values_are_read_by_the_operator_with_vpu_as_npu(helm)
     ({"operator": {"resyncSeconds": 0}}, "at '/operator/resyncSeconds': exclusiveMinimum: got 0, want 0"),
     ({"monitoring": {"podMonitor": {"interval": "soon"}}}, "at '/monitoring/podMonitor/interval': 'soon' does not match pattern"),
     ({"operatr": {"replicas": 1}}, "additional properties 'operatr' not allowed"),
+    ({"image": {"registry": "registry.example.com/"}}, "at '/image/registry': 'registry.example.com/' does not match pattern"),
+    ({"operator": {"image": {"repository": "registry.example.com/operator"}}},
+     "at '/operator': additional properties 'image' not allowed"),
 ], ids=["negative-replicas", "replicas-without-peering", "pool-field-typo", "group-name", "access-mode", "size",
-        "resync", "interval", "top-level-typo"])
+        "resync", "interval", "top-level-typo", "registry-slash", "image-per-component"])
 def test_a_wrong_value_fails_at_render_with_a_message_naming_it(helm, values, expected):
     result = helm.template(values, check=False)
     assert result.returncode != 0

@@ -8,17 +8,18 @@ from modelkiln.operator.commands import artifact_key
 from modelkiln.operator.conversion_job import build_job, job_name
 from modelkiln.operator.serving import build_deployment, build_hpa, build_pdb, build_service
 
-IMAGE = "registry.example.com/modelkiln/runtime:1"
+CONVERTER_IMAGE = "registry.example.com/modelkiln/converter:1"
+SERVER_IMAGE = "registry.example.com/modelkiln/server:1"
 ARTIFACT = {"key": "f" * 64, "version": 4, "precision": "FP16"}
 
 
 def job_for(model, pools, key=None):
-    return build_job(model=model, spec=model["spec"], key=key or artifact_key(model["spec"]), image=IMAGE,
+    return build_job(model=model, spec=model["spec"], key=key or artifact_key(model["spec"]), image=CONVERTER_IMAGE,
                      repository_claim="models", pool={"nodeSelector": pools["CPU"]["nodeSelector"]})
 
 
 def deployment_for(model, pool):
-    return build_deployment(model=model, spec=model["spec"], artifact=ARTIFACT, image=IMAGE,
+    return build_deployment(model=model, spec=model["spec"], artifact=ARTIFACT, image=SERVER_IMAGE,
                             repository_claim="models", pool=pool)
 
 
@@ -90,6 +91,21 @@ def test_a_pvc_source_and_calibration_are_mounted_read_only_where_the_converter_
         job["spec"]["template"]["spec"]["volumes"]
 
 
+def test_a_pvc_source_on_the_repository_claim_mounts_that_claim_once(make_model, pools):
+    # A real kubelet never starts a pod with two volumes on one claim (kwok does): the source is a
+    # second, read-only mount of the repository volume, and every claim backs exactly one volume.
+    model = make_model(source={"uri": "pvc://models/uploads/model.onnx"},
+                       conversion={"precision": "INT8", "calibration": {"uri": "pvc://uploads/calib.npz"}})
+    job = job_for(model, pools)
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in job["spec"]["template"]["spec"]["volumes"]
+              if "persistentVolumeClaim" in v]
+    assert sorted(claims) == ["models", "uploads"]
+    mounts = container(job)["volumeMounts"]
+    assert {"name": "repository", "mountPath": "/mnt/pvc/models", "readOnly": True} in mounts
+    assert {"name": "repository", "mountPath": "/models"} in mounts
+    assert {"name": "source-0", "mountPath": "/mnt/pvc/uploads", "readOnly": True} in mounts
+
+
 def test_a_ca_config_map_is_mounted_read_only_and_given_to_the_converter(make_model, pools):
     model = make_model(source={"uri": "https://models.internal/digits.onnx",
                                "caConfigMap": {"name": "internal-ca", "key": "bundle.pem"}})
@@ -159,6 +175,17 @@ def test_the_deployment_serves_the_artifact_with_probes_on_the_model(make_model,
     assert deployment["spec"]["replicas"] == 3
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["modelkiln.io/artifact-version"] == "4"  # a new artifact rolls the pods
+
+
+def test_a_stopping_server_leaves_the_service_before_it_stops_listening(make_model, pools):
+    # The preStop sleep runs before SIGTERM, while the endpoints drop the pod; the grace period
+    # covers it and the server's drain, so no in-flight request is cut.
+    deployment = deployment_for(make_model(), pools["CPU"])
+    runtime = container(deployment)
+    pause = runtime["lifecycle"]["preStop"]["sleep"]["seconds"]
+    drain = float(runtime["args"][runtime["args"].index("--drain-timeout") + 1])
+    assert pause > 0
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > pause + drain
 
 
 def test_with_autoscaling_the_deployment_leaves_replicas_to_the_hpa(make_model, pools):

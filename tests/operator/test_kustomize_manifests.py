@@ -29,6 +29,32 @@ def rendered() -> dict[str, list[dict]]:
     return by_kind
 
 
+def images_env() -> dict[str, str]:
+    """manifests/images.env, the one place the base names its images."""
+    lines = (ROOT / "manifests" / "images.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def operator_container(rendered: dict[str, list[dict]]) -> dict:
+    (deployment,) = rendered["Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def configmaps(rendered: dict[str, list[dict]]) -> dict[str, dict]:
+    return {c["metadata"]["name"]: c for c in rendered["ConfigMap"]}
+
+
+def operator_environment(rendered: dict[str, list[dict]]) -> dict[str, str]:
+    """The operator's environment: its ConfigMaps (envFrom) overridden by its env values."""
+    container = operator_container(rendered)
+    env = {}
+    for source in container["envFrom"]:
+        env.update(configmaps(rendered)[source["configMapRef"]["name"]]["data"])
+    env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
+    return env
+
+
 def grants(rules: list[dict]) -> set[tuple[str, str, str]]:
     return {(group, resource, verb) for rule in rules for group in rule["apiGroups"]
             for resource in rule["resources"] for verb in rule["verbs"]}
@@ -77,14 +103,28 @@ def test_the_operator_runs_non_root_with_a_read_only_root_filesystem(rendered):
     assert operator["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
+def test_the_images_are_named_in_images_env_only(rendered):
+    images = images_env()
+    assert set(images) == {"MODELKILN_OPERATOR_IMAGE", "MODELKILN_SERVER_IMAGE", "MODELKILN_CONVERTER_IMAGE"}
+    container = operator_container(rendered)
+    assert container["image"] == images["MODELKILN_OPERATOR_IMAGE"]
+    (source,) = container["envFrom"]
+    configmap = configmaps(rendered)[source["configMapRef"]["name"]]
+    # A generated name with a hash of the contents: a changed image rolls the operator.
+    assert configmap["metadata"]["name"].startswith("modelkiln-images-")
+    assert configmap["metadata"]["namespace"] == "modelkiln-system"
+    assert configmap["data"] == images
+    settings = config.from_environment(operator_environment(rendered))
+    assert (settings.server_image, settings.converter_image) == (images["MODELKILN_SERVER_IMAGE"],
+                                                                 images["MODELKILN_CONVERTER_IMAGE"])
+
+
 def test_the_shipped_configuration_matches_the_operators_defaults(rendered):
-    (deployment,) = rendered["Deployment"]
-    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     defaults = config.from_environment({})
-    (configmap,) = rendered["ConfigMap"]
-    assert configmap["metadata"]["name"] == env["MODELKILN_DEVICE_POOLS_CONFIGMAP"] == defaults.device_pools_configmap
-    pools = parse_device_pools(configmap["data"][CONFIG_KEY], source="manifests")
+    assert config.from_environment(operator_environment(rendered)) == defaults  # images included
+    pools_configmap = configmaps(rendered)[defaults.device_pools_configmap]
+    pools = parse_device_pools(pools_configmap["data"][CONFIG_KEY], source="manifests")
     assert {"CPU", "GPU", "NPU"} <= pools.keys()
     (claim,) = rendered["PersistentVolumeClaim"]
-    assert claim["metadata"]["name"] == env["MODELKILN_REPOSITORY_CLAIM"] == defaults.repository_claim
+    assert claim["metadata"]["name"] == defaults.repository_claim
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]

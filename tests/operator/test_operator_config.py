@@ -11,9 +11,10 @@ from modelkiln.operator.config import from_environment
 
 
 def test_settings_come_from_the_environment_with_documented_defaults():
-    config = from_environment({"MODELKILN_NAMESPACE": "ops", "MODELKILN_RUNTIME_IMAGE": "r:2",
-                               "MODELKILN_RESYNC_SECONDS": "2.5"})
-    assert (config.namespace, config.runtime_image, config.resync_seconds) == ("ops", "r:2", 2.5)
+    config = from_environment({"MODELKILN_NAMESPACE": "ops", "MODELKILN_SERVER_IMAGE": "s:2",
+                               "MODELKILN_CONVERTER_IMAGE": "c:2", "MODELKILN_RESYNC_SECONDS": "2.5"})
+    assert (config.namespace, config.server_image, config.converter_image, config.resync_seconds) == (
+        "ops", "s:2", "c:2", 2.5)
     assert (config.device_pools_configmap, config.repository_claim) == ("modelkiln-device-pools", "modelkiln-models")
     assert config.device_pools_source == "ConfigMap ops/modelkiln-device-pools"
 

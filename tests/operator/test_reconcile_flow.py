@@ -20,7 +20,8 @@ from modelkiln.operator.commands import artifact_key
 from modelkiln.operator.config import OperatorConfig
 
 CONFIG = OperatorConfig(namespace="modelkiln-system", device_pools_configmap="pools",
-                        runtime_image="runtime:1", repository_claim="models", resync_seconds=1)
+                        server_image="server:1", converter_image="converter:1", repository_claim="models",
+                        resync_seconds=1)
 
 
 class RecordingApi:
@@ -154,6 +155,14 @@ def ready_model(make_model, api, **spec) -> dict:
     reconcile(model, api)
     api.writes.clear()
     return model
+
+
+def test_the_conversion_job_runs_the_converter_image_and_the_deployment_the_server_image(make_model, api):
+    model = ready_model(make_model, api)
+    job = api.objects["jobs", "vision", job_name(model)]
+    deployment = api.objects["deployments", "vision", "digits"]
+    assert [c["image"] for c in job["spec"]["template"]["spec"]["containers"]] == ["converter:1"]
+    assert [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]] == ["server:1"]
 
 
 def test_a_serving_change_updates_the_deployment_without_converting(make_model, api):

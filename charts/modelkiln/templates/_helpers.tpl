@@ -49,8 +49,11 @@ app.kubernetes.io/component: serving
 app.kubernetes.io/managed-by: modelkiln-operator
 {{- end -}}
 
+{{/* REGISTRY/NAME:TAG of one of the images (operator, server, converter), from image.registry
+and image.tag (default: the chart's appVersion). Usage: include "modelkiln.image" (list . "server") */}}
 {{- define "modelkiln.image" -}}
-{{- printf "%s:%s" .image.repository (default .chart.AppVersion .image.tag) -}}
+{{- $root := index . 0 -}}
+{{- printf "%s/%s:%s" $root.Values.image.registry (index . 1) (default $root.Chart.AppVersion $root.Values.image.tag) -}}
 {{- end -}}
 
 {{/* True when a monitor (serviceMonitor/podMonitor values) should render: asked for, and the

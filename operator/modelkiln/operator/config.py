@@ -18,7 +18,8 @@ SERVICEACCOUNT_NAMESPACE = pathlib.Path("/var/run/secrets/kubernetes.io/servicea
 class OperatorConfig:
     namespace: str  # where the device-pool ConfigMap lives (the operator's own namespace)
     device_pools_configmap: str
-    runtime_image: str
+    server_image: str  # serving Deployments (`modelkiln serve`)
+    converter_image: str  # conversion Jobs (`modelkiln convert`)
     repository_claim: str  # PVC holding the model repository, in each InferenceModel's namespace
     resync_seconds: float
 
@@ -45,7 +46,8 @@ def from_environment(environ: dict[str, str] | None = None) -> OperatorConfig:
     return OperatorConfig(
         namespace=env.get("MODELKILN_NAMESPACE") or _own_namespace(),
         device_pools_configmap=env.get("MODELKILN_DEVICE_POOLS_CONFIGMAP", "modelkiln-device-pools"),
-        runtime_image=env.get("MODELKILN_RUNTIME_IMAGE", "ghcr.io/modelkiln/runtime:0.1.0"),
+        server_image=env.get("MODELKILN_SERVER_IMAGE", "ghcr.io/modelkiln/server:0.1.0"),
+        converter_image=env.get("MODELKILN_CONVERTER_IMAGE", "ghcr.io/modelkiln/converter:0.1.0"),
         repository_claim=env.get("MODELKILN_REPOSITORY_CLAIM", "modelkiln-models"),
         resync_seconds=resync,
     )

@@ -52,15 +52,20 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
     """Job `<name>-convert-<key8>` converting `spec` into `<repository>/<name>/` in `image`."""
     name = model["metadata"]["name"]
     args = convert_args(spec=spec, output=f"{objects.REPOSITORY_PATH}/{name}", artifact_key=key)
+    # One volume per claim: a kubelet never starts a pod with two volumes on the same claim (it
+    # waits on the second mount forever, with no Event), so a source on the repository claim
+    # itself is a second, read-only mount of the repository volume.
     claims = source_claims(spec)
+    volume_of = {claim: f"source-{i}" for i, claim in enumerate(c for c in claims if c != repository_claim)}
+    volume_of[repository_claim] = "repository"
     mounts = [{"name": "repository", "mountPath": objects.REPOSITORY_PATH},
               {"name": "tmp", "mountPath": "/tmp"}]
-    mounts += [{"name": f"source-{i}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
-               for i, claim in enumerate(claims)]
+    mounts += [{"name": volume_of[claim], "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
+               for claim in claims]
     volumes = [objects.repository_volume(claim=repository_claim, read_only=False),
                objects.scratch_volume("tmp")]
-    volumes += [{"name": f"source-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
-                for i, claim in enumerate(claims)]
+    volumes += [{"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+                for claim, volume in volume_of.items() if claim != repository_claim]
     ca = defaulted_spec(spec)["source"].get("caConfigMap")  # the CRD's default key applied
     if ca:
         args += ["--ca-file", f"{CA_DIR}/{CA_FILE}"]

@@ -104,7 +104,7 @@ def _converge_conversion(*, model: dict, spec: dict, key: str, old: dict, api: k
                                         f"repository) does not exist in namespace {namespace}"), \
                 artifact, job_name
         job = api.create(kube.JOBS, conversion_job.build_job(
-            model=model, spec=spec, key=key, image=config.runtime_image,
+            model=model, spec=spec, key=key, image=config.converter_image,
             repository_claim=config.repository_claim, pool=pool))
     pods = api.list(kube.PODS, namespace=namespace, selector=f"job-name={job_name}")
     outcome = conversion_job.conversion_outcome(job=job, pods=pods)
@@ -155,7 +155,7 @@ def _converge_serving(*, model: dict, spec: dict, artifact: dict | None, convert
         return st.condition(st.READY, False, reason="NoDevicePool", message=str(exc),
                             generation=generation), {}
     deployment = _apply(api, kube.DEPLOYMENTS, serving.build_deployment(
-        model=model, spec=spec, artifact=artifact, image=config.runtime_image,
+        model=model, spec=spec, artifact=artifact, image=config.server_image,
         repository_claim=config.repository_claim, pool=pool))
     _apply(api, kube.SERVICES, serving.build_service(model=model))
     _apply(api, kube.SERVICES, serving.build_service(model=model, headless=True))

@@ -17,8 +17,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="modelkiln operator",
         description="Run the InferenceModel operator. Settings from the environment: "
-                    "MODELKILN_RUNTIME_IMAGE, MODELKILN_REPOSITORY_CLAIM, MODELKILN_NAMESPACE, "
-                    "MODELKILN_DEVICE_POOLS_CONFIGMAP, MODELKILN_RESYNC_SECONDS (docs/interfaces.md).")
+                    "MODELKILN_SERVER_IMAGE, MODELKILN_CONVERTER_IMAGE, MODELKILN_REPOSITORY_CLAIM, "
+                    "MODELKILN_NAMESPACE, MODELKILN_DEVICE_POOLS_CONFIGMAP, MODELKILN_RESYNC_SECONDS "
+                    "(docs/interfaces.md).")
     p.add_argument("--namespace", action="append", default=[], metavar="NS",
                    help="watch only this namespace (repeatable; default: all namespaces)")
     p.add_argument("--peering", metavar="NAME",

@@ -15,7 +15,7 @@ from modelkiln.operator.schema import API_VERSION, KIND
 MODEL_LABEL = "modelkiln.io/model"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 REPOSITORY_PATH = "/models"
-RUNTIME_UID = 1000  # the runtime image's user (docker/runtime.Dockerfile)
+RUNTIME_UID = 1000  # the user of the server and converter images (docker/server.Dockerfile, converter.Dockerfile)
 MANAGED_BY = {"app.kubernetes.io/managed-by": "modelkiln-operator"}
 # The digest of the desired object last applied to a child: equal means nothing to apply.
 DIGEST_ANNOTATION = "modelkiln.io/applied-digest"

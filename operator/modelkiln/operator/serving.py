@@ -16,6 +16,9 @@ HTTP_PORT = 8080
 GRPC_PORT = 8081
 CACHE_PATH = "/var/cache/modelkiln"
 DRAIN_SECONDS = 30
+# Before SIGTERM: the Service's endpoints drop the pod first (kube-proxy, client-side balancers),
+# so no new connection reaches a server that has stopped listening.
+PRESTOP_SECONDS = 5
 INFLIGHT_METRIC = "modelkiln_inflight_requests"
 
 
@@ -59,7 +62,7 @@ def _rollout(pool: DevicePool) -> dict:
 
 def build_deployment(*, model: dict, spec: dict, artifact: dict, image: str, repository_claim: str,
                      pool: DevicePool) -> dict:
-    """Deployment `<name>` serving `artifact` (from status.artifact) with the runtime image."""
+    """Deployment `<name>` serving `artifact` (from status.artifact) with the server image."""
     name = model["metadata"]["name"]
     serving = spec["serving"]
     args = serve_args(name=name, spec=spec, repository=objects.REPOSITORY_PATH, version=artifact["version"])
@@ -85,6 +88,7 @@ def build_deployment(*, model: dict, spec: dict, artifact: dict, image: str, rep
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "cache", "mountPath": CACHE_PATH},
         ],
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
         "securityContext": objects.container_security_context(),
     }
     selector = objects.selector_labels(name=name, component=COMPONENT)
@@ -103,7 +107,7 @@ def build_deployment(*, model: dict, spec: dict, artifact: dict, image: str, rep
                 containers=[container],
                 volumes=[objects.repository_volume(claim=repository_claim, read_only=True),
                          objects.scratch_volume("tmp"), objects.scratch_volume("cache")],
-                pool=pool, terminationGracePeriodSeconds=DRAIN_SECONDS + 15),
+                pool=pool, terminationGracePeriodSeconds=PRESTOP_SECONDS + DRAIN_SECONDS + 15),
         },
     }
     if "autoscaling" not in serving:
