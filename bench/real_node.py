@@ -147,13 +147,12 @@ def main() -> int:
     rn.install_packages()
     bin_dir = cp.build_binaries(go=cp.find_go())
     rn.build_images()
-    cache = Path.home() / ".cache" / "modelkiln"
     with tempfile.TemporaryDirectory(prefix="bench-real-node-") as tmp:
         work = Path(tmp)
         plane = cp.start_control_plane(bin_dir=bin_dir, work_dir=work / "control-plane", pools=("gpu", "npu"))
         node = None
         try:
-            node = rn.start_real_node(plane, bin_dir=bin_dir, work_dir=work / "node", cache=cache)
+            node = rn.start_real_node(plane, bin_dir=bin_dir, work_dir=work / "node", cache=rn.cache_dir())
             kubectl = plane.kubectl
             started = time.monotonic()
             setup.install_on_real_node(kubectl, Helm(bin_dir / "helm", work), work)

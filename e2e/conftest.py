@@ -122,8 +122,7 @@ def real_node_cluster(tmp_path_factory):
     work = tmp_path_factory.mktemp("real-node")
     plane = cp.start_control_plane(bin_dir=bin_dir, work_dir=work / "control-plane", pools=("gpu", "npu"))
     try:
-        cache = Path(os.environ.get("MODELKILN_CACHE", Path.home() / ".cache" / "modelkiln"))
-        node = rn.start_real_node(plane, bin_dir=bin_dir, work_dir=work / "node", cache=cache)
+        node = rn.start_real_node(plane, bin_dir=bin_dir, work_dir=work / "node", cache=rn.cache_dir())
         _state["real_node"] = node
         try:
             yield plane.kubectl, node, work, Helm(bin_dir / "helm", work)

@@ -54,6 +54,11 @@ def cannot_run_containers() -> str | None:
     return None
 
 
+def cache_dir() -> Path:
+    """Where the build scripts and the node keep what outlives a run (MODELKILN_CACHE)."""
+    return Path(os.environ.get("MODELKILN_CACHE", Path.home() / ".cache" / "modelkiln"))
+
+
 def install_packages() -> None:
     subprocess.run(["bash", str(INSTALL_PACKAGES)], check=True)
 
@@ -124,7 +129,9 @@ class RealNode:
         _remove_cgroups(CGROUP_ROOT)
 
     def _delete_pods(self) -> None:
-        # The kubelet stops each sandbox properly (CNI DEL frees its address and rules).
+        # The kubelet stops each sandbox properly (CNI DEL frees its address and rules); cordoned
+        # first, so that no controller's replacement pod starts here meanwhile.
+        self.kubectl.run("cordon", self.name, check=False)
         self.kubectl.run("delete", "pods", "--all-namespaces", f"--field-selector=spec.nodeName={self.name}",
                          "--grace-period=0", "--force", "--wait=false", check=False)
         deadline = time.monotonic() + 60

@@ -143,7 +143,12 @@ def test_the_default_operator_is_configured_as_the_kustomize_base(helm):
     images = kustomize_images()
     assert container(deployment)["image"] == images.pop("MODELKILN_OPERATOR_IMAGE")
     assert operator_env(deployment) == {**images, **operator_env(base)}
-    assert container(deployment)["args"] == container(base)["args"]
+    # The one difference: the chart makes the peering object itself, so its operator must not race
+    # Helm to it (a pod that made it first failed `helm install` with "already exists" on a real
+    # node); the base has only the CRD and lets the operator make the object.
+    assert [a for a in container(deployment)["args"] if a != "--no-create-peering"] == container(base)["args"]
+    assert operator_main.parser().parse_args(container(deployment)["args"][1:]).create_peering is False
+    assert operator_main.parser().parse_args(container(base)["args"][1:]).create_peering is True
     assert container(deployment)["securityContext"] == container(base)["securityContext"]
     assert deployment["spec"]["template"]["spec"]["securityContext"] == base["spec"]["template"]["spec"]["securityContext"]
     assert container(deployment)["livenessProbe"] == container(base)["livenessProbe"]

@@ -140,8 +140,9 @@ def _owner(body: kopf.Body) -> str | None:
                  if ref.get("kind") == KIND and ref.get("controller")), None)
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    """Register the handlers for the InferenceModel resource in `registry`."""
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig, *, create_peering: bool = True) -> None:
+    """Register the handlers for the InferenceModel resource in `registry`; with `create_peering`,
+    the operator creates its peering object when missing (else its deployer does)."""
     resource = dict(group=GROUP, version=VERSION, plural=PLURAL)
 
     @kopf.on.login(registry=registry)
@@ -162,6 +163,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             # One cluster-scoped peering object, also when watching only some namespaces; kopf
             # does not create it, and without it replicas would not coordinate.
             settings.peering.clusterwide = True
+        if not settings.peering.standalone and create_peering:
             memo.api.create(kube.PEERINGS, {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
                                             "metadata": {"name": settings.peering.name}})
 

@@ -25,6 +25,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--peering", metavar="NAME",
                    help="coordinate with other replicas through the ClusterKopfPeering NAME "
                         "(only one replica acts at a time); without it the operator runs standalone")
+    p.add_argument("--create-peering", action=argparse.BooleanOptionalAction, default=True,
+                   help="create the peering object when it is missing (default). The chart and "
+                        "manifests/ make it themselves and pass --no-create-peering: Helm refuses to "
+                        "install over an object that the operator's pod made first")
     p.add_argument("--priority", type=int,
                    help="peering priority: the replica with the highest acts (default: random, so "
                         "that replicas never tie; kopf pauses all replicas of equal priority)")
@@ -49,7 +53,7 @@ def main(argv: list[str]) -> int:
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port)
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, config)
+    handlers.register(registry, config, create_peering=args.create_peering)
     kopf.run(
         registry=registry,
         clusterwide=not args.namespace,
