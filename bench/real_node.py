@@ -4,8 +4,8 @@ Starts what the `real_node` e2e tests run on (e2e/real_node.py: a control plane 
 a real node with containerd; the chart installed with this checkout's images, built with buildah),
 then, for each round, applies the digits example with a `pvc://` source under a new name and
 watches it (polling the API every 0.2 s, timestamps from this process's clock):
-- conversion: `kubectl apply` -> the conversion Job's container has terminated (includes the
-  Job's pod scheduling and container start);
+- conversion: `kubectl apply` -> the conversion Job's container has terminated; of it, the
+  Job's pod until its container runs, and the converter's run (fetch, convert, verify, publish);
 - serving container start: the Job done -> the serving container running (the operator sees
   the Job, applies the Deployment, the pod is scheduled and its container started);
 - model load: the server's own log, `listening` -> `ready: 1 of 1 model(s)`;
@@ -100,6 +100,8 @@ def one_round(kubectl: cp.Kubectl, name: str) -> dict[str, float]:
     waiter = subprocess.Popen(["kubectl", "--kubeconfig", str(kubectl.kubeconfig), "wait", "-n", MODELS,
                                "--for=condition=Ready", "--timeout=600s", f"im/{name}"], stdout=subprocess.DEVNULL)
     seen = first_seen(kubectl, {
+        "converting": lambda pods: (_container(pods, name, "conversion", "running")
+                                    or _container(pods, name, "conversion", "terminated")),
         "converted": lambda pods: _container(pods, name, "conversion", "terminated"),
         "serving_running": lambda pods: _container(pods, name, "serving", "running"),
         "serving_ready": lambda pods: _ready(pods, name),
@@ -108,6 +110,8 @@ def one_round(kubectl: cp.Kubectl, name: str) -> dict[str, float]:
     waited = time.monotonic() - start
     (pod,) = kubectl.items("pods", namespace=MODELS, selector=f"modelkiln.io/model={name},app.kubernetes.io/component=serving")
     return {"apply_to_ready": waited, "conversion": seen["converted"],
+            "conversion_pod_start": seen["converting"],
+            "converter_run": seen["converted"] - seen["converting"],
             "serving_container_start": seen["serving_running"] - seen["converted"],
             "model_load": load_seconds(kubectl, pod["metadata"]["name"]),
             "container_start_to_ready": seen["serving_ready"] - seen["serving_running"]}
