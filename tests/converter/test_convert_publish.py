@@ -100,3 +100,11 @@ def test_publishing_removes_staging_left_by_a_killed_converter_but_not_a_live_on
         publish.publish_version(model_dir=model_dir, staging=staging, metadata={"artifactKey": "k"})
 
     assert version_dirs(model_dir) == [".tmp-running", "1"]
+
+
+def test_directories_that_are_not_versions_do_not_stop_a_publish(convert, repo):
+    for name in ("²", "abc", "1.5"):  # "²".isdigit() is True, int("²") raises
+        (repo / "digits" / name).mkdir(parents=True)
+    summary = convert("--source", DIGITS / "model.onnx", "--output", repo / "digits",
+                      "--precision", "FP32").summary
+    assert summary["version"] == 1 and publish.versions(repo / "digits") == [1]

@@ -20,6 +20,16 @@ def versions(repository: pathlib.Path, model: str) -> list[str]:
     return sorted(p.name for p in (repository / model).iterdir() if p.name.isdigit())
 
 
+def up_until_it_ends(model: dict, directory: pathlib.Path, repository: pathlib.Path,
+                     timeout: float = 300) -> subprocess.CompletedProcess:
+    """`modelkiln up` on `model` written to DIRECTORY/model.yaml, when it is expected to exit."""
+    path = directory / "model.yaml"
+    path.write_text(yaml.safe_dump(model))
+    return subprocess.run(
+        [sys.executable, "-m", "modelkiln.cli", "up", "-f", str(path),
+         "--repository", str(repository)], capture_output=True, text=True, timeout=timeout)
+
+
 def test_up_serves_correct_predictions_over_rest_and_grpc(start_up, repository):
     samples = np.load(DIGITS / "samples.npz")
     inputs, labels = samples["input"].astype(np.float32), samples["labels"]
@@ -66,12 +76,8 @@ def test_invalid_model_is_rejected_with_the_crd_message_and_nothing_converted(
         repository, tmp_path):
     model = yaml.safe_load((DIGITS / "fp16.yaml").read_text())
     model["spec"]["conversion"]["calibration"] = {"uri": "file://calibration.npz"}
-    invalid = tmp_path / "invalid.yaml"
-    invalid.write_text(yaml.safe_dump(model))
     shutil.copy(DIGITS / "model.onnx", tmp_path / "model.onnx")
-    result = subprocess.run(
-        [sys.executable, "-m", "modelkiln.cli", "up", "-f", str(invalid),
-         "--repository", str(repository)], capture_output=True, text=True, timeout=120)
+    result = up_until_it_ends(model, tmp_path, repository, timeout=120)
     assert result.returncode == 1
     assert "calibration is only valid with precision INT8" in result.stderr
     assert not repository.exists() or not any(repository.iterdir())
@@ -95,11 +101,7 @@ def test_missing_device_is_refused_unless_a_fallback_is_given(start_up, reposito
 def test_a_failed_conversion_prints_its_cause_and_leaves_no_version(repository, tmp_path):
     model = yaml.safe_load((DIGITS / "fp32.yaml").read_text())
     (tmp_path / "model.onnx").write_bytes((DIGITS / "model.onnx").read_bytes()[:200])  # truncated
-    broken = tmp_path / "broken.yaml"
-    broken.write_text(yaml.safe_dump(model))
-    result = subprocess.run(
-        [sys.executable, "-m", "modelkiln.cli", "up", "-f", str(broken),
-         "--repository", str(repository)], capture_output=True, text=True, timeout=300)
+    result = up_until_it_ends(model, tmp_path, repository)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("modelkiln up: digits: conversion failed: ")
@@ -113,10 +115,21 @@ def test_a_ca_config_map_is_noted_as_cluster_only(repository, tmp_path):
     model = yaml.safe_load((DIGITS / "fp32.yaml").read_text())
     model["spec"]["source"]["caConfigMap"] = {"name": "internal-ca"}
     (tmp_path / "model.onnx").write_bytes((DIGITS / "model.onnx").read_bytes()[:200])  # fails fast
-    path = tmp_path / "model.yaml"
-    path.write_text(yaml.safe_dump(model))
-    result = subprocess.run(
-        [sys.executable, "-m", "modelkiln.cli", "up", "-f", str(path),
-         "--repository", str(repository)], capture_output=True, text=True, timeout=300)
+    result = up_until_it_ends(model, tmp_path, repository)
     assert ("modelkiln up: digits: source.caConfigMap is a cluster ConfigMap; here the machine's CAs "
             "(and SSL_CERT_FILE) are trusted") in result.stderr.splitlines()
+
+
+def test_a_name_the_api_server_refuses_is_refused_with_its_message_and_nothing_written(
+        repository, tmp_path):
+    # The name becomes a directory under --repository: "../x" would put the model beside it.
+    model = yaml.safe_load((DIGITS / "fp32.yaml").read_text())
+    model["metadata"]["name"] = "../x"
+    shutil.copy(DIGITS / "model.onnx", tmp_path / "model.onnx")
+    result = up_until_it_ends(model, tmp_path, repository, timeout=120)
+    assert result.returncode == 1
+    assert ('metadata.name: Invalid value: "../x": a lowercase RFC 1123 subdomain must consist of '
+            "lower case alphanumeric characters, '-' or '.', and must start and end with an "
+            "alphanumeric character (e.g. 'example.com', regex used for validation is "
+            r"'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')") in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.yaml"]

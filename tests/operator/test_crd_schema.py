@@ -137,6 +137,19 @@ def test_a_name_too_long_for_the_job_name_is_refused():
         "it names the Service and the conversion Job <name>-convert-<key8>"]
 
 
+def test_a_name_that_is_not_a_dns_subdomain_is_refused_as_the_api_server_does():
+    obj = copy.deepcopy(VALID)
+    obj["metadata"]["name"] = "ResNet_50"
+    assert schema.validate(obj) == [
+        'metadata.name: Invalid value: "ResNet_50": a lowercase RFC 1123 subdomain must consist of lower '
+        "case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character "
+        "(e.g. 'example.com', regex used for validation is "
+        "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"]
+    obj["metadata"]["name"] = "m" * 254
+    assert f'metadata.name: Invalid value: "{"m" * 254}": must be no more than 253 characters' \
+        in schema.validate(obj)
+
+
 def test_a_document_that_is_not_an_object_is_refused():
     assert schema.validate(["spec"]) == ['<nil>: Invalid value: "array": an InferenceModel must be an object '
                                          'with apiVersion, kind, metadata and spec']

@@ -109,6 +109,28 @@ CASES = {
         rest_path="/v2/models/mixed/infer",
         rest_body={"inputs": [rest_input(name="u", datatype="UINT8", shape=(1, 2),
                                          data=[1, 300])]}),
+    "version that is not ASCII digits": Case(
+        400, grpc.StatusCode.INVALID_ARGUMENT, ["version '²' is not valid", "ASCII digits"],
+        rest_path="/v2/models/mlp/versions/²/infer", rest_body={"inputs": [rest_input()]},
+        grpc_body=grpc_request(version="²")),
+    "model name no directory can have": Case(
+        400, grpc.StatusCode.INVALID_ARGUMENT, ["model name 'mmmm", "...", "(300 characters)",
+                                                "expected 1 to 255 characters"],
+        rest_path=f"/v2/models/{'m' * 300}/infer", rest_body={"inputs": [rest_input()]},
+        grpc_body=grpc_request(model="m" * 300)),
+    "FP32 value too large for FP32": Case(
+        400, grpc.StatusCode.INVALID_ARGUMENT, ["input 'x'", "out of range for FP32"],
+        rest_body={"inputs": [rest_input(data=[1e39] + [0.0] * 7)]}),
+    "FP16 value too large for FP16": Case(
+        400, grpc.StatusCode.INVALID_ARGUMENT, ["input 'f'", "out of range for FP16 [-65504, 65504]"],
+        rest_path="/v2/models/mixed/infer",
+        rest_body={"inputs": [rest_input(name="f", datatype="FP16", shape=(1, 3),
+                                         data=[1, 2, 70000])]}),
+    "INT32 value too large for INT32": Case(
+        400, grpc.StatusCode.INVALID_ARGUMENT, ["input 'd'", "out of range for INT32"],
+        rest_path="/v2/models/mixed/infer",
+        rest_body={"inputs": [rest_input(name="d", datatype="INT32", shape=(1, 2),
+                                         data=[1, 2**40])]}),
     "malformed JSON / protobuf": Case(
         400, grpc.StatusCode.INVALID_ARGUMENT, ["malformed"],
         rest_body=b'{"inputs": [', grpc_body=b"\xff\xff\xff\xff not a protobuf"),
@@ -192,6 +214,6 @@ def test_chunked_body_is_refused_once_it_passes_the_limit(served):
 
 def test_unknown_route_and_method_are_named(served):
     response = httpx.get(f"{served.http}/v2/nothing/here")
-    assert response.status_code == 404 and "no route for GET /v2/nothing/here" in response.json()["error"]
+    assert response.status_code == 404 and "no route for GET '/v2/nothing/here'" in response.json()["error"]
     response = httpx.get(f"{served.http}/v2/models/mlp/infer")
     assert response.status_code == 405 and "use POST" in response.json()["error"]

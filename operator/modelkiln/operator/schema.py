@@ -97,6 +97,7 @@ def validate(obj: dict) -> list[str]:
     if not isinstance(metadata, dict) or not metadata.get("name"):
         errors.append("metadata.name: Required value: name or generateName is required")
         return errors
+    errors += name_errors(metadata["name"])
     obj = with_defaults(obj)
     schema = _open_api_schema()
     unknown = _unknown_fields(obj, schema, "")
@@ -110,6 +111,31 @@ def validate(obj: dict) -> list[str]:
         # those broken they are not run, and it says so.
         return errors + [RULES_SKIPPED]
     return errors + _rule_errors(obj, schema, "")
+
+
+# The API server's own check of metadata.name (IsDNS1123Subdomain), with its words: local mode
+# uses the name as a directory under --repository, so "../x" must be refused here too.
+DNS1123_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_DNS1123_SUBDOMAIN = re.compile(DNS1123_SUBDOMAIN + r"\Z")
+DNS1123_SUBDOMAIN_MAX = 253
+
+
+def name_errors(name: Any) -> list[str]:
+    """Why the API server would refuse `name` as metadata.name, one message each."""
+    if not isinstance(name, str):
+        go_type = {"integer": "number", "boolean": "bool"}.get(_type_name(name), _type_name(name))
+        return [f"metadata.name: Invalid value: {_show(name)}: cannot unmarshal {go_type} "
+                f"into Go struct field ObjectMeta.metadata.name of type string"]
+    errors = []
+    where = f"metadata.name: Invalid value: {_show(name)}: "
+    if len(name) > DNS1123_SUBDOMAIN_MAX:
+        errors.append(f"{where}must be no more than {DNS1123_SUBDOMAIN_MAX} characters")
+    if not _DNS1123_SUBDOMAIN.match(name):
+        errors.append(f"{where}a lowercase RFC 1123 subdomain must consist of lower case "
+                      f"alphanumeric characters, '-' or '.', and must start and end with an "
+                      f"alphanumeric character (e.g. 'example.com', regex used for validation "
+                      f"is '{DNS1123_SUBDOMAIN}')")
+    return errors
 
 
 RULES_SKIPPED = ("<nil>: Invalid value: null: some validation rules were not checked because the object "

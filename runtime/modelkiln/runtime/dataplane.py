@@ -19,11 +19,14 @@ import numpy as np
 from modelkiln.runtime.engine import TensorSpec
 from modelkiln.runtime.errors import InferenceFailed, ServingError, one_line
 from modelkiln.runtime.metrics import Metrics
+from modelkiln.runtime.names import shown
 from modelkiln.runtime.repository import Repository, ServedVersion
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_MODEL = "_unknown"  # one metric label for every name that is not served (no explosion)
+# One metric label for every model name or version that is not served: labels taken from what
+# a client sent would add a series per bogus request.
+UNKNOWN = "_unknown"
 
 
 @dataclass
@@ -61,10 +64,10 @@ class DataPlane:
     async def infer(self, *, model: str, version: str | None, protocol: str,
                     decode: Callable[[ServedVersion], Decoded]) -> Result:
         started = time.perf_counter()
-        label = model if model in self.repository.models else UNKNOWN_MODEL
+        label = model if model in self.repository.models else UNKNOWN
         children = self.metrics.children(label, protocol)
         children.inflight.inc()
-        version_label = version or ""
+        version_label = UNKNOWN
         served = None
         try:
             served = self.resolve(model, version)
@@ -81,7 +84,7 @@ class DataPlane:
             self.metrics.count(label, version_label, protocol, code)
             raise
         except Exception as error:  # a server fault: logged with its traceback, never sent
-            log.exception("request to model %s failed", model)
+            log.exception("request to model %s failed", shown(model))
             self.metrics.count(label, version_label, protocol,
                                "INTERNAL" if protocol == "grpc" else "500")
             raise InferenceFailed(f"internal error: {one_line(error)}") from None

@@ -17,6 +17,7 @@ from typing import Awaitable, Callable
 import orjson
 
 from modelkiln.runtime.errors import InvalidInput, PayloadTooLarge, ServingError, one_line
+from modelkiln.runtime.names import shown
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +86,19 @@ class Router:
                 return handler, found.groupdict()
             allowed.append(route_method)
         if allowed:
-            raise MethodNotAllowed(f"{method} is not allowed on {path}; use "
+            raise MethodNotAllowed(f"{method} is not allowed on {shown(path)}; use "
                                    f"{' or '.join(sorted(set(allowed)))}")
-        raise RouteNotFound(f"no route for {method} {path}")
+        raise RouteNotFound(f"no route for {method} {shown(path)}")
 
 
 class RouteNotFound(ServingError):
     http_status = 404
+    log_level = logging.WARNING
 
 
 class MethodNotAllowed(ServingError):
     http_status = 405
+    log_level = logging.WARNING
 
 
 class HttpApp:
@@ -115,10 +118,11 @@ class HttpApp:
                 request.body = await self._read_body(request, receive)
             response = await handler(request, **params)
         except ServingError as error:
-            log.log(error.log_level, "%s %s: %s", scope["method"], scope["path"], error.message)
+            log.log(error.log_level, "%s %s: %s", scope["method"], shown(scope["path"]),
+                    error.message)
             response = error_response(error.http_status, error.message)
         except Exception as error:
-            log.exception("%s %s failed", scope["method"], scope["path"])
+            log.exception("%s %s failed", scope["method"], shown(scope["path"]))
             response = error_response(500, f"internal error: {one_line(error)}")
         headers = [(b"content-type", response.content_type),
                    (b"content-length", str(len(response.body)).encode())]

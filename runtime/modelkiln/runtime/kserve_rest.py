@@ -20,6 +20,7 @@ from modelkiln.runtime.dataplane import DataPlane, Decoded, Result
 from modelkiln.runtime.errors import InvalidInput
 from modelkiln.runtime.http_app import (Request, Response, Router, json_response,
                                         parse_json, readiness_response)
+from modelkiln.runtime.names import shown
 from modelkiln.runtime.repository import ServedVersion
 
 HEADER_LENGTH = b"inference-header-content-length"
@@ -118,7 +119,7 @@ def decode_request(served: ServedVersion, document, binary: memoryview) -> KServ
         for wire in wire_outputs:
             name = wire.get("name") if isinstance(wire, dict) else None
             names.append(name)
-            flag = _flag(wire.get("parameters"), "binary_data", f"output {name!r}: ") \
+            flag = _flag(wire.get("parameters"), "binary_data", f"output {shown(name)}: ") \
                 if isinstance(wire, dict) else None
             binary_flags[name] = default_binary if flag is None else flag
     outputs = tensors.output_specs(served, names)
@@ -164,8 +165,8 @@ def split_body(request: Request) -> tuple[object, memoryview]:
         length = -1
     if not 0 <= length <= len(body):
         raise InvalidInput(f"malformed binary header: Inference-Header-Content-Length "
-                           f"{declared.decode(errors='replace')!r} must be an integer between 0 "
-                           f"and the body size {len(body)}")
+                           f"{shown(declared.decode(errors='replace'))} must be an integer "
+                           f"between 0 and the body size {len(body)}")
     return parse_json(body[:length]), memoryview(body)[length:]
 
 

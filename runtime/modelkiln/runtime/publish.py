@@ -21,6 +21,8 @@ import tempfile
 import time
 from typing import Iterator
 
+from modelkiln.runtime.names import version_number
+
 METADATA = "modelkiln.json"
 LOCK = ".lock"
 STAGING_PREFIX = ".tmp-"
@@ -31,7 +33,9 @@ ABANDONED_AFTER_SECONDS = 24 * 3600
 def versions(model_dir: pathlib.Path) -> list[int]:
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
+    # what the runtime serves: other directories ("²", "1.5") are not versions, here either
+    return sorted(number for p in model_dir.iterdir()
+                  if p.is_dir() and (number := version_number(p.name)) is not None)
 
 
 def read_metadata(version_dir: pathlib.Path) -> dict | None:

@@ -1,7 +1,8 @@
 """The model repository on disk (OVMS layout) and the versions loaded from it.
 
 `REPO/<model>/<version>/model.xml|model.bin` (or `model.onnx`); version directories are
-integers, `.tmp-*` siblings are publications in progress and ignored. A poll compares the
+integers, `.tmp-*` siblings are publications in progress and ignored, and any other directory
+("²", "1.5") is skipped with a warning, never stopping the others. A poll compares the
 disk with what is loaded: a new version is compiled (in a thread, the loop keeps serving) and
 becomes the default once available; a version the policy no longer wants stops taking new
 requests and is unloaded after its in-flight ones finish. A version that fails to load is
@@ -23,6 +24,7 @@ from modelkiln.runtime.config import ModelSettings
 from modelkiln.runtime.engine import CompiledModel, Engine, TensorSpec
 from modelkiln.runtime.errors import ModelNotFound, ModelNotReady, one_line
 from modelkiln.runtime.metrics import Metrics
+from modelkiln.runtime.names import check_model_name, parse_version, shown, version_number
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +133,15 @@ class Repository:
         self.models: dict[str, ServedModel] = {name: ServedModel(name) for name in self.only}
         self.loaded_once = False
         self._unloading: set[asyncio.Task] = set()
+        self._skipped: set[pathlib.Path] = set()  # directories already warned about
 
     # ---- lookups (hot path: dictionary reads only) ----
 
     def model(self, name: str) -> ServedModel:
         found = self.models.get(name)
         if found is None:
-            raise ModelNotFound(f"model '{name}' is not served here; "
+            check_model_name(name)  # a name no directory can have is a 400, not a 404
+            raise ModelNotFound(f"model {shown(name)} is not served here; "
                                 f"available: {', '.join(sorted(self.models)) or 'none'}")
         return found
 
@@ -157,8 +161,9 @@ class Repository:
 
     def resolve_any(self, name: str, version: str) -> ServedVersion:
         """A named version in whatever state it is, unless it was unloaded long ago."""
+        number = parse_version(name, version)
         model = self.model(name)
-        served = model.versions.get(int(version)) if version.isdigit() else None
+        served = model.versions.get(number)
         if served is None or served.state is State.END:
             known = sorted(v.version for v in model.versions.values() if v.state is not State.END)
             raise ModelNotFound(f"model '{name}' has no version '{version}'; "
@@ -191,9 +196,18 @@ class Repository:
                 continue
             versions = found.setdefault(model_dir.name, {})
             for version_dir in model_dir.iterdir():
-                if version_dir.is_dir() and version_dir.name.isdigit():
-                    versions[int(version_dir.name)] = version_dir
+                if version_dir.is_dir() and not version_dir.name.startswith("."):
+                    self._add_version(versions, version_dir)
         return found
+
+    def _add_version(self, versions: dict[int, pathlib.Path], directory: pathlib.Path) -> None:
+        number = version_number(directory.name)
+        if number is not None:
+            versions[number] = directory
+        elif directory not in self._skipped:  # warned once, not at every poll
+            self._skipped.add(directory)
+            log.warning("model %s: skipping directory %s: not a version number (ASCII digits)",
+                        shown(directory.parent.name), shown(directory.name))
 
     async def poll(self) -> None:
         """Bring the loaded versions in line with the disk and the version policies."""

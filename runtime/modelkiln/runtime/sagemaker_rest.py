@@ -16,6 +16,7 @@ from modelkiln.runtime import kserve_rest, tensors, tfserving_rest
 from modelkiln.runtime.dataplane import DataPlane, Decoded
 from modelkiln.runtime.errors import InvalidInput, UnsupportedMediaType
 from modelkiln.runtime.http_app import Request, Response, Router, readiness_response
+from modelkiln.runtime.names import shown
 from modelkiln.runtime.repository import ServedVersion
 
 TARGET_MODEL = b"x-amzn-sagemaker-target-model"
@@ -74,9 +75,9 @@ class SageMakerRoutes:
         model = self._target(request)
         content_type = (request.header(b"content-type") or b"").split(b";")[0].strip().lower()
         if content_type not in (NPY, b"application/json", b"application/octet-stream", b""):
-            raise UnsupportedMediaType(f"Content-Type {content_type.decode(errors='replace')!r} "
-                                       f"is not supported; send application/json or "
-                                       f"application/x-npy")
+            shown_type = shown(content_type.decode(errors="replace"))
+            raise UnsupportedMediaType(f"Content-Type {shown_type} is not supported; send "
+                                       f"application/json or application/x-npy")
         wants_npy = NPY in (request.header(b"accept") or b"")
         answer = {}
 

@@ -91,18 +91,34 @@ def array_from_values(spec: TensorSpec, shape: tuple[int, ...] | None, values: A
     if array.dtype.kind not in datatype.json_kinds:
         got = _kind_name(array)
         raise InvalidInput(f"input '{spec.name}': expected {datatype.name} data, got {got}")
-    if array.dtype.kind in "ui" and datatype.dtype.kind in "ui" and array.size:
-        info = np.iinfo(datatype.dtype)
-        if array.min() < info.min or array.max() > info.max:
-            raise InvalidInput(f"input '{spec.name}': values out of range for "
-                               f"{datatype.name} [{info.min}, {info.max}]")
     if shape is None:
-        return check_shape_of(spec, array.astype(datatype.dtype, copy=False))
+        return check_shape_of(spec, _in_range(spec, array))
     count = _element_count(shape)
     if array.size != count:
         raise InvalidInput(f"input '{spec.name}': shape {describe_shape(shape)} needs "
                            f"{count} elements, got {array.size}")
-    return array.astype(datatype.dtype, copy=False).reshape(shape)
+    return _in_range(spec, array).reshape(shape)
+
+
+def _in_range(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    """`array` as the model's dtype, refusing values the dtype cannot hold (never wrapped or inf)."""
+    datatype = spec.datatype
+    target = datatype.dtype
+    if array.dtype.kind in "ui" and target.kind in "ui" and array.size:
+        info = np.iinfo(target)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidInput(f"input '{spec.name}': values out of range for "
+                               f"{datatype.name} [{info.min}, {info.max}]")
+    with np.errstate(over="ignore"):  # an overflow is refused just below, not warned about
+        converted = array.astype(target, copy=False)
+    # A finite value that became inf is too large for the dtype (1e39 in FP32, 70000 in FP16);
+    # an inf sent as one (gRPC float contents) is left as it is.
+    if (target.kind == "f" and converted is not array and np.isinf(converted).any()
+            and (np.isinf(converted) & ~np.isinf(array)).any()):
+        limit = float(np.finfo(target).max)
+        raise InvalidInput(f"input '{spec.name}': values out of range for {datatype.name} "
+                           f"[{-limit:g}, {limit:g}]")
+    return converted
 
 
 def check_shape_of(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
