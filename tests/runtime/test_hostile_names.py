@@ -14,6 +14,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from runtime_helpers import mlp_graph, publish
 from test_bad_input import INFER, grpc_request, rest_input
 from tritonclient.grpc import service_pb2 as pb
@@ -95,7 +96,10 @@ def test_bogus_models_and_versions_add_no_metric_series(served):
         in after
     assert 'modelkiln_requests_total{code="404",model="_unknown",protocol="rest",' \
         'version="_unknown"}' in after
-    assert f"{1000 + BOGUS}" not in after and f"nope-{BOGUS}" not in after
+    labels = {value for family in text_string_to_metric_families(after) for sample in family.samples
+              for value in sample.labels.values()}
+    assert {"_unknown", "mlp"} <= labels
+    assert f"{1000 + BOGUS}" not in labels and f"nope-{BOGUS}" not in labels and f"x{BOGUS}" not in labels
     assert_still_served(served)
 
 
