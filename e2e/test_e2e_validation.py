@@ -69,6 +69,8 @@ INVALID = {
         "set either replicas or autoscaling, not both"),
     "pvc URI without a path": (
         _with("spec.source.uri", "pvc://models"), "a pvc:// URI must name the claim and a path"),
+    "pvc path leaving its claim": (
+        _with("spec.source.uri", "pvc://models/../other/model.onnx"), "a pvc:// path must stay inside its claim"),
 }
 
 

@@ -206,6 +206,22 @@ def test_pvc_source_resolves_under_the_claim_mount(convert, repo, tmp_path):
     assert metadata(result.summary["path"])["source"]["uri"] == "pvc://models-claim/vision/digits.onnx"
 
 
+def test_a_pvc_path_cannot_leave_its_claim(convert, repo, tmp_path):
+    # Another claim's file is there to be read: `..` and a link out of the claim must not reach it.
+    mnt = tmp_path / "mnt"
+    (mnt / "other-claim").mkdir(parents=True)
+    shutil.copy(DIGITS / "model.onnx", mnt / "other-claim" / "secret.onnx")
+    (mnt / "models-claim").mkdir()
+    (mnt / "models-claim" / "link.onnx").symlink_to(mnt / "other-claim" / "secret.onnx")
+    for uri in ("pvc://models-claim/../other-claim/secret.onnx", "pvc://models-claim/link.onnx"):
+        result = convert("--source", uri, "--output", repo / "m", "--precision", "FP32",
+                         env={"MODELKILN_PVC_ROOT": str(mnt)})
+        assert result.returncode == 1
+        assert result.cause == (f"source {uri} leaves its claim 'models-claim': a pvc:// path must stay inside "
+                                "the claim (no '..' segments, no links out of it)")
+    assert list((repo / "m").iterdir()) == []  # nothing published
+
+
 def test_file_uri_and_missing_path(convert, repo, tmp_path):
     ok = convert("--source", (DIGITS / "model.onnx").as_uri(), "--output", repo / "m", "--precision", "FP32")
     assert ok.summary["version"] == 1

@@ -106,6 +106,11 @@ def test_defaults_do_not_change_the_input_and_fill_nested_objects():
     (with_spec(source={"uri": "pvc://models"}),
      'spec.source.uri: Invalid value: "string": a pvc:// URI must name the claim and a path: '
      'pvc://CLAIM/path/to/model.onnx'),
+    (with_spec(source={"uri": "pvc://models/../other/model.onnx"}),
+     'spec.source.uri: Invalid value: "string": a pvc:// path must stay inside its claim: no ".." segments'),
+    (with_spec(conversion={"precision": "INT8", "calibration": {"uri": "pvc://models/data/../../x.npz"}}),
+     'spec.conversion.calibration.uri: Invalid value: "string": a pvc:// path must stay inside its claim: '
+     'no ".." segments'),
     (with_spec(source={"uri": "https://x/m.onnx", "sha256": "ABC"}),
      "spec.source.sha256: Invalid value: \"ABC\": spec.source.sha256 in body should match '^[0-9a-f]{64}$'"),
     (with_spec(source={}), "spec.source.uri: Required value"),

@@ -58,6 +58,16 @@ def tls_context(ca_file: pathlib.Path | None) -> ssl.SSLContext | None:
     return context
 
 
+def pvc_path(uri: str, *, claim: str, path: str) -> pathlib.Path:
+    """Where pvc://CLAIM/path is mounted; it must stay inside the claim (no `..`, no symlink out)."""
+    mount = (pvc_root() / claim).resolve()
+    resolved = (mount / path.lstrip("/")).resolve()
+    if not resolved.is_relative_to(mount):
+        raise ConversionFailed(f"source {uri} leaves its claim {claim!r}: a pvc:// path must stay inside "
+                               f"the claim (no '..' segments, no links out of it)")
+    return resolved
+
+
 def fetch_source(uri: str, *, download_dir: pathlib.Path, expected_sha256: str | None = None,
                  tls: ssl.SSLContext | None = None, progress: TextIO = sys.stdout) -> FetchedSource:
     """Make the source at `uri` available as a local path and check its sha256; `tls` is the
@@ -67,7 +77,7 @@ def fetch_source(uri: str, *, download_dir: pathlib.Path, expected_sha256: str |
     if parsed.scheme in ("http", "https"):
         path = download(uri, destination=download_dir / download_name(parsed.path), tls=tls, progress=progress)
     elif parsed.scheme == "pvc":
-        path = pvc_root() / parsed.netloc / parsed.path.lstrip("/")
+        path = pvc_path(uri, claim=parsed.netloc, path=parsed.path)
     elif parsed.scheme == "file":
         path = pathlib.Path(urllib.request.url2pathname(parsed.path))
     elif parsed.scheme == "" or len(parsed.scheme) == 1:    # a plain path (or C:\ on Windows)
