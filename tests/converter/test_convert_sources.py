@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.server
+import json
 import os
 import pathlib
 import re
@@ -47,7 +49,8 @@ class ModelRequestHandler(http.server.BaseHTTPRequestHandler):
     server: ModelServer
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server API
-        self.server.requests.append({"path": self.path, "range": self.headers.get("Range")})
+        self.server.requests.append({"path": self.path, "range": self.headers.get("Range"),
+                                     "authorization": self.headers.get("Authorization")})
         body = self.server.files.get(self.path)
         if body is None:
             self.send_error(404)
@@ -204,6 +207,20 @@ def test_pvc_source_resolves_under_the_claim_mount(convert, repo, tmp_path):
     result = convert("--source", "pvc://models-claim/vision/digits.onnx", "--output", repo / "m",
                      "--precision", "FP32", env={"MODELKILN_PVC_ROOT": str(tmp_path / "mnt")})
     assert metadata(result.summary["path"])["source"]["uri"] == "pvc://models-claim/vision/digits.onnx"
+
+
+def test_credentials_and_signatures_in_a_uri_are_used_but_never_shown(convert, repo, serve):
+    server = serve({"/digits.onnx?X-Amz-Signature=s3cr3t": MODEL_BYTES})
+    host = server.url.removeprefix("http://")
+    uri = f"http://reader:pa55word@{host}/digits.onnx?X-Amz-Signature=s3cr3t"
+    ok = convert("--source", uri, "--output", repo / "d", "--precision", "FP32")
+    assert server.requests[-1]["authorization"] == "Basic " + base64.b64encode(b"reader:pa55word").decode()
+    meta = metadata(ok.summary["path"])
+    assert meta["source"]["uri"] == f"http://***@{host}/digits.onnx?***"
+    missing = convert("--source", uri.replace("digits", "absent"), "--output", repo / "d", "--precision", "FP32")
+    assert missing.cause == f"cannot download http://***@{host}/absent.onnx?***: HTTP 404 Not Found"
+    for shown in (ok.stdout, json.dumps(meta), missing.stdout, missing.cause):
+        assert "pa55word" not in shown and "s3cr3t" not in shown
 
 
 def test_a_pvc_path_cannot_leave_its_claim(convert, repo, tmp_path):

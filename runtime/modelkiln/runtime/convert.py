@@ -274,7 +274,7 @@ def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, artifact_
     shutil.rmtree(downloads, ignore_errors=True)
     return {
         "name": args.output.name, "version": None, "artifactKey": artifact_key, "precision": args.precision,
-        "source": {"uri": args.source, "sha256": source.sha256, "format": model_file.format},
+        "source": {"uri": sources.redacted(args.source), "sha256": source.sha256, "format": model_file.format},
         **signatures(xml),
         "preprocessing": preprocessing_record(options),
         "sizeBytes": sum(p.stat().st_size for p in staging.iterdir() if p.is_file()),
@@ -321,7 +321,7 @@ def prepare_model(args: argparse.Namespace, *, model_file: ModelFile) -> tuple[o
 def quantize(args: argparse.Namespace, *, model: ov.Model, samples: SampleSet | None,
              calibration_data: FetchedSource | None) -> tuple[ov.Model, dict, SampleSet]:
     """INT8 model, its calibration record, and the samples to verify on (real ones when given)."""
-    from modelkiln.runtime import calibration
+    from modelkiln.runtime import calibration, sources
     from modelkiln.runtime.quantization import quantize_int8
 
     if args.synthetic_calibration:
@@ -329,7 +329,7 @@ def quantize(args: argparse.Namespace, *, model: ov.Model, samples: SampleSet | 
         record = {"source": "synthetic", "samples": calibration_set.rows(), "synthetic": True}
     else:
         calibration_set = samples
-        record = {"source": args.calibration, "sha256": calibration_data.sha256,
+        record = {"source": sources.redacted(args.calibration), "sha256": calibration_data.sha256,
                   "samples": samples.rows(), "synthetic": False}
     print(f"quantizing to INT8 on {calibration_set.rows()} calibration samples", flush=True)
     keep_float = {kind: values for kind, values in (("types", args.keep_float_type), ("names", args.keep_float_name),

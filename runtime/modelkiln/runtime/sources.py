@@ -8,6 +8,7 @@ and PVC sources are read in place. Every source is hashed, and checked when a sh
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import http.client
@@ -58,6 +59,15 @@ def tls_context(ca_file: pathlib.Path | None) -> ssl.SSLContext | None:
     return context
 
 
+def redacted(uri: str) -> str:
+    """`uri` as it may be shown in a log line, a message or the model's status: without
+    user:password@ and without the query string (a presigned URL's signature)."""
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"***@{host}" if "@" in parts.netloc else host
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", parts.fragment))
+
+
 def pvc_path(uri: str, *, claim: str, path: str) -> pathlib.Path:
     """Where pvc://CLAIM/path is mounted; it must stay inside the claim (no `..`, no symlink out)."""
     mount = (pvc_root() / claim).resolve()
@@ -83,13 +93,13 @@ def fetch_source(uri: str, *, download_dir: pathlib.Path, expected_sha256: str |
     elif parsed.scheme == "" or len(parsed.scheme) == 1:    # a plain path (or C:\ on Windows)
         path = pathlib.Path(uri)
     else:
-        raise ConversionFailed(f"unsupported source scheme {parsed.scheme!r} in {uri}; "
+        raise ConversionFailed(f"unsupported source scheme {parsed.scheme!r} in {redacted(uri)}; "
                                "expected a path, file://, http://, https:// or pvc://CLAIM/path")
     if not path.exists():
-        raise ConversionFailed(f"source {uri} not found (looked at {path})")
+        raise ConversionFailed(f"source {redacted(uri)} not found (looked at {path})")
     digest = sha256_of(path)
     if expected_sha256 and digest != expected_sha256.lower():
-        raise ConversionFailed(f"checksum mismatch for {uri}: expected sha256 {expected_sha256.lower()}, "
+        raise ConversionFailed(f"checksum mismatch for {redacted(uri)}: expected sha256 {expected_sha256.lower()}, "
                                f"got {digest}")
     return FetchedSource(path=path, sha256=digest, seconds=time.monotonic() - started)
 
@@ -116,6 +126,7 @@ def download(url: str, *, destination: pathlib.Path, tls: ssl.SSLContext | None,
     """Stream `url` to `destination`, resuming a partial `.part` file after each failure."""
     partial = destination.with_name(destination.name + ".part")
     destination.parent.mkdir(parents=True, exist_ok=True)
+    shown = redacted(url)
     last_error = ""
     for attempt in range(RETRIES):
         if attempt:
@@ -124,33 +135,45 @@ def download(url: str, *, destination: pathlib.Path, tls: ssl.SSLContext | None,
             download_once(url, partial=partial, tls=tls, progress=progress)
         except urllib.error.HTTPError as error:
             if error.code < 500 and error.code not in (408, 429):
-                raise ConversionFailed(f"cannot download {url}: HTTP {error.code} {error.reason}") from error
+                raise ConversionFailed(f"cannot download {shown}: HTTP {error.code} {error.reason}") from error
             last_error = f"HTTP {error.code} {error.reason}"
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
             reason = getattr(error, "reason", error)
             if isinstance(reason, ssl.SSLCertVerificationError):    # retrying cannot fix trust
                 raise ConversionFailed(
-                    f"cannot download {url}: its TLS certificate is not trusted ({reason.verify_message}); "
+                    f"cannot download {shown}: its TLS certificate is not trusted ({reason.verify_message}); "
                     "give the converter the CA that signed it (--ca-file /path/to/ca.pem; in a "
                     "cluster, spec.source.caConfigMap)") from error
             last_error = str(reason) or type(error).__name__
         else:
             partial.replace(destination)
             return destination
-        print(f"download of {url} failed ({last_error}); attempt {attempt + 1} of {RETRIES}", file=progress)
-    raise ConversionFailed(f"cannot download {url} after {RETRIES} attempts: {last_error}", transient=True)
+        print(f"download of {shown} failed ({last_error}); attempt {attempt + 1} of {RETRIES}", file=progress)
+    raise ConversionFailed(f"cannot download {shown} after {RETRIES} attempts: {last_error}", transient=True)
+
+
+def http_request(url: str, *, headers: dict[str, str]) -> urllib.request.Request:
+    """A request for `url`; user:password@ in it becomes Basic authentication, which urllib does
+    not forward to a redirect's target."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return urllib.request.Request(url, headers=headers)
+    request = urllib.request.Request(parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl(), headers=headers)
+    user = urllib.parse.unquote(parts.username or "") + ":" + urllib.parse.unquote(parts.password or "")
+    request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(user.encode()).decode())
+    return request
 
 
 def download_once(url: str, *, partial: pathlib.Path, tls: ssl.SSLContext | None, progress: TextIO) -> None:
     have = partial.stat().st_size if partial.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    request = http_request(url, headers={"Range": f"bytes={have}-"} if have else {})
     with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS, context=tls) as response:
         resumed = response.status == 206
         if not resumed:
             have = 0    # the server ignored the Range header: start over
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
-        meter = ProgressMeter(url=url, total=total, done=have, stream=progress)
+        meter = ProgressMeter(url=redacted(url), total=total, done=have, stream=progress)
         with partial.open("ab" if resumed else "wb") as out:
             while chunk := response.read(CHUNK_BYTES):
                 out.write(chunk)
