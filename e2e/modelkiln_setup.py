@@ -55,25 +55,31 @@ def service_account_kubeconfig(kubectl: cp.Kubectl, path: Path, *, namespace: st
     return cp.write_kubeconfig(path, cluster=config["clusters"][0]["cluster"], token=token)
 
 
-def model_repository(namespace: str) -> list[dict]:
-    """The model repository claim every InferenceModel namespace needs, and a volume pre-bound to it.
+def host_claim(*, volume: str, path: Path | str, namespace: str, claim: str) -> list[dict]:
+    """A claim and a hostPath PersistentVolume pre-bound to it, as large as the chart's default claim.
 
     No storage provisioner runs here, so the PersistentVolume is made by hand and names its claim;
-    the controller-manager's volume binder binds the pair when the claim appears (kwok's pods
-    never write to the volume).
+    the controller-manager's volume binder binds the pair when the claim appears.
     """
     return [
         {"apiVersion": "v1", "kind": "PersistentVolume",
-         "metadata": {"name": f"models-{namespace}"},
+         "metadata": {"name": volume},
          "spec": {"capacity": {"storage": "20Gi"}, "accessModes": ["ReadWriteMany"],
                   "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
-                  "hostPath": {"path": f"/srv/modelkiln/{namespace}"},
-                  "claimRef": {"namespace": namespace, "name": REPOSITORY_CLAIM}}},
+                  "hostPath": {"path": str(path)},
+                  "claimRef": {"namespace": namespace, "name": claim}}},
         {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-         "metadata": {"name": REPOSITORY_CLAIM, "namespace": namespace},
-         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"models-{namespace}",
+         "metadata": {"name": claim, "namespace": namespace},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": volume,
                   "resources": {"requests": {"storage": "20Gi"}}}},
     ]
+
+
+def model_repository(namespace: str) -> list[dict]:
+    """The model repository claim every InferenceModel namespace needs, and a volume pre-bound to it
+    (kwok's pods never write to it)."""
+    return host_claim(volume=f"models-{namespace}", path=f"/srv/modelkiln/{namespace}", namespace=namespace,
+                      claim=REPOSITORY_CLAIM)
 
 
 def create_model_namespace(kubectl: cp.Kubectl, name: str) -> None:
@@ -153,16 +159,6 @@ def digits_example(name: str, source: str, *, precision: str = "FP32", **serving
     return yaml.safe_dump(model)
 
 
-def host_volume(name: str, path: Path, *, claim: str, namespace: str) -> dict:
-    """A PersistentVolume on a directory of the node, pre-bound to `claim` (no provisioner), as
-    large as the chart's default claim."""
-    return {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
-            "spec": {"capacity": {"storage": "20Gi"}, "accessModes": ["ReadWriteMany"],
-                     "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
-                     "hostPath": {"path": str(path), "type": "Directory"},
-                     "claimRef": {"namespace": namespace, "name": claim}}}
-
-
 def owned_by_runtime_user(path: Path) -> Path:
     # hostPath volumes ignore fsGroup: the pods' user must own the files itself.
     path.mkdir(parents=True, exist_ok=True)
@@ -187,12 +183,11 @@ def install_on_real_node(kubectl: cp.Kubectl, helm, work: Path) -> None:
 
     kubectl.run("create", "namespace", models)
     kubectl.wait("serviceaccount/default", "create", namespace=models, timeout=60)
-    kubectl.apply(host_volume(f"{models}-repository", repository, claim=REPOSITORY_CLAIM, namespace=models))
-    kubectl.apply(host_volume(f"{models}-uploads", uploads, claim=UPLOADS, namespace=models))
-    kubectl.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                   "metadata": {"name": UPLOADS, "namespace": models},
-                   "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
-                            "volumeName": f"{models}-uploads", "resources": {"requests": {"storage": "1Gi"}}}})
+    # The chart makes the repository claim: only its volume here.
+    kubectl.apply(host_claim(volume=f"{models}-repository", path=repository, namespace=models,
+                             claim=REPOSITORY_CLAIM)[0])
+    for obj in host_claim(volume=f"{models}-uploads", path=uploads, namespace=models, claim=UPLOADS):
+        kubectl.apply(obj)
     values = {"image": {"registry": "localhost/modelkiln"},
               "operator": {"resyncSeconds": 2, "verbose": True},
               "repository": {"namespaces": [models], "storageClass": ""}}
