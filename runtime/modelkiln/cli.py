@@ -13,8 +13,8 @@ import sys
 # name -> (module with `main(argv) -> int`, one-line summary)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "up": ("modelkiln.operator.local", "convert and serve InferenceModel YAML on this machine"),
-    "convert": ("modelkiln.runtime.convert", "convert a model to OpenVINO IR and publish a version"),
-    "serve": ("modelkiln.runtime.serve", "serve a model repository (KServe v2, TF-Serving, SageMaker)"),
+    "convert": ("modelkiln.runtime.conversion.convert", "convert a model to OpenVINO IR and publish a version"),
+    "serve": ("modelkiln.runtime.serving.serve", "serve a model repository (KServe v2, TF-Serving, SageMaker)"),
     "predict": ("modelkiln.runtime.predict", "send an input to a running endpoint and print the result"),
     "devices": ("modelkiln.runtime.devices", "list the inference devices OpenVINO finds on this machine"),
     "operator": ("modelkiln.operator.main", "run the Kubernetes operator"),

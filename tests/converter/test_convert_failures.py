@@ -132,7 +132,7 @@ def test_a_forked_child_terminated_at_exit_ends_quietly():
     # SIGTERM handler, inherited by the fork, must not report a failure after the summary.
     code = textwrap.dedent("""
         import multiprocessing, time
-        from modelkiln.runtime.convert import sigterm_raises
+        from modelkiln.runtime.conversion.convert import sigterm_raises
         with sigterm_raises():
             child = multiprocessing.Process(target=time.sleep, args=(30,))
             child.start()

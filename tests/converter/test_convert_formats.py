@@ -119,7 +119,7 @@ def test_conversion_sends_no_telemetry(repo):
         started = []
         start = multiprocessing.process.BaseProcess.start
         multiprocessing.process.BaseProcess.start = lambda self: (started.append(self), start(self))[1]
-        from modelkiln.runtime import convert
+        from modelkiln.runtime.conversion import convert
         code = convert.main(["--source", {str(DIGITS / "model.onnx")!r}, "--output", {str(repo / "d")!r},
                              "--precision", "FP32"])
         print("exit", code, "processes", len(started))

@@ -10,7 +10,7 @@ import time
 
 from conftest import DIGITS, metadata, version_dirs
 
-from modelkiln.runtime import publish
+from modelkiln.runtime.conversion import publish
 
 
 def test_same_artifact_converted_twice_publishes_one_version(convert, repo):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from modelkiln.runtime.config import ModelSettings, load_config
+from modelkiln.runtime.serving.config import ModelSettings, load_config
 from modelkiln.runtime.engine import EngineSettings
 from modelkiln.runtime.versions import VersionPolicy
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 import openvino as ov
 
-from modelkiln.runtime.calibration import SampleSet
-from modelkiln.runtime.conversion_errors import ConversionFailed
-from modelkiln.runtime.verification import classifier_output
+from modelkiln.runtime.conversion.calibration import SampleSet
+from modelkiln.runtime.conversion.errors import ConversionFailed
+from modelkiln.runtime.conversion.verification import classifier_output
 
 
 def quantize_int8(model: ov.Model, *, calibration: SampleSet, max_accuracy_drop: float | None,

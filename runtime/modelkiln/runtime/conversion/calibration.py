@@ -16,7 +16,7 @@ import pathlib
 import numpy as np
 import openvino as ov
 
-from modelkiln.runtime.conversion_errors import ConversionFailed
+from modelkiln.runtime.conversion.errors import ConversionFailed
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 LABELS_KEY = "labels"

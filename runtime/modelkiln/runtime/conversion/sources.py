@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from typing import TextIO
 
-from modelkiln.runtime.conversion_errors import ConversionFailed
+from modelkiln.runtime.conversion.errors import ConversionFailed
 
 CHUNK_BYTES = 1 << 20
 # Tunable so that tests of unreachable servers do not wait for a real backoff.

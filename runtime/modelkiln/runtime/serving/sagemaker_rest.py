@@ -12,12 +12,12 @@ import io
 
 import numpy as np
 
-from modelkiln.runtime import kserve_rest, tensors, tfserving_rest
-from modelkiln.runtime.dataplane import DataPlane, Decoded
+from modelkiln.runtime.serving import kserve_rest, tensors, tfserving_rest
+from modelkiln.runtime.serving.dataplane import DataPlane, Decoded
 from modelkiln.runtime.errors import InvalidInput, UnsupportedMediaType
-from modelkiln.runtime.http_app import Request, Response, Router, readiness_response
+from modelkiln.runtime.serving.http_app import Request, Response, Router, readiness_response
 from modelkiln.runtime.names import shown
-from modelkiln.runtime.repository import ServedVersion
+from modelkiln.runtime.serving.repository import ServedVersion
 
 TARGET_MODEL = b"x-amzn-sagemaker-target-model"
 NPY = b"application/x-npy"

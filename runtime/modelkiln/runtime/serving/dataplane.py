@@ -18,9 +18,9 @@ import numpy as np
 
 from modelkiln.runtime.engine import TensorSpec
 from modelkiln.runtime.errors import InferenceFailed, ServingError, one_line
-from modelkiln.runtime.metrics import Metrics
+from modelkiln.runtime.serving.metrics import Metrics
 from modelkiln.runtime.names import shown
-from modelkiln.runtime.repository import Repository, ServedVersion
+from modelkiln.runtime.serving.repository import Repository, ServedVersion
 
 log = logging.getLogger(__name__)
 

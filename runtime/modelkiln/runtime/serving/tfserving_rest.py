@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from modelkiln.runtime import tensors
-from modelkiln.runtime.dataplane import DataPlane, Decoded, Result
+from modelkiln.runtime.serving import tensors
+from modelkiln.runtime.serving.dataplane import DataPlane, Decoded, Result
 from modelkiln.runtime.errors import InvalidInput
-from modelkiln.runtime.http_app import Request, Response, Router, json_response, parse_json
-from modelkiln.runtime.repository import ServedVersion, State
+from modelkiln.runtime.serving.http_app import Request, Response, Router, json_response, parse_json
+from modelkiln.runtime.serving.repository import ServedVersion, State
 
 VERSIONED = r"/v1/models/(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
 ROW, COLUMNAR = "instances", "inputs"

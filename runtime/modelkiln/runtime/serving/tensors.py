@@ -17,7 +17,7 @@ import numpy as np
 from modelkiln.runtime import datatypes
 from modelkiln.runtime.engine import TensorSpec
 from modelkiln.runtime.errors import InvalidInput
-from modelkiln.runtime.repository import ServedVersion
+from modelkiln.runtime.serving.repository import ServedVersion
 
 
 def describe_shape(shape: Iterable[int]) -> str:

@@ -26,15 +26,15 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Iterator
 
-from modelkiln.runtime.conversion_errors import ConversionFailed
+from modelkiln.runtime.conversion.errors import ConversionFailed
 
 if TYPE_CHECKING:   # OpenVINO loads only when a conversion runs: `--help` stays instant
     import openvino as ov
 
-    from modelkiln.runtime.calibration import SampleSet
-    from modelkiln.runtime.formats import ModelFile
-    from modelkiln.runtime.preprocessing import InputOptions
-    from modelkiln.runtime.sources import FetchedSource
+    from modelkiln.runtime.conversion.calibration import SampleSet
+    from modelkiln.runtime.conversion.formats import ModelFile
+    from modelkiln.runtime.conversion.preprocessing import InputOptions
+    from modelkiln.runtime.conversion.sources import FetchedSource
 
 PRECISIONS = ("FP32", "FP16", "INT8")
 DEFAULT_TERMINATION_LOG = pathlib.Path("/dev/termination-log")
@@ -213,7 +213,7 @@ def stderr_sent_to_stdout() -> Iterator:
 
 
 def convert(args: argparse.Namespace) -> dict:
-    from modelkiln.runtime import publish
+    from modelkiln.runtime.conversion import publish
 
     model_dir = args.output
     key = args.artifact_key or artifact_key_of(args)
@@ -238,7 +238,7 @@ def summary_of(metadata: dict, *, model_dir: pathlib.Path, reused: bool) -> dict
 
 def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, artifact_key: str) -> dict:
     """Fetch, convert, quantize, save into `staging` and verify; returns the metadata."""
-    from modelkiln.runtime import calibration, formats, sources, verification
+    from modelkiln.runtime.conversion import calibration, formats, sources, verification
 
     check_arguments(args)
     downloads = staging / "downloads"
@@ -306,7 +306,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def prepare_model(args: argparse.Namespace, *, model_file: ModelFile) -> tuple[ov.Model, ov.Model, InputOptions]:
     """The model with shapes and embedded preprocessing, the untouched source for reference, the options."""
-    from modelkiln.runtime import formats, preprocessing
+    from modelkiln.runtime.conversion import formats, preprocessing
 
     raw_options = preprocessing.parse_input_options(
         shapes=args.input_shape, layouts=args.layout, means=args.mean, scales=args.scale,
@@ -321,8 +321,8 @@ def prepare_model(args: argparse.Namespace, *, model_file: ModelFile) -> tuple[o
 def quantize(args: argparse.Namespace, *, model: ov.Model, samples: SampleSet | None,
              calibration_data: FetchedSource | None) -> tuple[ov.Model, dict, SampleSet]:
     """INT8 model, its calibration record, and the samples to verify on (real ones when given)."""
-    from modelkiln.runtime import calibration, sources
-    from modelkiln.runtime.quantization import quantize_int8
+    from modelkiln.runtime.conversion import calibration, sources
+    from modelkiln.runtime.conversion.quantization import quantize_int8
 
     if args.synthetic_calibration:
         calibration_set = calibration.synthetic_samples(model, count=args.calibration_samples)
@@ -341,7 +341,7 @@ def quantize(args: argparse.Namespace, *, model: ov.Model, samples: SampleSet | 
 
 def verification_samples(samples: SampleSet | None, *, model: ov.Model) -> SampleSet:
     """Labelled data is checked in full (it measures accuracy); otherwise a few rows suffice."""
-    from modelkiln.runtime.calibration import SampleSet, synthetic_samples
+    from modelkiln.runtime.conversion.calibration import SampleSet, synthetic_samples
 
     if samples is None:
         return synthetic_samples(model, count=8, seed=1)

@@ -16,10 +16,10 @@ from typing import Callable
 import numpy as np
 import openvino as ov
 
-from modelkiln.runtime import preprocessing
-from modelkiln.runtime.calibration import SampleSet
-from modelkiln.runtime.conversion_errors import ConversionFailed
-from modelkiln.runtime.formats import ModelFile
+from modelkiln.runtime.conversion import preprocessing
+from modelkiln.runtime.conversion.calibration import SampleSet
+from modelkiln.runtime.conversion.errors import ConversionFailed
+from modelkiln.runtime.conversion.formats import ModelFile
 
 STRICT_FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
@@ -54,7 +54,7 @@ def reference_for(model_file: ModelFile, *, source_model: ov.Model) -> Reference
 def torch_reference(path: pathlib.Path) -> Reference:
     import torch
 
-    from modelkiln.runtime.formats import load_pytorch
+    from modelkiln.runtime.conversion.formats import load_pytorch
 
     loaded = load_pytorch(path)
     module = loaded.module() if isinstance(loaded, torch.export.ExportedProgram) else loaded

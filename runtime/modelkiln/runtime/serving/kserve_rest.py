@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modelkiln.runtime import tensors
-from modelkiln.runtime.dataplane import DataPlane, Decoded, Result
+from modelkiln.runtime.serving import tensors
+from modelkiln.runtime.serving.dataplane import DataPlane, Decoded, Result
 from modelkiln.runtime.errors import InvalidInput
-from modelkiln.runtime.http_app import (Request, Response, Router, json_response,
+from modelkiln.runtime.serving.http_app import (Request, Response, Router, json_response,
                                         parse_json, readiness_response)
 from modelkiln.runtime.names import shown
-from modelkiln.runtime.repository import ServedVersion
+from modelkiln.runtime.serving.repository import ServedVersion
 
 HEADER_LENGTH = b"inference-header-content-length"
 SERVER_NAME = "modelkiln"

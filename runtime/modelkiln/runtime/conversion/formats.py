@@ -15,7 +15,7 @@ import zipfile
 
 import openvino as ov
 
-from modelkiln.runtime.conversion_errors import ConversionFailed
+from modelkiln.runtime.conversion.errors import ConversionFailed
 
 FORMATS = ("onnx", "tensorflow", "tflite", "paddle", "pytorch", "ir")
 EXTENSIONS = {".onnx": "onnx", ".pb": "tensorflow", ".tflite": "tflite", ".pdmodel": "paddle",

@@ -14,12 +14,12 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from modelkiln.runtime import tensors
-from modelkiln.runtime.dataplane import DataPlane, Decoded
+from modelkiln.runtime.serving import tensors
+from modelkiln.runtime.serving.dataplane import DataPlane, Decoded
 from modelkiln.runtime.errors import InvalidInput, ModelNotReady, ServingError, one_line
-from modelkiln.runtime.kserve_rest import EXTENSIONS, SERVER_NAME, SERVER_VERSION, model_metadata
+from modelkiln.runtime.serving.kserve_rest import EXTENSIONS, SERVER_NAME, SERVER_VERSION, model_metadata
 from modelkiln.runtime.proto import grpc_service_pb2 as pb
-from modelkiln.runtime.repository import ServedVersion
+from modelkiln.runtime.serving.repository import ServedVersion
 
 log = logging.getLogger(__name__)
 

@@ -22,15 +22,15 @@ import prometheus_client
 import uvicorn
 
 from modelkiln.runtime import engine as engine_module
-from modelkiln.runtime.config import ModelSettings, ServingConfig, load_config
-from modelkiln.runtime.dataplane import DataPlane
-from modelkiln.runtime.grpc_service import build_server
-from modelkiln.runtime.http_app import HttpApp, Request, Response, Router
-from modelkiln.runtime.kserve_rest import KServeRoutes
-from modelkiln.runtime.metrics import Metrics
-from modelkiln.runtime.repository import Repository
-from modelkiln.runtime.sagemaker_rest import SageMakerRoutes
-from modelkiln.runtime.tfserving_rest import TFServingRoutes
+from modelkiln.runtime.serving.config import ModelSettings, ServingConfig, load_config
+from modelkiln.runtime.serving.dataplane import DataPlane
+from modelkiln.runtime.serving.grpc_service import build_server
+from modelkiln.runtime.serving.http_app import HttpApp, Request, Response, Router
+from modelkiln.runtime.serving.kserve_rest import KServeRoutes
+from modelkiln.runtime.serving.metrics import Metrics
+from modelkiln.runtime.serving.repository import Repository
+from modelkiln.runtime.serving.sagemaker_rest import SageMakerRoutes
+from modelkiln.runtime.serving.tfserving_rest import TFServingRoutes
 from modelkiln.runtime.versions import VersionPolicy
 
 log = logging.getLogger("modelkiln.serve")

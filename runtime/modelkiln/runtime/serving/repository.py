@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from modelkiln.runtime.config import ModelSettings
+from modelkiln.runtime.serving.config import ModelSettings
 from modelkiln.runtime.engine import CompiledModel, Engine, TensorSpec
 from modelkiln.runtime.errors import ModelNotFound, ModelNotReady, one_line
-from modelkiln.runtime.metrics import Metrics
+from modelkiln.runtime.serving.metrics import Metrics
 from modelkiln.runtime.names import check_model_name, parse_version, shown, version_number
 
 log = logging.getLogger(__name__)

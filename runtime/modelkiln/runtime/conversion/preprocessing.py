@@ -14,7 +14,7 @@ import numpy as np
 import openvino as ov
 from openvino.preprocess import PrePostProcessor
 
-from modelkiln.runtime.conversion_errors import ConversionFailed
+from modelkiln.runtime.conversion.errors import ConversionFailed
 
 
 @dataclasses.dataclass(frozen=True)

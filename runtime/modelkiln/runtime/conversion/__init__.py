@@ -1,0 +1,1 @@
+"""Turning a model into OpenVINO IR: fetch, convert, quantize, verify, publish."""
