@@ -73,6 +73,16 @@ def repo(tmp_path) -> pathlib.Path:
     return tmp_path / "repo"
 
 
+@pytest.fixture
+def self_signed(tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
+    """A certificate for 127.0.0.1 that no trust store knows, and its key."""
+    certificate, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(certificate)], check=True, capture_output=True)
+    return certificate, key
+
+
 def version_dirs(model_dir: pathlib.Path) -> list[str]:
     """Everything in the model directory but the lock: versions and any leftovers."""
     return sorted(p.name for p in model_dir.iterdir() if p.name != ".lock") if model_dir.exists() else []

@@ -110,16 +110,6 @@ def test_http_source_is_downloaded_checked_and_recorded(convert, repo, serve):
     assert "100% of" in result.stdout       # plain progress lines, as in a pod's log
 
 
-@pytest.fixture
-def self_signed(tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
-    """A certificate for 127.0.0.1 that no trust store knows, and its key."""
-    certificate, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(certificate)], check=True, capture_output=True)
-    return certificate, key
-
-
 @pytest.mark.parametrize("trust", ["--ca-file", "SSL_CERT_FILE"])
 def test_https_source_with_the_ca_given_is_downloaded(convert, repo, serve, self_signed, trust):
     server = serve({"/digits.onnx": MODEL_BYTES}, tls=self_signed)
@@ -257,17 +247,21 @@ def test_calibration_data_over_http(convert, repo, serve):
 def test_sigterm_during_download_removes_staging_and_reports_it(repo, serve, tmp_path):
     stall = threading.Event()
     server = serve({"/digits.onnx": MODEL_BYTES}, stall=stall)
-    log = tmp_path / "termination-log"
+    log, scratch = tmp_path / "termination-log", tmp_path / "scratch"
+    scratch.mkdir()
     converter = subprocess.Popen(
         [sys.executable, "-m", "modelkiln.cli", "convert", "--source", f"{server.url}/digits.onnx",
-         "--output", str(repo / "digits"), "--precision", "FP32", "--termination-log", str(log)],
+         "--output", str(repo / "digits"), "--precision", "FP32", "--termination-log", str(log),
+         "--scratch", str(scratch)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(600):    # until the download has started and hangs
-            if server.requests and list((repo / "digits").glob(".tmp-*/downloads/*.part")):
+            if server.requests and list(scratch.glob("modelkiln-convert-*/*.part")):
                 break
             time.sleep(0.1)
-        assert list((repo / "digits").glob(".tmp-*")), "the converter never started downloading"
+        # downloaded into the scratch space, next to an empty staging directory in the repository
+        assert list(scratch.glob("modelkiln-convert-*/*.part")), "the converter never started downloading"
+        assert [list(p.iterdir()) for p in (repo / "digits").glob(".tmp-*")] == [[]]
         converter.send_signal(signal.SIGTERM)
         _, err = converter.communicate(timeout=60)
     finally:
@@ -278,6 +272,7 @@ def test_sigterm_during_download_removes_staging_and_reports_it(repo, serve, tmp
     assert err.strip() == "modelkiln convert: terminated by SIGTERM before the conversion finished"
     assert log.read_text() == "terminated by SIGTERM before the conversion finished"
     assert version_dirs(repo / "digits") == []     # the staging directory is gone
+    assert list(scratch.iterdir()) == []             # and so is the partial download
 
 
 def test_download_on_a_terminal_draws_a_progress_bar(repo, serve):

@@ -22,11 +22,14 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from typing import TYPE_CHECKING, Iterator
 
+from modelkiln.redaction import scrubbed
 from modelkiln.runtime.conversion.errors import ConversionFailed
+from modelkiln.runtime.conversion.sources import DOWNLOAD_TIMEOUT_SECONDS, MAX_DOWNLOAD_BYTES
 
 if TYPE_CHECKING:   # OpenVINO loads only when a conversion runs: `--help` stays instant
     import openvino as ov
@@ -41,6 +44,9 @@ DEFAULT_TERMINATION_LOG = pathlib.Path("/dev/termination-log")
 TERMINATION_LOG_LIMIT = 4096        # what Kubernetes keeps of a termination message
 VERIFICATION_SAMPLES = 32           # rows compared when the samples carry no labels
 EXIT_PERMANENT, EXIT_TRANSIENT = 1, 3
+# What does not shape the artifact: left out of the artifact key.
+NOT_IN_ARTIFACT_KEY = ("output", "artifact_key", "termination_log", "ca_file", "max_download_bytes",
+                       "download_timeout", "allow_link_local", "scratch")
 
 
 class Parser(argparse.ArgumentParser):
@@ -62,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ca-file", type=pathlib.Path, metavar="PEM",
                         help="CA certificates to trust for https:// downloads (source and calibration), "
                              "besides the system's")
+    parser.add_argument("--max-download-bytes", type=int, default=MAX_DOWNLOAD_BYTES, metavar="N",
+                        help="refuse an http(s) download larger than N bytes, as soon as the server "
+                             f"announces it or once received (default {MAX_DOWNLOAD_BYTES}, 20 GiB)")
+    parser.add_argument("--download-timeout", type=float, default=DOWNLOAD_TIMEOUT_SECONDS, metavar="SECONDS",
+                        help="time allowed for all http(s) downloads (source and calibration), retries "
+                             f"included (default {DOWNLOAD_TIMEOUT_SECONDS})")
+    parser.add_argument("--allow-link-local", action="store_true",
+                        help="allow downloads from link-local and cloud metadata addresses (169.254.0.0/16, "
+                             "fe80::/10, fd00:ec2::254, 100.100.100.200), refused by default")
+    parser.add_argument("--scratch", type=pathlib.Path, metavar="DIR",
+                        help="where downloads are kept while converting, in a directory removed at the end "
+                             "(default: $TMPDIR or /tmp); only the finished version goes to --output")
     parser.add_argument("--input-shape", action="append", default=[], metavar="[NAME=]D,D,...",
                         help="input shape; -1 or ? for a dynamic dimension (repeat per input)")
     parser.add_argument("--layout", action="append", default=[], metavar="[NAME=]NCHW", help="input layout")
@@ -99,8 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def artifact_key_of(args: argparse.Namespace) -> str:
     """A stable hash of everything that shapes the artifact."""
-    fields = {name: value for name, value in sorted(vars(args).items())
-              if name not in ("output", "artifact_key", "termination_log", "ca_file")}
+    fields = {name: value for name, value in sorted(vars(args).items()) if name not in NOT_IN_ARTIFACT_KEY}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -118,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             return fail(describe_os_error(error), transient=error.errno in (errno.ENOSPC, errno.EDQUOT),
                         stderr=stderr, termination_log=termination_log)
         except Exception as error:  # noqa: BLE001 - a bug still owes the operator its one line
-            traceback.print_exc(file=sys.stdout)
+            print(scrubbed(traceback.format_exc()), file=sys.stdout)
             lines = str(error).strip().splitlines()
             return fail(f"unexpected {type(error).__name__}: {lines[0] if lines else ''}", transient=False,
                         stderr=stderr, termination_log=termination_log)
@@ -151,6 +168,7 @@ def termination_log_of(argv: list[str]) -> pathlib.Path | None:
 
 def fail(cause: str, *, transient: bool, stderr, termination_log: pathlib.Path | None) -> int:
     sys.stdout.flush()
+    cause = scrubbed(cause)     # whatever composed it, no credentials or signatures leave
     print(f"modelkiln convert: {cause}", file=stderr, flush=True)
     write_termination_log(termination_log, cause)
     return EXIT_TRANSIENT if transient else EXIT_PERMANENT
@@ -221,8 +239,11 @@ def convert(args: argparse.Namespace) -> dict:
     if existing:
         print(f"artifact {key} is already version {existing['version']} of {model_dir}", flush=True)
         return summary_of(existing, model_dir=model_dir, reused=True)
-    with publish.staging_directory(model_dir) as staging:
-        metadata = build_artifact(args, staging=staging, artifact_key=key)
+    # Downloads go to scratch space (in a Job: the pod's own size-limited volume), never to the
+    # repository: only the version being published is staged there.
+    with publish.staging_directory(model_dir) as staging, \
+            tempfile.TemporaryDirectory(prefix="modelkiln-convert-", dir=args.scratch) as downloads:
+        metadata = build_artifact(args, staging=staging, downloads=pathlib.Path(downloads), artifact_key=key)
         published, reused = publish.publish_version(model_dir=model_dir, staging=staging, metadata=metadata)
     print(f"{'reused' if reused else 'published'} version {published['version']} of {model_dir}", flush=True)
     return summary_of(published, model_dir=model_dir, reused=reused)
@@ -236,14 +257,17 @@ def summary_of(metadata: dict, *, model_dir: pathlib.Path, reused: bool) -> dict
             "verification": verification}
 
 
-def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, artifact_key: str) -> dict:
-    """Fetch, convert, quantize, save into `staging` and verify; returns the metadata."""
+def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, downloads: pathlib.Path,
+                   artifact_key: str) -> dict:
+    """Fetch into `downloads`, convert, quantize, save into `staging` and verify; returns the metadata."""
     from modelkiln.runtime.conversion import calibration, formats, sources, verification
 
     check_arguments(args)
-    downloads = staging / "downloads"
     tls = sources.tls_context(args.ca_file)
-    source = sources.fetch_source(args.source, download_dir=downloads, expected_sha256=args.sha256, tls=tls)
+    limits = sources.DownloadLimits(max_bytes=args.max_download_bytes, timeout_seconds=args.download_timeout,
+                                    allow_link_local=args.allow_link_local)
+    source = sources.fetch_source(args.source, download_dir=downloads, expected_sha256=args.sha256, tls=tls,
+                                  limits=limits)
     model_file = formats.detect_format(source.path, declared=args.format)
     print(f"converting {model_file.format} model {model_file.path.name} to {args.precision}", flush=True)
 
@@ -251,7 +275,7 @@ def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, artifact_
     model, reference_model, options = prepare_model(args, model_file=model_file)
     samples, calibration_data = None, None      # real inputs: for calibration and verification
     if args.calibration:
-        calibration_data = sources.fetch_source(args.calibration, download_dir=downloads, tls=tls)
+        calibration_data = sources.fetch_source(args.calibration, download_dir=downloads, tls=tls, limits=limits)
         samples = calibration.load_samples(calibration_data.path, model=model, limit=args.calibration_samples,
                                            layouts=options.layouts)
     calibration_record = None
@@ -271,7 +295,6 @@ def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, artifact_
     print(f"verification: {json.dumps(result)}", flush=True)
     verification.check_gate(result, max_accuracy_drop=args.max_accuracy_drop, min_cosine=args.min_cosine)
 
-    shutil.rmtree(downloads, ignore_errors=True)
     return {
         "name": args.output.name, "version": None, "artifactKey": artifact_key, "precision": args.precision,
         "source": {"uri": sources.redacted(args.source), "sha256": source.sha256, "format": model_file.format},
@@ -293,6 +316,10 @@ def check_arguments(args: argparse.Namespace) -> None:
                                "directory of images), or --synthetic-calibration to accept random inputs")
     if args.calibration_samples < 1:
         raise ConversionFailed(f"--calibration-samples must be at least 1 (got {args.calibration_samples})")
+    if args.max_download_bytes < 1:
+        raise ConversionFailed(f"--max-download-bytes must be at least 1 (got {args.max_download_bytes})")
+    if not args.download_timeout > 0:
+        raise ConversionFailed(f"--download-timeout must be a number of seconds above 0 (got {args.download_timeout})")
     keep_float = args.keep_float_type or args.keep_float_name or args.keep_float_pattern
     if keep_float and args.precision != "INT8":
         raise ConversionFailed(f"--keep-float-* only applies to precision INT8 (got {args.precision})")

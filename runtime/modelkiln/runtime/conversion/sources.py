@@ -4,31 +4,50 @@ Conversion Jobs run far from the model's origin, so downloads must survive flaky
 they stream to disk, retry with exponential backoff, resume with an HTTP Range request when
 the server allows, and show progress (a bar on a terminal, plain lines in a pod's log). Local
 and PVC sources are read in place. Every source is hashed, and checked when a sha256 is given.
+
+A source URI is untrusted input, so downloads are bounded (DownloadLimits): a size cap and a
+deadline enforced while streaming, redirects only to http(s) and never from https to http, and
+no connection to link-local or cloud metadata addresses, checked on the address connected to.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import http.client
+import ipaddress
 import os
 import pathlib
+import socket
 import ssl
+import string
 import sys
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from typing import TextIO
 
+from modelkiln.redaction import redacted
 from modelkiln.runtime.conversion.errors import ConversionFailed
 
 CHUNK_BYTES = 1 << 20
 # Tunable so that tests of unreachable servers do not wait for a real backoff.
 RETRIES = int(os.environ.get("MODELKILN_FETCH_RETRIES", "5"))
 BACKOFF_SECONDS = float(os.environ.get("MODELKILN_FETCH_BACKOFF", "1.0"))
-TIMEOUT_SECONDS = float(os.environ.get("MODELKILN_FETCH_TIMEOUT", "30"))
+TIMEOUT_SECONDS = float(os.environ.get("MODELKILN_FETCH_TIMEOUT", "30"))  # to connect, and per receive
+# 20 GiB: above the 2 GiB that ONNX, TensorFlow and TFLite files can hold at most (protobuf,
+# flatbuffer), and enough for a PyTorch file or an archive of a model of some 10B parameters in
+# FP16, more than the Job's default memory can convert; yet a runaway server cannot fill a disk.
+MAX_DOWNLOAD_BYTES = 20 * 2**30
+# An hour: 20 GiB at 6 MB/s. Downloads of one conversion (model and calibration data) share it.
+DOWNLOAD_TIMEOUT_SECONDS = 3600
+MAX_REDIRECTS = 10      # enough for a CDN or a presigned-URL hop or two; not a loop
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Metadata services outside the link-local ranges (169.254.0.0/16, fe80::/10, which hold the
+# others' 169.254.169.254): AWS's over IPv6 and Alibaba Cloud's.
+METADATA_ADDRESSES = frozenset(map(ipaddress.ip_address, ("fd00:ec2::254", "100.100.100.200")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,13 +57,33 @@ class FetchedSource:
     seconds: float
 
 
+@dataclasses.dataclass(frozen=True)
+class DownloadLimits:
+    """What the downloads of one conversion may cost and reach; the deadline runs from creation."""
+
+    max_bytes: int = MAX_DOWNLOAD_BYTES     # per download
+    timeout_seconds: float = DOWNLOAD_TIMEOUT_SECONDS   # for all of them, retries included
+    allow_link_local: bool = False
+    deadline: float = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "deadline", time.monotonic() + self.timeout_seconds)
+
+    def read_timeout(self) -> float:
+        """How long the next connect or receive may wait: the idle timeout, or what is left."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the download deadline has passed")
+        return min(TIMEOUT_SECONDS, left)
+
+
 def pvc_root() -> pathlib.Path:
     """Where the Job mounts claims: pvc://CLAIM/path is read at PVC_ROOT/CLAIM/path."""
     return pathlib.Path(os.environ.get("MODELKILN_PVC_ROOT", "/mnt/pvc"))
 
 
 def tls_context(ca_file: pathlib.Path | None) -> ssl.SSLContext | None:
-    """The system's trust store plus the CA certificates in `ca_file` (PEM), or None (urllib's
+    """The system's trust store plus the CA certificates in `ca_file` (PEM), or None (the
     default context) without one."""
     if ca_file is None:
         return None
@@ -59,15 +98,6 @@ def tls_context(ca_file: pathlib.Path | None) -> ssl.SSLContext | None:
     return context
 
 
-def redacted(uri: str) -> str:
-    """`uri` as it may be shown in a log line, a message or the model's status: without
-    user:password@ and without the query string (a presigned URL's signature)."""
-    parts = urllib.parse.urlsplit(uri)
-    host = parts.netloc.rpartition("@")[2]
-    netloc = f"***@{host}" if "@" in parts.netloc else host
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", parts.fragment))
-
-
 def pvc_path(uri: str, *, claim: str, path: str) -> pathlib.Path:
     """Where pvc://CLAIM/path is mounted; it must stay inside the claim (no `..`, no symlink out)."""
     mount = (pvc_root() / claim).resolve()
@@ -79,13 +109,15 @@ def pvc_path(uri: str, *, claim: str, path: str) -> pathlib.Path:
 
 
 def fetch_source(uri: str, *, download_dir: pathlib.Path, expected_sha256: str | None = None,
-                 tls: ssl.SSLContext | None = None, progress: TextIO = sys.stdout) -> FetchedSource:
+                 tls: ssl.SSLContext | None = None, limits: DownloadLimits | None = None,
+                 progress: TextIO = sys.stdout) -> FetchedSource:
     """Make the source at `uri` available as a local path and check its sha256; `tls` is the
-    trust for https:// (tls_context)."""
+    trust for https:// (tls_context); downloads go to `download_dir` within `limits`."""
     started = time.monotonic()
     parsed = urllib.parse.urlsplit(uri)
     if parsed.scheme in ("http", "https"):
-        path = download(uri, destination=download_dir / download_name(parsed.path), tls=tls, progress=progress)
+        path = download(uri, destination=download_dir / download_name(parsed.path), tls=tls,
+                        limits=limits or DownloadLimits(), progress=progress)
     elif parsed.scheme == "pvc":
         path = pvc_path(uri, claim=parsed.netloc, path=parsed.path)
     elif parsed.scheme == "file":
@@ -121,30 +153,35 @@ def sha256_of(path: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, *, destination: pathlib.Path, tls: ssl.SSLContext | None,
+def download(url: str, *, destination: pathlib.Path, tls: ssl.SSLContext | None, limits: DownloadLimits,
              progress: TextIO) -> pathlib.Path:
-    """Stream `url` to `destination`, resuming a partial `.part` file after each failure."""
+    """Stream `url` to `destination`, resuming a partial `.part` file after each failure, within
+    `limits` (size, deadline, addresses)."""
     partial = destination.with_name(destination.name + ".part")
     destination.parent.mkdir(parents=True, exist_ok=True)
     shown = redacted(url)
     last_error = ""
     for attempt in range(RETRIES):
         if attempt:
-            time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
+            pause = BACKOFF_SECONDS * 2 ** (attempt - 1)
+            if time.monotonic() + pause >= limits.deadline:
+                raise past_deadline(shown, limits=limits, partial=partial)
+            time.sleep(pause)
         try:
-            download_once(url, partial=partial, tls=tls, progress=progress)
-        except urllib.error.HTTPError as error:
-            if error.code < 500 and error.code not in (408, 429):
-                raise ConversionFailed(f"cannot download {shown}: HTTP {error.code} {error.reason}") from error
-            last_error = f"HTTP {error.code} {error.reason}"
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
-            reason = getattr(error, "reason", error)
-            if isinstance(reason, ssl.SSLCertVerificationError):    # retrying cannot fix trust
-                raise ConversionFailed(
-                    f"cannot download {shown}: its TLS certificate is not trusted ({reason.verify_message}); "
-                    "give the converter the CA that signed it (--ca-file /path/to/ca.pem; in a "
-                    "cluster, spec.source.caConfigMap)") from error
-            last_error = str(reason) or type(error).__name__
+            download_once(url, partial=partial, tls=tls, limits=limits, shown=shown, progress=progress)
+        except HTTPStatusError as error:
+            if error.status < 500 and error.status not in (408, 429):
+                raise ConversionFailed(f"cannot download {shown}: HTTP {error.status} {error.reason}") from error
+            last_error = f"HTTP {error.status} {error.reason}"
+        except ssl.SSLCertVerificationError as error:     # retrying cannot fix trust
+            raise ConversionFailed(
+                f"cannot download {shown}: its TLS certificate is not trusted ({error.verify_message}); "
+                "give the converter the CA that signed it (--ca-file /path/to/ca.pem; in a "
+                "cluster, spec.source.caConfigMap)") from error
+        except (http.client.HTTPException, ConnectionError, TimeoutError, socket.gaierror, ssl.SSLError) as error:
+            if time.monotonic() >= limits.deadline:
+                raise past_deadline(shown, limits=limits, partial=partial) from error
+            last_error = str(error) or type(error).__name__
         else:
             partial.replace(destination)
             return destination
@@ -152,35 +189,155 @@ def download(url: str, *, destination: pathlib.Path, tls: ssl.SSLContext | None,
     raise ConversionFailed(f"cannot download {shown} after {RETRIES} attempts: {last_error}", transient=True)
 
 
-def http_request(url: str, *, headers: dict[str, str]) -> urllib.request.Request:
-    """A request for `url`; user:password@ in it becomes Basic authentication, which urllib does
-    not forward to a redirect's target."""
-    parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
-        return urllib.request.Request(url, headers=headers)
-    request = urllib.request.Request(parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl(), headers=headers)
-    user = urllib.parse.unquote(parts.username or "") + ":" + urllib.parse.unquote(parts.password or "")
-    request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(user.encode()).decode())
-    return request
+class HTTPStatusError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"HTTP {status} {reason}")
+        self.status, self.reason = status, reason
 
 
-def download_once(url: str, *, partial: pathlib.Path, tls: ssl.SSLContext | None, progress: TextIO) -> None:
+def past_deadline(shown: str, *, limits: DownloadLimits, partial: pathlib.Path) -> ConversionFailed:
+    received = partial.stat().st_size if partial.exists() else 0
+    return ConversionFailed(f"cannot download {shown}: not finished within the download deadline of "
+                            f"{limits.timeout_seconds:g} s ({received} bytes received); give it more time with "
+                            "--download-timeout SECONDS (in a cluster, spec.source.timeoutSeconds)")
+
+
+def over_size_cap(shown: str, *, limits: DownloadLimits, announced: int | None = None) -> ConversionFailed:
+    size = f"the server announces {announced} bytes" if announced is not None else \
+        f"more than {limits.max_bytes} bytes received"
+    return ConversionFailed(f"cannot download {shown}: {size}, over the size cap of {limits.max_bytes} bytes; "
+                            "raise it with --max-download-bytes N (in a cluster, spec.source.maxBytes)")
+
+
+def download_once(url: str, *, partial: pathlib.Path, tls: ssl.SSLContext | None, limits: DownloadLimits,
+                  shown: str, progress: TextIO) -> None:
     have = partial.stat().st_size if partial.exists() else 0
-    request = http_request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS, context=tls) as response:
+    connection, sock, response = open_response(url, have=have, tls=tls, limits=limits, shown=shown)
+    with contextlib.closing(connection), response:
         resumed = response.status == 206
         if not resumed:
             have = 0    # the server ignored the Range header: start over
-        length = response.headers.get("Content-Length")
-        total = have + int(length) if length is not None else None
-        meter = ProgressMeter(url=redacted(url), total=total, done=have, stream=progress)
+        length = response.getheader("Content-Length")
+        total = have + int(length) if length is not None and length.isdigit() else None
+        if total is not None and total > limits.max_bytes:
+            raise over_size_cap(shown, limits=limits, announced=total)
+        meter = ProgressMeter(url=shown, total=total, done=have, stream=progress)
         with partial.open("ab" if resumed else "wb") as out:
-            while chunk := response.read(CHUNK_BYTES):
+            # One receive at a time, each given at most the time left: a trickle is cut at the
+            # deadline. Never more than one byte past the cap, whatever the server announced.
+            while True:
+                sock.settimeout(limits.read_timeout())
+                chunk = response.read1(min(CHUNK_BYTES, limits.max_bytes + 1 - meter.done))
+                if not chunk:
+                    break
                 out.write(chunk)
                 meter.advance(len(chunk))
+                if meter.done > limits.max_bytes:
+                    raise over_size_cap(shown, limits=limits)
         if total is not None and meter.done < total:
             raise http.client.IncompleteRead(b"", total - meter.done)
         meter.finish()
+
+
+def open_response(url: str, *, have: int, tls: ssl.SSLContext | None, limits: DownloadLimits,
+                  shown: str) -> tuple[http.client.HTTPConnection, socket.socket, http.client.HTTPResponse]:
+    """The connection, its socket and the response for `url`, after following redirects: at most
+    MAX_REDIRECTS, only to http(s), never from https to http. user:password@ becomes Basic
+    authentication for `url` itself, never for a redirect's target."""
+    current = url
+    for hop in range(MAX_REDIRECTS + 1):
+        parts = urllib.parse.urlsplit(current)
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        if hop == 0 and "@" in parts.netloc:
+            user = urllib.parse.unquote(parts.username or "") + ":" + urllib.parse.unquote(parts.password or "")
+            headers["Authorization"] = "Basic " + base64.b64encode(user.encode()).decode()
+        try:
+            connection, sock = open_connection(parts, tls=tls, limits=limits)
+        except RefusedAddress as refused:
+            via = f"it redirects to {redacted(current)}, and " if hop else ""
+            raise ConversionFailed(
+                f"cannot download {shown}: {via}{refused} is a link-local or cloud metadata address, refused "
+                "unless --allow-link-local is given (in a cluster, spec.source.allowLinkLocal: true)") from None
+        try:
+            connection.request("GET", urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, "")),
+                               headers=headers)
+            response = connection.getresponse()
+        except BaseException:
+            connection.close()
+            raise
+        if response.status < 300:
+            return connection, sock, response
+        location = response.getheader("Location")
+        connection.close()
+        if response.status not in REDIRECT_STATUSES or not location:
+            raise HTTPStatusError(response.status, response.reason)
+        # as urllib does: a Location with spaces or non-ASCII characters is quoted, not refused
+        target = urllib.parse.urljoin(current, urllib.parse.quote(location, safe=string.punctuation))
+        target_parts = urllib.parse.urlsplit(target)
+        if target_parts.scheme not in ("http", "https"):
+            raise ConversionFailed(f"cannot download {shown}: it redirects to {redacted(target)}; only http:// "
+                                   "and https:// redirects are followed")
+        if parts.scheme == "https" and target_parts.scheme == "http":
+            raise ConversionFailed(f"cannot download {shown}: it redirects from https to {redacted(target)}; "
+                                   "a redirect to plain http is refused")
+        current = target_parts._replace(netloc=target_parts.netloc.rpartition("@")[2]).geturl()
+    raise ConversionFailed(f"cannot download {shown}: more than {MAX_REDIRECTS} redirects")
+
+
+def open_connection(parts: urllib.parse.SplitResult, *, tls: ssl.SSLContext | None,
+                    limits: DownloadLimits) -> tuple[http.client.HTTPConnection, socket.socket]:
+    """An HTTP(S) connection to the address `connect` chose, and its socket."""
+    https = parts.scheme == "https"
+    host = parts.hostname or ""
+    port = parts.port or (443 if https else 80)
+    sock = connect(host, port, timeout=limits.read_timeout(), allow_link_local=limits.allow_link_local)
+    connection: http.client.HTTPConnection
+    if https:
+        try:
+            sock = (tls or ssl.create_default_context()).wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+        connection = http.client.HTTPSConnection(host, port)
+    else:
+        connection = http.client.HTTPConnection(host, port)
+    connection.sock = sock      # used as is: http.client never resolves the name again
+    return connection, sock
+
+
+class RefusedAddress(Exception):
+    """Every address of a host is link-local or a cloud metadata service's; str() names it."""
+
+
+def connect(host: str, port: int, *, timeout: float, allow_link_local: bool) -> socket.socket:
+    """A TCP connection to `host`, resolved once here and connected to exactly the address that
+    was checked, so that a second DNS answer cannot swap in another one (DNS rebinding)."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    allowed = [info for info in found if allow_link_local or not refused_address(info[4][0])]
+    if not allowed:
+        address = found[0][4][0]
+        raise RefusedAddress(address if address == host else f"{host} ({address})")
+    failure: OSError | None = None
+    for family, kind, protocol, _, address in allowed:
+        sock = socket.socket(family, kind, protocol)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            return sock
+        except OSError as error:
+            sock.close()
+            failure = error
+    # unreachable networks are worth another attempt, as refused and timed out connections are
+    if isinstance(failure, (ConnectionError, TimeoutError)):
+        raise failure
+    raise ConnectionError(failure.errno, failure.strerror)
+
+
+def refused_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.partition("%")[0])    # fe80::1%eth0: without the zone
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip.is_link_local or ip in METADATA_ADDRESSES
 
 
 class ProgressMeter:
