@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import pathlib
 import shutil
 import subprocess
 import sys
+import threading
 
 import httpx
 import numpy as np
@@ -118,6 +121,32 @@ def test_a_ca_config_map_is_noted_as_cluster_only(repository, tmp_path):
     result = up_until_it_ends(model, tmp_path, repository)
     assert ("modelkiln up: digits: source.caConfigMap is a cluster ConfigMap; here the machine's CAs "
             "(and SSL_CERT_FILE) are trusted") in result.stderr.splitlines()
+
+
+def test_download_limits_apply_and_credentials_in_the_uri_are_never_shown(repository, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(DIGITS / "model.onnx", served / "model.onnx")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    model = yaml.safe_load((DIGITS / "fp32.yaml").read_text())
+    model["spec"]["source"] = {"uri": f"http://reader:pa55word@{host}/model.onnx?X-Amz-Signature=s3cr3t",
+                               "maxBytes": 100}
+    try:
+        result = up_until_it_ends(model, tmp_path, repository, timeout=120)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 1
+    shown = f"http://***@{host}/model.onnx?***"
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("modelkiln up: digits: FP32 artifact ") and lines[0].endswith(f" of {shown}")
+    assert lines[-1] == (f"modelkiln up: digits: conversion failed: cannot download {shown}: the server announces "
+                         f"{(DIGITS / 'model.onnx').stat().st_size} bytes, over the size cap of 100 bytes; raise it "
+                         "with --max-download-bytes N (in a cluster, spec.source.maxBytes)")
+    assert "pa55word" not in result.stdout + result.stderr and "s3cr3t" not in result.stdout + result.stderr
 
 
 def test_a_name_the_api_server_refuses_is_refused_with_its_message_and_nothing_written(

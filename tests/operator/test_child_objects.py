@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from modelkiln.operator.commands import artifact_key
+from modelkiln.operator import conversion_job
+from modelkiln.operator.commands import artifact_key, defaulted_spec
 from modelkiln.operator.conversion_job import build_job, job_name
 from modelkiln.operator.serving import build_deployment, build_hpa, build_pdb, build_service
 
@@ -58,7 +59,8 @@ def test_the_job_is_named_after_the_model_and_key_and_owned_by_the_model(make_mo
 def test_the_job_retries_only_transient_failures_and_cleans_up(make_model, pools):
     spec = job_for(make_model(), pools)["spec"]
     assert spec["backoffLimit"] >= 1 and spec["ttlSecondsAfterFinished"] > 0
-    fail_job = [r for r in spec["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+    fail_job = [r for r in spec["podFailurePolicy"]["rules"]
+                if r["action"] == "FailJob" and r["onExitCodes"]["containerName"] == "convert"]
     assert fail_job == [{"action": "FailJob", "onExitCodes": {"containerName": "convert", "operator": "NotIn",
                                                               "values": [3]}}]
     assert spec["template"]["spec"]["restartPolicy"] == "Never"
@@ -102,7 +104,7 @@ def test_a_pvc_source_on_the_repository_claim_mounts_that_claim_once(make_model,
     assert sorted(claims) == ["models", "uploads"]
     mounts = container(job)["volumeMounts"]
     assert {"name": "repository", "mountPath": "/mnt/pvc/models", "readOnly": True} in mounts
-    assert {"name": "repository", "mountPath": "/models"} in mounts
+    assert {"name": "repository", "mountPath": "/models/digits", "subPath": "digits"} in mounts
     assert {"name": "source-0", "mountPath": "/mnt/pvc/uploads", "readOnly": True} in mounts
 
 
@@ -127,6 +129,52 @@ def test_a_ca_config_map_is_mounted_read_only_and_given_to_the_converter(make_mo
         in plain["spec"]["template"]["spec"]["volumes"]
 
 
+def test_the_converter_writes_only_its_models_directory_created_first_as_its_user(make_model, pools):
+    job = job_for(make_model(source={"uri": "pvc://models/uploads/model.onnx"}), pools)
+    pod = job["spec"]["template"]["spec"]
+    writable = [m for m in container(job)["volumeMounts"] if not m.get("readOnly")]
+    assert writable == [{"name": "repository", "mountPath": "/models/digits", "subPath": "digits"},
+                        {"name": "scratch", "mountPath": "/tmp"}]
+    # kubelet would create a missing subPath root-owned, unwritable for uid 1000: a step before the
+    # converter, running as uid 1000 with the claim mounted, creates it first (mkdir -p: idempotent)
+    (step,) = pod["initContainers"]
+    assert step["command"] == ["mkdir", "-p", "/models/digits"] and step["image"] == CONVERTER_IMAGE
+    assert step["volumeMounts"] == [{"name": "repository", "mountPath": "/models"}]
+    assert pod["securityContext"]["runAsUser"] == 1000 and step["resources"]["limits"]["memory"]
+    # a directory that cannot be created stays so: the Job fails at once rather than retrying
+    assert {"action": "FailJob", "onExitCodes": {"containerName": "model-directory", "operator": "NotIn",
+                                                 "values": [0]}} in job["spec"]["podFailurePolicy"]["rules"]
+
+
+def test_downloads_are_staged_in_a_scratch_volume_sized_from_the_download_cap(make_model, pools):
+    default = job_for(make_model(source={"uri": "https://models.example.com/digits.onnx"}), pools)
+    assert container(default)["args"][-2:] == ["--scratch", "/tmp"]
+    # room for the source and the calibration data at the default 20 GiB cap each, plus 2 GiB
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "43008Mi"}} in default["spec"]["template"]["spec"]["volumes"]
+    assert default["spec"]["activeDeadlineSeconds"] == 7200     # an hour of downloads, an hour converting
+    for flag in ("--max-download-bytes", "--download-timeout", "--allow-link-local"):
+        assert flag not in container(default)["args"]   # the converter's defaults are the same
+
+    limited = make_model(source={"uri": "https://models.example.com/digits.onnx", "maxBytes": 2**30,
+                                 "timeoutSeconds": 600, "allowLinkLocal": True})
+    job = job_for(limited, pools)
+    args = container(job)["args"]
+    assert args[args.index("--max-download-bytes") + 1] == str(2**30)
+    assert args[args.index("--download-timeout") + 1] == "600" and "--allow-link-local" in args
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "4096Mi"}} in job["spec"]["template"]["spec"]["volumes"]
+    assert job["spec"]["activeDeadlineSeconds"] == 3600 + 600
+    # raising a limit after a refusal is a new attempt; a spec without them keeps its key
+    assert artifact_key(limited["spec"]) != artifact_key(make_model()["spec"])
+    assert "maxBytes" not in defaulted_spec(make_model()["spec"])["source"]
+
+
+def test_the_operators_download_defaults_are_the_converters():
+    from modelkiln.runtime.conversion import sources
+
+    assert (conversion_job.MAX_DOWNLOAD_BYTES, conversion_job.DOWNLOAD_TIMEOUT_SECONDS) == \
+        (sources.MAX_DOWNLOAD_BYTES, sources.DOWNLOAD_TIMEOUT_SECONDS)
+
+
 @pytest.mark.parametrize("build", ["job", "deployment"])
 def test_every_pod_is_locked_down(make_model, pools, build):
     model = make_model()
@@ -135,9 +183,10 @@ def test_every_pod_is_locked_down(make_model, pools, build):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
-    security = container(obj)["securityContext"]
-    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
-    assert security["capabilities"] == {"drop": ["ALL"]}
+    for each in pod["containers"] + pod.get("initContainers", []):
+        security = each["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
     writable = {m["mountPath"] for m in container(obj)["volumeMounts"] if not m.get("readOnly")}
     assert "/tmp" in writable
 

@@ -119,6 +119,14 @@ def test_defaults_do_not_change_the_input_and_fill_nested_objects():
     (with_spec(source={"uri": "https://x/m.onnx", "caConfigMap": {"name": "Internal_CA"}}),
      "spec.source.caConfigMap.name: Invalid value: \"Internal_CA\": spec.source.caConfigMap.name in body should "
      "match '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'"),
+    (with_spec(source={"uri": "https://x/m.onnx", "maxBytes": 0}),
+     "spec.source.maxBytes: Invalid value: 0: spec.source.maxBytes in body should be greater than or equal to 1"),
+    (with_spec(source={"uri": "https://x/m.onnx", "timeoutSeconds": 86401}),
+     "spec.source.timeoutSeconds: Invalid value: 86401: spec.source.timeoutSeconds in body should be less than "
+     "or equal to 86400"),
+    (with_spec(source={"uri": "https://x/m.onnx", "allowLinkLocal": "yes"}),
+     'spec.source.allowLinkLocal: Invalid value: "string": spec.source.allowLinkLocal in body must be of type '
+     'boolean: "string"'),
     (with_spec(serving={"versionPolicy": {"latest": 1, "all": {}}}),
      'spec.serving.versionPolicy: Invalid value: "object": versionPolicy needs exactly one of latest, specific or all'),
     (with_spec(serving={"device": "CPU", "gpus": 1}), 'unknown field "spec.serving.gpus"'),

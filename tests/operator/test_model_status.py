@@ -152,3 +152,23 @@ def test_kstatus_conditions_tell_work_in_progress_from_a_failure_that_needs_a_pe
     ready = st.summarize(*conds((True, "ConversionSucceeded"), (True, "MinimumReplicasAvailable")))
     assert kstatus_conditions(ready) == {}
     assert st.phase(failed) == "Failed" and st.phase(ready) == "Ready"
+
+
+def test_credentials_and_signatures_in_a_cause_never_reach_the_status():
+    # the converter redacts its own lines; a log tail (FallbackToLogsOnError) may hold anything
+    crashed = pod("t", exit_code=137, message="fetching https://reader:pa55word@models.example.com/m.onnx?"
+                                              "X-Amz-Signature=s3cr3t: Killed")
+    outcome = conversion_outcome(job=job("Failed"), pods=[crashed])
+    assert outcome["message"] == "fetching https://***@models.example.com/m.onnx?***: Killed"
+
+
+def test_a_model_directory_that_cannot_be_created_is_the_cause():
+    refused = {"metadata": {"creationTimestamp": "t"}, "status": {
+        "initContainerStatuses": [{"name": "model-directory", "state": {"terminated": {
+            "exitCode": 1, "reason": "Error",
+            "message": "mkdir: cannot create directory '/models/digits': Permission denied\n"}}}],
+        "containerStatuses": [{"name": "convert", "state": {"waiting": {"reason": "PodInitializing"}}}]}}
+    outcome = conversion_outcome(job=job("Failed"), pods=[refused])
+    assert outcome == {"state": "failed", "summary": None, "transient": False,
+                       "message": "cannot create the model's directory on the repository claim as uid 1000: "
+                                  "mkdir: cannot create directory '/models/digits': Permission denied"}

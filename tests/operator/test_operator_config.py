@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import subprocess
 import sys
 
 import pytest
 
 from modelkiln.operator.config import from_environment
+from modelkiln.operator.main import log_handler
 
 
 def test_settings_come_from_the_environment_with_documented_defaults():
@@ -30,3 +34,27 @@ def test_the_operator_command_refuses_bad_settings_before_connecting():
                             env={"PATH": "/usr/bin:/bin", "MODELKILN_RESYNC_SECONDS": "soon"}, timeout=60)
     assert result.returncode == 2
     assert "MODELKILN_RESYNC_SECONDS must be a number of seconds" in result.stderr
+
+
+def test_the_operators_log_never_shows_credentials_or_signatures_in_uris():
+    # at DEBUG (--verbose) the Kubernetes client logs every response body, a Job's arguments included
+    stream, handler = io.StringIO(), log_handler()
+    handler.setStream(stream)
+    logger = logging.getLogger("kubernetes.client.rest.test")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    job = {"spec": {"containers": [{"args": ["convert", "--source",
+                                             "https://reader:pa55word@models.example.com/m.onnx?sig=s3cr3t"]}]}}
+    try:
+        logger.debug("response body: %s", json.dumps(job))
+        try:
+            raise RuntimeError("cannot reach https://reader:pa55word@models.example.com/m.onnx")
+        except RuntimeError:
+            logger.exception("handler failed")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert 'response body: {"spec": {"containers": [{"args": ["convert", "--source", ' \
+           '"https://***@models.example.com/m.onnx?***"]}]}}' in text
+    assert "RuntimeError: cannot reach https://***@models.example.com/m.onnx" in text
+    assert "pa55word" not in text and "s3cr3t" not in text

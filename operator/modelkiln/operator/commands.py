@@ -51,6 +51,12 @@ def convert_args(*, spec: dict, output: str, artifact_key: str, source_uri: str 
         args += ["--format", source["format"]]
     if "sha256" in source:
         args += ["--sha256", source["sha256"]]
+    if "maxBytes" in source:
+        args += ["--max-download-bytes", str(source["maxBytes"])]
+    if "timeoutSeconds" in source:
+        args += ["--download-timeout", str(source["timeoutSeconds"])]
+    if source.get("allowLinkLocal"):
+        args.append("--allow-link-local")
     for flag, field in (("--input-shape", "inputShape"), ("--layout", "layout"), ("--mean", "mean"),
                         ("--scale", "scale")):
         for name, value in conversion.get(field, {}).items():

@@ -13,15 +13,28 @@ import json
 from typing import Literal, TypedDict
 
 from modelkiln.operator import objects
+from modelkiln.redaction import scrubbed
 from modelkiln.operator.commands import convert_args, defaulted_spec
 from modelkiln.operator.devicepools import DevicePool
 
 CONTAINER = "convert"
+# Creates the model's directory on the repository claim as the converter's user before the
+# converter mounts just that directory: kubelet would create a missing subPath root-owned.
+MODEL_DIRECTORY_CONTAINER = "model-directory"
 COMPONENT = "conversion"
 TRANSIENT_EXIT_CODE = 3
 BACKOFF_LIMIT = 3
 TTL_SECONDS = 3600
-DEADLINE_SECONDS = 7200
+# The converter's defaults for spec.source.maxBytes and timeoutSeconds (--max-download-bytes,
+# --download-timeout), from which the scratch volume and the Job's deadline are sized.
+MAX_DOWNLOAD_BYTES = 20 * 2**30
+DOWNLOAD_TIMEOUT_SECONDS = 3600
+# Converting after the downloads: the Job's deadline is this plus the downloads' own.
+CONVERSION_SECONDS = 3600
+# Downloads (the source and the calibration data, each up to the cap), HOME and TMPDIR share the
+# scratch volume; this is on top of the two downloads, for the libraries' temporary files.
+SCRATCH = "/tmp"
+SCRATCH_HEADROOM_BYTES = 2 * 2**30
 # pvc://CLAIM/path is read by the converter from $MODELKILN_PVC_ROOT/CLAIM/path (docs/interfaces.md).
 PVC_ROOT = "/mnt/pvc"
 # spec.source.caConfigMap's PEM bundle, mounted here and passed as --ca-file.
@@ -49,24 +62,32 @@ def source_claims(spec: dict) -> list[str]:
 
 def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim: str,
               pool: DevicePool) -> dict:
-    """Job `<name>-convert-<key8>` converting `spec` into `<repository>/<name>/` in `image`."""
+    """Job `<name>-convert-<key8>` converting `spec` into `<repository>/<name>/` in `image`.
+
+    The converter parses an untrusted model: it may write only its model's directory of the
+    repository (a subPath mount) and its own scratch volume; the claims its sources are on, the
+    repository's included, are mounted read-only.
+    """
     name = model["metadata"]["name"]
-    args = convert_args(spec=spec, output=f"{objects.REPOSITORY_PATH}/{name}", artifact_key=key)
+    output = f"{objects.REPOSITORY_PATH}/{name}"
+    source = defaulted_spec(spec)["source"]
+    args = convert_args(spec=spec, output=output, artifact_key=key) + ["--scratch", SCRATCH]
     # One volume per claim: a kubelet never starts a pod with two volumes on the same claim (it
     # waits on the second mount forever, with no Event), so a source on the repository claim
     # itself is a second, read-only mount of the repository volume.
     claims = source_claims(spec)
     volume_of = {claim: f"source-{i}" for i, claim in enumerate(c for c in claims if c != repository_claim)}
     volume_of[repository_claim] = "repository"
-    mounts = [{"name": "repository", "mountPath": objects.REPOSITORY_PATH},
-              {"name": "tmp", "mountPath": "/tmp"}]
+    mounts = [{"name": "repository", "mountPath": output, "subPath": name},
+              {"name": "scratch", "mountPath": SCRATCH}]
     mounts += [{"name": volume_of[claim], "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
                for claim in claims]
+    max_bytes = source.get("maxBytes", MAX_DOWNLOAD_BYTES)
     volumes = [objects.repository_volume(claim=repository_claim, read_only=False),
-               objects.scratch_volume("tmp")]
+               objects.scratch_volume("scratch", size_limit=2 * max_bytes + SCRATCH_HEADROOM_BYTES)]
     volumes += [{"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
                 for claim, volume in volume_of.items() if claim != repository_claim]
-    ca = defaulted_spec(spec)["source"].get("caConfigMap")  # the CRD's default key applied
+    ca = source.get("caConfigMap")  # the CRD's default key applied
     if ca:
         args += ["--ca-file", f"{CA_DIR}/{CA_FILE}"]
         mounts.append({"name": "ca", "mountPath": CA_DIR, "readOnly": True})
@@ -85,6 +106,15 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
         # A converter killed before writing its cause (OOM, crash) still leaves its last log lines.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    model_directory = {
+        "name": MODEL_DIRECTORY_CONTAINER,
+        "image": image,
+        "command": ["mkdir", "-p", output],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "volumeMounts": [{"name": "repository", "mountPath": objects.REPOSITORY_PATH}],
+        "securityContext": objects.container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",    # mkdir's one line says why it failed
+    }
     pod_labels = objects.labels(name=name, component=COMPONENT)
     return {
         "apiVersion": "batch/v1",
@@ -94,18 +124,21 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
         "spec": {
             "backoffLimit": BACKOFF_LIMIT,
             "ttlSecondsAfterFinished": TTL_SECONDS,
-            "activeDeadlineSeconds": DEADLINE_SECONDS,
+            "activeDeadlineSeconds": CONVERSION_SECONDS + source.get("timeoutSeconds", DOWNLOAD_TIMEOUT_SECONDS),
             "podFailurePolicy": {"rules": [
                 # A drained or preempted node is nobody's fault: not counted against the limit.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
                 # Only a transient cause (exit 3) is worth another attempt.
                 {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn",
                                                       "values": [TRANSIENT_EXIT_CODE]}},
+                # A directory that cannot be created (a claim the user cannot write) stays so.
+                {"action": "FailJob", "onExitCodes": {"containerName": MODEL_DIRECTORY_CONTAINER,
+                                                      "operator": "NotIn", "values": [0]}},
             ]},
             "template": {
                 "metadata": {"labels": pod_labels},
                 "spec": objects.pod_spec(containers=[container], volumes=volumes, pool=pool,
-                                         restartPolicy="Never"),
+                                         initContainers=[model_directory], restartPolicy="Never"),
             },
         },
     }
@@ -119,11 +152,19 @@ def _condition(job: dict, kind: str) -> dict | None:
 
 
 def _last_termination(pods: list[dict]) -> dict | None:
-    """The `terminated` state of the converter in the most recently started pod that has one."""
+    """The `terminated` state of the converter, or of the step before it when that failed, in
+    the most recently started pod that has one."""
     for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True):
-        for status in pod.get("status", {}).get("containerStatuses", []):
-            terminated = status.get("state", {}).get("terminated")
-            if status.get("name") == CONTAINER and terminated:
+        status = pod.get("status", {})
+        for init in status.get("initContainerStatuses", []):
+            terminated = init.get("state", {}).get("terminated")
+            if init.get("name") == MODEL_DIRECTORY_CONTAINER and terminated and terminated.get("exitCode"):
+                return {**terminated, "message": "cannot create the model's directory on the repository claim "
+                                                 f"as uid {objects.RUNTIME_UID}: "
+                                                 + " ".join((terminated.get("message") or "").split())}
+        for container in status.get("containerStatuses", []):
+            terminated = container.get("state", {}).get("terminated")
+            if container.get("name") == CONTAINER and terminated:
                 return terminated
     return None
 
@@ -131,7 +172,9 @@ def _last_termination(pods: list[dict]) -> dict | None:
 def conversion_outcome(*, job: dict, pods: list[dict]) -> Outcome:
     """What the Job `job` and its `pods` say about the conversion."""
     terminated = _last_termination(pods) or {}
-    message = (terminated.get("message") or "").strip()
+    # The converter redacts what it writes; a message that came from elsewhere (the log's tail
+    # after a crash) is scrubbed of credentials and signatures here too, before status and Events.
+    message = scrubbed((terminated.get("message") or "").strip())
     if _condition(job, "Complete"):
         last_line = message.splitlines()[-1] if message else ""
         try:

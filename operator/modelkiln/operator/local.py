@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import yaml
 
 from modelkiln.operator import commands, schema
+from modelkiln.redaction import redacted
 
 ALWAYS_PRESENT_DEVICES = {"CPU", "AUTO"}
 SHOWN_PREDICTIONS = 10
@@ -184,7 +185,7 @@ def convert(name: str, spec: dict, repository: pathlib.Path) -> dict:
     args = commands.convert_args(spec=spec, output=str(repository / name), artifact_key=key)
     with tempfile.NamedTemporaryFile("r", suffix=".termination-log") as log:
         print(f"modelkiln up: {name}: {spec['conversion']['precision']} artifact {key[:8]} of "
-              f"{spec['source']['uri']}", file=sys.stderr)
+              f"{redacted(spec['source']['uri'])}", file=sys.stderr)
         if "caConfigMap" in spec["source"]:
             print(f"modelkiln up: {name}: source.caConfigMap is a cluster ConfigMap; here the "
                   f"machine's CAs (and SSL_CERT_FILE) are trusted", file=sys.stderr)

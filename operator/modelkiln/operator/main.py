@@ -11,6 +11,9 @@ import prometheus_client
 
 from modelkiln.operator import config as operator_config
 from modelkiln.operator import handlers
+from modelkiln.redaction import scrubbed
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,14 +42,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class RedactingFormatter(logging.Formatter):
+    """Lines without credentials or signatures in URIs, whoever logs them: at DEBUG, kopf and the
+    Kubernetes client log whole objects (an InferenceModel's spec, a Job's arguments)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrubbed(super().format(record))
+
+
+def log_handler() -> logging.Handler:
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter(LOG_FORMAT))
+    return handler
+
+
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     try:
         config = operator_config.from_environment()
     except ValueError as exc:
         parser().error(str(exc))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[log_handler()])
     if not args.verbose:
         # kopf logs every handler run of every object at INFO: a line per event of every child.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
