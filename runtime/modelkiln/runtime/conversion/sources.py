@@ -33,6 +33,9 @@ from modelkiln.redaction import redacted
 from modelkiln.runtime.conversion.errors import ConversionFailed
 
 CHUNK_BYTES = 1 << 20
+# Most one receive may return: read1 allocates this much each time, and a receive brings at
+# most a socket buffer (or a 16 KiB TLS record) anyway.
+RECEIVE_BYTES = 64 << 10
 # Tunable so that tests of unreachable servers do not wait for a real backoff.
 RETRIES = int(os.environ.get("MODELKILN_FETCH_RETRIES", "5"))
 BACKOFF_SECONDS = float(os.environ.get("MODELKILN_FETCH_BACKOFF", "1.0"))
@@ -75,6 +78,12 @@ class DownloadLimits:
         if left <= 0:
             raise TimeoutError("the download deadline has passed")
         return min(TIMEOUT_SECONDS, left)
+
+    def bound(self, sock: socket.socket) -> None:
+        """Let the next receive on `sock` wait no longer than read_timeout()."""
+        timeout = self.read_timeout()
+        if timeout != sock.gettimeout():    # unchanged until the deadline nears: no system call
+            sock.settimeout(timeout)
 
 
 def pvc_root() -> pathlib.Path:
@@ -222,12 +231,13 @@ def download_once(url: str, *, partial: pathlib.Path, tls: ssl.SSLContext | None
         if total is not None and total > limits.max_bytes:
             raise over_size_cap(shown, limits=limits, announced=total)
         meter = ProgressMeter(url=shown, total=total, done=have, stream=progress)
-        with partial.open("ab" if resumed else "wb") as out:
+        # Receives come in pieces of 16 KiB (a TLS record) to 64 KiB: written in 1 MiB blocks.
+        with partial.open("ab" if resumed else "wb", buffering=CHUNK_BYTES) as out:
             # One receive at a time, each given at most the time left: a trickle is cut at the
             # deadline. Never more than one byte past the cap, whatever the server announced.
             while True:
-                sock.settimeout(limits.read_timeout())
-                chunk = response.read1(min(CHUNK_BYTES, limits.max_bytes + 1 - meter.done))
+                limits.bound(sock)
+                chunk = response.read1(min(RECEIVE_BYTES, limits.max_bytes + 1 - meter.done))
                 if not chunk:
                     break
                 out.write(chunk)
