@@ -17,7 +17,7 @@ from chart_helpers import CHART, ROOT, by_kind, one
 
 from modelkiln.operator import config, handlers, kube, objects, schema, serving
 from modelkiln.operator import main as operator_main
-from modelkiln.operator.devicepools import CONFIG_KEY, parse_device_pools
+from modelkiln.operator.devicepools import CONFIG_KEY, parse_device_pools, pod_defaults
 
 ALL_VALUES = yaml.safe_load((ROOT / "tests" / "chart" / "all-values.yaml").read_text())
 DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -196,6 +196,10 @@ def test_device_pools_from_values_are_read_by_the_operator_with_vpu_as_npu(helm)
     pools = parse_device_pools(text, source="chart")
     assert set(pools) == {"CPU", "GPU", "NPU", "big-cpu"}
     assert pools["CPU"]["nodeSelector"] == {"node.kubernetes.io/instance-type": "c7i.4xlarge"}
+    assert pod_defaults(pools["CPU"], "serving") == {"resources": {"requests": {"cpu": "2", "memory": "4Gi"},
+                                                                   "limits": {"memory": "8Gi"}},
+                                                     "emptyDirSizeLimit": "16Gi"}
+    assert pod_defaults(pools["CPU"], "conversion")["emptyDirSizeLimit"] == "64Gi"
     assert yaml.safe_load(text)["GPU"] == {**ALL_VALUES["devicePools"]["GPU"],
                                            "nodeSelector": {"intel.feature.node.kubernetes.io/gpu": "true"}}
     # VPU replaces the default NPU pool (tolerations included, as the values did not set any).
@@ -209,6 +213,9 @@ def test_device_pools_from_values_are_read_by_the_operator_with_vpu_as_npu(helm)
     ({"operator": {"replicas": 2, "peering": {"enabled": False}}}, "operator.replicas above 1 needs operator.peering.enabled=true"),
     ({"devicePools": {"GPU": {"resurce": "gpu.intel.com/i915"}}}, "at '/devicePools/GPU': additional properties 'resurce' not allowed"),
     ({"devicePools": {"GPU": {"supplementalGroups": ["render"]}}}, "at '/devicePools/GPU/supplementalGroups/0': got string, want integer"),
+    ({"devicePools": {"CPU": {"serving": {"emptyDirSizeLimit": "lots"}}}}, "at '/devicePools/CPU/serving/emptyDirSizeLimit'"),
+    ({"devicePools": {"CPU": {"serving": {"resources": {"request": {"cpu": 1}}}}}},
+     "at '/devicePools/CPU/serving/resources': additional properties 'request' not allowed"),
     ({"repository": {"accessMode": "ReadWriteAlways"}}, "at '/repository/accessMode': value must be one of 'ReadWriteMany'"),
     ({"repository": {"size": "lots"}}, "at '/repository/size': 'lots' does not match pattern"),
     ({"operator": {"resyncSeconds": 0}}, "at '/operator/resyncSeconds': exclusiveMinimum: got 0, want 0"),
@@ -217,7 +224,8 @@ def test_device_pools_from_values_are_read_by_the_operator_with_vpu_as_npu(helm)
     ({"image": {"registry": "registry.example.com/"}}, "at '/image/registry': 'registry.example.com/' does not match pattern"),
     ({"operator": {"image": {"repository": "registry.example.com/operator"}}},
      "at '/operator': additional properties 'image' not allowed"),
-], ids=["negative-replicas", "replicas-without-peering", "pool-field-typo", "group-name", "access-mode", "size",
+], ids=["negative-replicas", "replicas-without-peering", "pool-field-typo", "group-name", "scratch-size",
+        "requests-typo", "access-mode", "size",
         "resync", "interval", "top-level-typo", "registry-slash", "image-per-component"])
 def test_a_wrong_value_fails_at_render_with_a_message_naming_it(helm, values, expected):
     result = helm.template(values, check=False)

@@ -14,7 +14,7 @@ from typing import Literal, TypedDict
 
 from modelkiln.operator import objects
 from modelkiln.operator.commands import convert_args, defaulted_spec
-from modelkiln.operator.devicepools import DevicePool
+from modelkiln.operator.devicepools import DevicePool, pod_defaults
 
 CONTAINER = "convert"
 COMPONENT = "conversion"
@@ -27,7 +27,6 @@ PVC_ROOT = "/mnt/pvc"
 # spec.source.caConfigMap's PEM bundle, mounted here and passed as --ca-file.
 CA_DIR = "/etc/modelkiln/ca"
 CA_FILE = "ca.pem"
-RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
 
 
 class Outcome(TypedDict):
@@ -51,6 +50,7 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
               pool: DevicePool) -> dict:
     """Job `<name>-convert-<key8>` converting `spec` into `<repository>/<name>/` in `image`."""
     name = model["metadata"]["name"]
+    defaults = pod_defaults(pool, "conversion")  # the CPU pool's (devicepools.conversion_pool)
     args = convert_args(spec=spec, output=f"{objects.REPOSITORY_PATH}/{name}", artifact_key=key)
     # One volume per claim: a kubelet never starts a pod with two volumes on the same claim (it
     # waits on the second mount forever, with no Event), so a source on the repository claim
@@ -63,7 +63,7 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
     mounts += [{"name": volume_of[claim], "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
                for claim in claims]
     volumes = [objects.repository_volume(claim=repository_claim, read_only=False),
-               objects.scratch_volume("tmp")]
+               objects.scratch_volume("tmp", size_limit=defaults["emptyDirSizeLimit"])]
     volumes += [{"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
                 for claim, volume in volume_of.items() if claim != repository_claim]
     ca = defaulted_spec(spec)["source"].get("caConfigMap")  # the CRD's default key applied
@@ -78,7 +78,7 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
         "command": ["modelkiln"],
         "args": ["convert", *args],
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MODELKILN_PVC_ROOT", "value": PVC_ROOT}],
-        "resources": RESOURCES,
+        "resources": defaults.get("resources", {}),
         "volumeMounts": mounts,
         "securityContext": objects.container_security_context(),
         "terminationMessagePath": "/dev/termination-log",

@@ -83,8 +83,9 @@ def pod_spec(*, containers: list[dict], volumes: list[dict], pool: DevicePool, *
     return spec
 
 
-def scratch_volume(name: str) -> dict:
-    return {"name": name, "emptyDir": {}}
+def scratch_volume(name: str, *, size_limit: str) -> dict:
+    # Past its limit the kubelet evicts the pod: one pod cannot fill its node's disk.
+    return {"name": name, "emptyDir": {"sizeLimit": size_limit}}
 
 
 def repository_volume(*, claim: str, read_only: bool) -> dict:
