@@ -38,7 +38,7 @@ _NEW_PROCESS = re.compile(r"^(clone3?|v?fork)\(.*\) = [1-9]")
 def _isolation_missing() -> str | None:
     tools = [t for t in ("unshare", "strace", "ip", "nsenter", "curl") if shutil.which(t) is None]
     if tools:
-        return f"needs {', '.join(tools)}"
+        return f"need {', '.join(tools)}"
     probe = subprocess.run(["unshare", "--net", "true"], capture_output=True, text=True)
     return f"cannot make a network namespace: {probe.stderr.strip()}" if probe.returncode else None
 

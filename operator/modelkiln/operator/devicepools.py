@@ -11,9 +11,8 @@ and the size limit of their emptyDirs; what a pool leaves out comes from DEFAULT
 
 from __future__ import annotations
 
-from typing import TypedDict
-
 import re
+from typing import TypedDict
 
 import yaml
 
@@ -63,10 +62,11 @@ def _check_pod_defaults(defaults: dict, *, where: str) -> None:
         if field == "emptyDirSizeLimit":
             _check_quantity(value, where=f"{where}.{field}")
         elif field == "resources":
-            for kind, amounts in value.items() if isinstance(value, dict) else [("", None)]:
-                if kind not in ("requests", "limits") or not isinstance(amounts, dict):
-                    raise DevicePoolError(f"{where}.resources must be {{requests: {{cpu: 500m, memory: 1Gi}}, "
-                                          f"limits: {{memory: 2Gi}}}}, got {value!r}")
+            if not (isinstance(value, dict) and set(value) <= {"requests", "limits"}
+                    and all(isinstance(amounts, dict) for amounts in value.values())):
+                raise DevicePoolError(f"{where}.resources must be {{requests: {{cpu: 500m, memory: 1Gi}}, "
+                                      f"limits: {{memory: 2Gi}}}}, got {value!r}")
+            for kind, amounts in value.items():
                 for name, amount in amounts.items():
                     _check_quantity(amount, where=f"{where}.resources.{kind}.{name}")
         else:
