@@ -30,10 +30,13 @@ import tempfile
 import time
 from typing import Callable
 
-import numpy as np
-import onnxruntime
-import openvino as ov
-import yaml
+from modelkiln import telemetry
+
+telemetry.off()  # before openvino loads it (modelkiln/telemetry.py)
+import numpy as np  # noqa: E402
+import onnxruntime  # noqa: E402
+import openvino as ov  # noqa: E402
+import yaml  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EFFICIENTNET = ROOT / "examples" / "efficientnet"

@@ -35,10 +35,13 @@ import tempfile
 import textwrap
 import time
 
-import numpy as np
-import onnx
-import openvino as ov
-from onnx import TensorProto, helper, numpy_helper
+from modelkiln import telemetry
+
+telemetry.off()  # before openvino loads it (modelkiln/telemetry.py)
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import openvino as ov  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 CACHE = pathlib.Path.home() / ".cache" / "modelkiln" / "bench"
 PEERS = {
@@ -336,7 +339,9 @@ def wait_http(port: int, path: str, process: subprocess.Popen) -> None:
 
 
 KSERVE_SERVER = '''
-import sys, numpy as np, openvino as ov, kserve
+import sys
+sys.modules["openvino_telemetry"] = None  # no telemetry (modelkiln/telemetry.py)
+import numpy as np, openvino as ov, kserve
 from kserve import InferRequest, InferResponse, InferOutput
 from kserve.utils.utils import generate_uuid
 
@@ -367,6 +372,8 @@ if __name__ == "__main__":
 '''
 
 MLSERVER_RUNTIME = '''
+import sys
+sys.modules["openvino_telemetry"] = None  # no telemetry (modelkiln/telemetry.py)
 import numpy as np, openvino as ov
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec

@@ -13,12 +13,13 @@ COPY pyproject.toml README.md ./
 COPY crds crds
 COPY operator operator
 COPY runtime runtime
-# pip is not needed at run time.
+# pip is not needed at run time, nor OpenVINO's and NNCF's telemetry sender: without it they use
+# their no-op stubs, whatever runs in the container (modelkiln/telemetry.py).
 RUN python -m venv /opt/modelkiln \
  && /opt/modelkiln/bin/pip install --no-cache-dir --upgrade pip \
  && /opt/modelkiln/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && /opt/modelkiln/bin/pip install --no-cache-dir --find-links /wheels "modelkiln[convert]" \
- && /opt/modelkiln/bin/pip uninstall --yes --quiet pip setuptools
+ && /opt/modelkiln/bin/pip uninstall --yes --quiet pip setuptools openvino-telemetry
 
 FROM ${BASE}
 # uid 1000 is what the operator's pods run as (runAsUser/fsGroup 1000).

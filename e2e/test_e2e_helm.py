@@ -64,7 +64,8 @@ def helm_on(helm: Helm, kubectl: Kubectl, *args: str, values: dict | None = None
 
 def release_values() -> dict:
     # The model namespace's claim comes from the chart, bound to a hand-made volume (no provisioner).
-    return {"operator": {"resyncSeconds": 2},
+    # The operator watches only that namespace: its RBAC is a Role there (and the peering object).
+    return {"operator": {"resyncSeconds": 2, "watchNamespaces": [MODELS]},
             "repository": {"namespaces": [MODELS], "storageClass": ""}}
 
 
@@ -118,6 +119,20 @@ def test_helm_install_creates_the_crds_and_an_operator_deployment_that_gets_read
     assert eventually("the repository claim bound", lambda: kubectl.get_json(
         "persistentvolumeclaim", REPOSITORY_CLAIM, namespace=MODELS)["status"].get("phase") == "Bound")
     assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_the_operator_may_act_only_in_the_watched_namespace(kubectl, release):
+    account = f"system:serviceaccount:{NAMESPACE}:{OPERATOR}"
+
+    def can(*request: str) -> str:
+        return kubectl.run("auth", "can-i", *request, f"--as={account}", check=False).stdout.strip()
+    assert can("create", "deployments", "-n", MODELS) == "yes"
+    assert can("create", "deployments", "-n", "default") == "no"
+    assert can("list", "inferencemodels.modelkiln.io", "--all-namespaces") == "no"
+    assert can("patch", "clusterkopfpeerings.kopf.dev") == "yes"
+    assert can("list", "customresourcedefinitions") == "no"
+    policies = kubectl.items("networkpolicies", namespace=MODELS)
+    assert [p["metadata"]["name"] for p in policies] == [f"{FULLNAME}-serving"]
 
 
 def test_the_charts_rbac_and_configuration_take_a_model_to_ready(kubectl, chart_operator):
@@ -181,9 +196,10 @@ def test_helm_uninstall_removes_every_operator_object_and_keeps_the_crds(helm, k
     proc, _ = chart_operator
     proc.stop()  # as the Deployment's pod goes with the release
     helm_on(helm, kubectl, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout=2m")
-    left = kubectl.run("get", "deployment,service,configmap,serviceaccount,role,rolebinding,pod", "-n", NAMESPACE,
-                       "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name").stdout.split()
-    assert left == []
+    for namespace in (NAMESPACE, MODELS):
+        left = kubectl.run("get", "deployment,service,configmap,serviceaccount,role,rolebinding,networkpolicy,pod",
+                           "-n", namespace, "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name").stdout.split()
+        assert left == [], namespace
     assert kubectl.run("get", "configmap", f"{FULLNAME}-device-pools", "-n", NAMESPACE, check=False).returncode != 0
     for kind in ("clusterrole", "clusterrolebinding"):
         assert kubectl.run("get", kind, OPERATOR, check=False).returncode != 0, f"{kind} {OPERATOR} left behind"

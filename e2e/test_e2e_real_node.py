@@ -194,6 +194,15 @@ def test_the_pods_run_as_uid_1000_on_a_read_only_root_and_openvino_caches_compil
     assert int(out[2]) >= 1, "OpenVINO wrote nothing to its cache directory"
 
 
+def test_the_server_image_has_no_telemetry_sender(release):
+    # OpenVINO posts usage events through openvino_telemetry unless it cannot import it (README).
+    kubectl = release
+    (server,) = pods_of(kubectl, "digits", "serving")
+    script = "import importlib.util, openvino\nprint(importlib.util.find_spec('openvino_telemetry'))"
+    out = kubectl.run("exec", "-n", MODELS, server["metadata"]["name"], "--", "python", "-c", script).stdout
+    assert out.strip() == "None"
+
+
 def test_a_corrupt_model_fails_in_its_container_with_the_converters_cause_on_the_status(release):
     kubectl = release
     kubectl.run("apply", "-n", MODELS, "-f", "-", input=digits_example("broken", f"pvc://{UPLOADS}/broken.onnx"))

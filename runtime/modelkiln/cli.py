@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from modelkiln import telemetry
+
 # name -> (module with `main(argv) -> int`, one-line summary)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "up": ("modelkiln.operator.local", "convert and serve InferenceModel YAML on this machine"),
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"modelkiln: unknown command {name!r}; expected one of: {', '.join(SUBCOMMANDS)}",
               file=sys.stderr)
         return 2
+    telemetry.off()  # before a subcommand imports openvino or nncf
     module = importlib.import_module(SUBCOMMANDS[name][0])
     return module.main(rest)
 

@@ -17,7 +17,7 @@ from chart_helpers import CHART, ROOT, by_kind, one
 
 from modelkiln.operator import config, handlers, kube, objects, schema, serving
 from modelkiln.operator import main as operator_main
-from modelkiln.operator.devicepools import CONFIG_KEY, parse_device_pools
+from modelkiln.operator.devicepools import CONFIG_KEY, parse_device_pools, pod_defaults
 
 ALL_VALUES = yaml.safe_load((ROOT / "tests" / "chart" / "all-values.yaml").read_text())
 DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -34,7 +34,7 @@ def leaves(values: dict, prefix: str = "") -> set[str]:
     for key, value in values.items():
         path = f"{prefix}{key}"
         free_map = key in {"devicePools", "resources", "affinity", "labels", "annotations", "podAnnotations",
-                           "podLabels", "nodeSelector"}
+                           "podLabels", "nodeSelector", "matchLabels"}
         if isinstance(value, dict) and value and not free_map:
             paths |= leaves(value, f"{path}.")
         else:
@@ -134,7 +134,31 @@ def test_the_roles_are_bound_to_the_operators_service_account(helm, values):
     subject = [{"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}]
     for binding in by_kind(rendered, "ClusterRoleBinding") + by_kind(rendered, "RoleBinding"):
         assert binding["subjects"] == subject
-        assert binding["roleRef"]["name"] == one(rendered, binding["roleRef"]["kind"])["metadata"]["name"]
+        namespace = binding["metadata"].get("namespace")
+        assert [r for r in by_kind(rendered, binding["roleRef"]["kind"])
+                if (r["metadata"]["name"], r["metadata"].get("namespace")) == (binding["roleRef"]["name"], namespace)]
+
+
+def test_with_watch_namespaces_the_operator_gets_a_role_in_each_and_only_peering_cluster_wide(helm):
+    rendered = helm.render({"operator": {"watchNamespaces": ["models", "staging"]}})
+    assert operator_main.parser().parse_args(container(one(rendered, "Deployment"))["args"][1:]).namespace == [
+        "models", "staging"]
+    peering = (kube.PEERINGS.group, kube.PEERINGS.plural)
+    framework = {(group, plural, verb, ()) for (group, plural), verbs in handlers.FRAMEWORK_PERMISSIONS.items()
+                 if (group, plural) not in (handlers.CRDS, peering) for verb in verbs}
+    namespaced = framework | {(r.group, r.plural, verb, ()) for r, verbs in kube.PERMISSIONS.items() if r.namespaced
+                              for verb in verbs}
+    # The peering object is one for all replicas, whatever they watch; CRDs are not watched.
+    cluster_wide = {(*peering, verb, ()) for verb in kube.PERMISSIONS[kube.PEERINGS] | handlers.FRAMEWORK_PERMISSIONS[peering]}
+    assert grants(one(rendered, "ClusterRole")["rules"]) == cluster_wide
+    watched = [role for role in by_kind(rendered, "Role") if role["metadata"]["namespace"] != "modelkiln-system"]
+    assert sorted(role["metadata"]["namespace"] for role in watched) == ["models", "staging"]
+    for role in watched:
+        assert grants(role["rules"]) == namespaced
+    assert sorted(b["metadata"]["namespace"] for b in by_kind(rendered, "RoleBinding")) == [
+        "modelkiln-system", "models", "staging"]
+    standalone = helm.render({"operator": {"watchNamespaces": ["models"], "peering": {"enabled": False}}})
+    assert by_kind(standalone, "ClusterRole") == [] and by_kind(standalone, "ClusterRoleBinding") == []
 
 
 def test_the_default_operator_is_configured_as_the_kustomize_base(helm):
@@ -196,6 +220,10 @@ def test_device_pools_from_values_are_read_by_the_operator_with_vpu_as_npu(helm)
     pools = parse_device_pools(text, source="chart")
     assert set(pools) == {"CPU", "GPU", "NPU", "big-cpu"}
     assert pools["CPU"]["nodeSelector"] == {"node.kubernetes.io/instance-type": "c7i.4xlarge"}
+    assert pod_defaults(pools["CPU"], "serving") == {"resources": {"requests": {"cpu": "2", "memory": "4Gi"},
+                                                                   "limits": {"memory": "8Gi"}},
+                                                     "emptyDirSizeLimit": "16Gi"}
+    assert pod_defaults(pools["CPU"], "conversion")["emptyDirSizeLimit"] == "64Gi"
     assert yaml.safe_load(text)["GPU"] == {**ALL_VALUES["devicePools"]["GPU"],
                                            "nodeSelector": {"intel.feature.node.kubernetes.io/gpu": "true"}}
     # VPU replaces the default NPU pool (tolerations included, as the values did not set any).
@@ -209,6 +237,9 @@ def test_device_pools_from_values_are_read_by_the_operator_with_vpu_as_npu(helm)
     ({"operator": {"replicas": 2, "peering": {"enabled": False}}}, "operator.replicas above 1 needs operator.peering.enabled=true"),
     ({"devicePools": {"GPU": {"resurce": "gpu.intel.com/i915"}}}, "at '/devicePools/GPU': additional properties 'resurce' not allowed"),
     ({"devicePools": {"GPU": {"supplementalGroups": ["render"]}}}, "at '/devicePools/GPU/supplementalGroups/0': got string, want integer"),
+    ({"devicePools": {"CPU": {"serving": {"emptyDirSizeLimit": "lots"}}}}, "at '/devicePools/CPU/serving/emptyDirSizeLimit'"),
+    ({"devicePools": {"CPU": {"serving": {"resources": {"request": {"cpu": 1}}}}}},
+     "at '/devicePools/CPU/serving/resources': additional properties 'request' not allowed"),
     ({"repository": {"accessMode": "ReadWriteAlways"}}, "at '/repository/accessMode': value must be one of 'ReadWriteMany'"),
     ({"repository": {"size": "lots"}}, "at '/repository/size': 'lots' does not match pattern"),
     ({"operator": {"resyncSeconds": 0}}, "at '/operator/resyncSeconds': exclusiveMinimum: got 0, want 0"),
@@ -217,7 +248,8 @@ def test_device_pools_from_values_are_read_by_the_operator_with_vpu_as_npu(helm)
     ({"image": {"registry": "registry.example.com/"}}, "at '/image/registry': 'registry.example.com/' does not match pattern"),
     ({"operator": {"image": {"repository": "registry.example.com/operator"}}},
      "at '/operator': additional properties 'image' not allowed"),
-], ids=["negative-replicas", "replicas-without-peering", "pool-field-typo", "group-name", "access-mode", "size",
+], ids=["negative-replicas", "replicas-without-peering", "pool-field-typo", "group-name", "scratch-size",
+        "requests-typo", "access-mode", "size",
         "resync", "interval", "top-level-typo", "registry-slash", "image-per-component"])
 def test_a_wrong_value_fails_at_render_with_a_message_naming_it(helm, values, expected):
     result = helm.template(values, check=False)
@@ -266,19 +298,38 @@ def test_the_pod_monitor_scrapes_the_model_servers_http_port(helm):
     assert restricted["metadata"]["labels"]["release"] == "prometheus"
 
 
-def test_network_policies_admit_only_the_serving_and_operator_ports(helm):
-    assert by_kind(helm.render(), "NetworkPolicy") == []
-    rendered = helm.render(ALL_VALUES)
+def test_network_policies_are_on_by_default_as_in_the_kustomize_base(helm):
+    policies = {p["metadata"]["name"]: p for p in by_kind(helm.render(), "NetworkPolicy")}
+    base = {p["metadata"]["name"]: p for p in yaml.safe_load_all((ROOT / "manifests" / "networkpolicy.yaml").read_text())}
+    assert policies.keys() == base.keys() == {"modelkiln-serving", "modelkiln-operator"}
+    assert policies["modelkiln-serving"]["spec"] == base["modelkiln-serving"]["spec"]
+    assert policies["modelkiln-serving"]["metadata"]["namespace"] == "default"  # repository.namespaces
+    assert policies["modelkiln-operator"]["spec"]["ingress"] == base["modelkiln-operator"]["spec"]["ingress"]
+    assert by_kind(helm.render({"networkPolicy": {"enabled": False}}), "NetworkPolicy") == []
+
+
+def test_model_servers_admit_their_namespace_prometheus_and_the_callers_named(helm):
+    values = {**ALL_VALUES["networkPolicy"], "enabled": True}
+    rendered = helm.render({**ALL_VALUES, "networkPolicy": values})
     policies = {p["metadata"]["name"]: p for p in by_kind(rendered, "NetworkPolicy")}
-    model_policy, operator_policy = policies["ml-kiln-serving"], policies["ml-kiln-operator"]
-    assert model_policy["metadata"]["namespace"] == "models"
+    model_policy, operator_policy = policies.pop("ml-kiln-serving"), policies.pop("ml-kiln-operator")
+    assert policies == {} and model_policy["metadata"]["namespace"] == "models"
     assert selects(model_policy["spec"]["podSelector"]["matchLabels"], serving_pod_labels())
-    (rule,) = model_policy["spec"]["ingress"]
-    assert {p["port"] for p in rule["ports"]} == {serving.HTTP_PORT, serving.GRPC_PORT}
-    assert rule["from"] == ALL_VALUES["networkPolicy"]["from"]
-    (rule,) = operator_policy["spec"]["ingress"]
-    assert {p["port"] for p in rule["ports"]} == {9191, 8181}
-    assert "from" not in rule
+    prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
+                  "podSelector": {"matchLabels": {"app": "prometheus-server"}}}  # the default label dropped
+    own_namespace, monitoring = model_policy["spec"]["ingress"]
+    assert own_namespace == {"from": [{"podSelector": {}}, *values["from"]],
+                             "ports": [{"port": serving.HTTP_PORT, "protocol": "TCP"},
+                                       {"port": serving.GRPC_PORT, "protocol": "TCP"}]}
+    assert monitoring == {"from": [prometheus], "ports": [{"port": serving.HTTP_PORT, "protocol": "TCP"}]}
+    assert selects(operator_policy["spec"]["podSelector"]["matchLabels"],
+                   one(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"])
+    assert operator_policy["spec"]["ingress"] == [
+        {"from": [prometheus], "ports": [{"port": 9191, "protocol": "TCP"}]},  # metrics
+        {"from": [{"podSelector": {}}], "ports": [{"port": 8181, "protocol": "TCP"}]}]  # health, for `helm test`
+    watched = helm.render({"operator": {"watchNamespaces": ["a", "b"]}})
+    assert sorted(p["metadata"]["namespace"] for p in by_kind(watched, "NetworkPolicy")
+                  if p["metadata"]["name"].endswith("-serving")) == ["a", "b"]
 
 
 def test_the_repository_claim_is_created_per_namespace_or_left_to_an_existing_one(helm):

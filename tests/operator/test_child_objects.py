@@ -7,6 +7,7 @@ import pytest
 from modelkiln.operator import conversion_job
 from modelkiln.operator.commands import artifact_key, defaulted_spec
 from modelkiln.operator.conversion_job import build_job, job_name
+from modelkiln.operator.devicepools import conversion_pool
 from modelkiln.operator.serving import build_deployment, build_hpa, build_pdb, build_service
 
 CONVERTER_IMAGE = "registry.example.com/modelkiln/converter:1"
@@ -16,7 +17,7 @@ ARTIFACT = {"key": "f" * 64, "version": 4, "precision": "FP16"}
 
 def job_for(model, pools, key=None):
     return build_job(model=model, spec=model["spec"], key=key or artifact_key(model["spec"]), image=CONVERTER_IMAGE,
-                     repository_claim="models", pool={"nodeSelector": pools["CPU"]["nodeSelector"]})
+                     repository_claim="models", pool=conversion_pool(pools))
 
 
 def deployment_for(model, pool):
@@ -27,6 +28,10 @@ def deployment_for(model, pool):
 def container(obj):
     (only,) = obj["spec"]["template"]["spec"]["containers"]
     return only
+
+
+def empty_dirs(obj) -> dict[str, dict]:
+    return {v["name"]: v["emptyDir"] for v in obj["spec"]["template"]["spec"]["volumes"] if "emptyDir" in v}
 
 
 @pytest.mark.parametrize("conversion, expected", [
@@ -146,7 +151,7 @@ def test_the_converter_writes_only_its_models_directory_created_first_as_its_use
                                                  "values": [0]}} in job["spec"]["podFailurePolicy"]["rules"]
 
 
-def test_downloads_are_staged_in_a_scratch_volume_sized_from_the_download_cap(make_model, pools):
+def test_downloads_are_staged_in_a_scratch_volume_sized_from_the_download_cap_and_the_pool(make_model, pools):
     default = job_for(make_model(source={"uri": "https://models.example.com/digits.onnx"}), pools)
     assert container(default)["args"][-2:] == ["--scratch", "/tmp"]
     # room for the source and the calibration data at the default 20 GiB cap each, plus 2 GiB
@@ -161,7 +166,8 @@ def test_downloads_are_staged_in_a_scratch_volume_sized_from_the_download_cap(ma
     args = container(job)["args"]
     assert args[args.index("--max-download-bytes") + 1] == str(2**30)
     assert args[args.index("--download-timeout") + 1] == "600" and "--allow-link-local" in args
-    assert {"name": "scratch", "emptyDir": {"sizeLimit": "4096Mi"}} in job["spec"]["template"]["spec"]["volumes"]
+    # 2 x 1 GiB + 2 GiB fits in the CPU pool's default budget, which stays the limit
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}} in job["spec"]["template"]["spec"]["volumes"]
     assert job["spec"]["activeDeadlineSeconds"] == 3600 + 600
     # raising a limit after a refusal is a new attempt; a spec without them keeps its key
     assert artifact_key(limited["spec"]) != artifact_key(make_model()["spec"])
@@ -287,3 +293,41 @@ def test_rollouts_keep_full_capacity_on_cpu_and_never_wait_for_a_spare_accelerat
     gpu = deployment_for(make_model(serving={"device": "GPU", "replicas": 2}), pools["GPU"])["spec"]["strategy"]
     assert cpu["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     assert gpu["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+
+
+# Pod defaults as a cluster owner would set them in the device-pool ConfigMap.
+SERVING_DEFAULTS = {"resources": {"requests": {"cpu": "2", "memory": "3Gi"}, "limits": {"memory": "6Gi"}},
+                    "emptyDirSizeLimit": "8Gi"}
+CONVERSION_DEFAULTS = {"resources": {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "32Gi"}},
+                       "emptyDirSizeLimit": "100Gi"}
+
+
+def test_serving_pods_get_their_pools_resources_and_scratch_limit_when_the_model_sets_none(make_model, pools):
+    deployment = deployment_for(make_model(serving={"device": "GPU"}), {**pools["GPU"], "serving": SERVING_DEFAULTS})
+    assert container(deployment)["resources"] == {"requests": {"cpu": "2", "memory": "3Gi"},
+                                                  "limits": {"memory": "6Gi", "gpu.intel.com/i915": 1}}
+    assert empty_dirs(deployment) == {"tmp": {"sizeLimit": "8Gi"}, "cache": {"sizeLimit": "8Gi"}}
+
+
+def test_a_models_own_resources_win_whole_over_its_pools(make_model, pools):
+    model = make_model(serving={"resources": {"requests": {"memory": "10Gi"}}})
+    deployment = deployment_for(model, {**pools["CPU"], "serving": SERVING_DEFAULTS})
+    # Not merged: the pool's 6Gi limit under the model's 10Gi request would be refused by the API server.
+    assert container(deployment)["resources"] == {"requests": {"memory": "10Gi"}}
+    assert empty_dirs(deployment)["tmp"] == {"sizeLimit": "8Gi"}
+
+
+def test_conversion_jobs_get_the_cpu_pools_conversion_defaults(make_model, pools):
+    pools["CPU"]["conversion"] = CONVERSION_DEFAULTS
+    pools["CPU"]["serving"] = SERVING_DEFAULTS
+    job = job_for(make_model(), pools)
+    assert container(job)["resources"] == CONVERSION_DEFAULTS["resources"]
+    assert empty_dirs(job) == {"scratch": {"sizeLimit": "100Gi"}}
+
+
+@pytest.mark.parametrize("build", ["job", "deployment"])
+def test_without_pool_settings_every_pod_has_requests_limits_and_bounded_scratch(make_model, pools, build):
+    obj = job_for(make_model(), pools) if build == "job" else deployment_for(make_model(), pools["CPU"])
+    resources = container(obj)["resources"]
+    assert resources["requests"]["cpu"] and resources["requests"]["memory"] and resources["limits"]["memory"]
+    assert empty_dirs(obj) and all(volume["sizeLimit"] for volume in empty_dirs(obj).values())

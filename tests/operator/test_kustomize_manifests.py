@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import pathlib
 import shutil
 import subprocess
@@ -10,7 +11,8 @@ import subprocess
 import pytest
 import yaml
 
-from modelkiln.operator import config, handlers, kube
+from modelkiln.operator import config, handlers, kube, objects, serving
+from modelkiln.operator import main as operator_main
 from modelkiln.operator.devicepools import CONFIG_KEY, parse_device_pools
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -18,15 +20,23 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 
 
-@pytest.fixture(scope="module")
-def rendered() -> dict[str, list[dict]]:
-    """`kubectl kustomize manifests/`, objects by kind."""
-    result = subprocess.run(["kubectl", "kustomize", str(ROOT / "manifests")], capture_output=True, text=True,
-                            check=True)
+def kustomize(directory: pathlib.Path) -> dict[str, list[dict]]:
+    """`kubectl kustomize DIRECTORY`, objects by kind."""
+    result = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, check=True)
     by_kind = collections.defaultdict(list)
     for obj in yaml.safe_load_all(result.stdout):
         by_kind[obj["kind"]].append(obj)
     return by_kind
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    return kustomize(ROOT / "manifests")
+
+
+# Prometheus as kube-prometheus-stack runs it: its namespace and its pods.
+PROMETHEUS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+              "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
 
 
 def images_env() -> dict[str, str]:
@@ -62,7 +72,7 @@ def grants(rules: list[dict]) -> set[tuple[str, str, str]]:
 
 def test_the_base_installs_every_piece(rendered):
     assert {"Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-            "Role", "RoleBinding", "Deployment", "ConfigMap", "PersistentVolumeClaim"} <= rendered.keys()
+            "Role", "RoleBinding", "Deployment", "ConfigMap", "PersistentVolumeClaim", "NetworkPolicy"} <= rendered.keys()
     crds = {crd["metadata"]["name"] for crd in rendered["CustomResourceDefinition"]}
     assert "inferencemodels.modelkiln.io" in crds
 
@@ -128,3 +138,39 @@ def test_the_shipped_configuration_matches_the_operators_defaults(rendered):
     (claim,) = rendered["PersistentVolumeClaim"]
     assert claim["metadata"]["name"] == defaults.repository_claim
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_model_servers_admit_only_their_namespace_and_prometheus(rendered):
+    policies = {p["metadata"]["name"]: p for p in rendered["NetworkPolicy"]}
+    policy = policies["modelkiln-serving"]
+    (claim,) = rendered["PersistentVolumeClaim"]
+    assert policy["metadata"]["namespace"] == claim["metadata"]["namespace"]  # where the base's models live
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= objects.labels(name="digits",
+                                                                                  component=serving.COMPONENT).items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    own_namespace, monitoring = policy["spec"]["ingress"]
+    assert own_namespace == {"from": [{"podSelector": {}}],
+                             "ports": [{"port": serving.HTTP_PORT, "protocol": "TCP"},
+                                       {"port": serving.GRPC_PORT, "protocol": "TCP"}]}
+    assert monitoring == {"from": [PROMETHEUS], "ports": [{"port": serving.HTTP_PORT, "protocol": "TCP"}]}
+
+
+def test_the_operator_admits_prometheus_on_its_metrics_port_and_its_namespace_on_its_health_port(rendered):
+    policy = {p["metadata"]["name"]: p for p in rendered["NetworkPolicy"]}["modelkiln-operator"]
+    (deployment,) = rendered["Deployment"]
+    assert policy["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= \
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+    args = operator_main.parser().parse_args(operator_container(rendered)["args"][1:])
+    assert policy["spec"]["ingress"] == [
+        {"from": [PROMETHEUS], "ports": [{"port": args.metrics_port, "protocol": "TCP"}]},
+        {"from": [{"podSelector": {}}], "ports": [{"port": args.health_port, "protocol": "TCP"}]}]
+
+
+def test_the_open_network_component_drops_the_policies_and_nothing_else(rendered, tmp_path):
+    base = os.path.relpath(ROOT / "manifests", tmp_path)  # kustomize refuses absolute paths
+    (tmp_path / "kustomization.yaml").write_text(
+        f"resources: [{base}]\ncomponents: [{base}/components/open-network]\n")
+    opened = kustomize(tmp_path)
+    assert "NetworkPolicy" not in opened
+    assert {kind: objs for kind, objs in rendered.items() if kind != "NetworkPolicy"} == dict(opened)

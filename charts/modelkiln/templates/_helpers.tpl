@@ -25,6 +25,11 @@
 {{- printf "%s-device-pools" (include "modelkiln.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The Role the operator gets in each of operator.watchNamespaces. */}}
+{{- define "modelkiln.watchedRoleName" -}}
+{{- printf "%s-watched" (include "modelkiln.operatorName" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "modelkiln.serviceAccountName" -}}
 {{- default (include "modelkiln.operatorName" .) .Values.serviceAccount.name -}}
 {{- end -}}
@@ -73,4 +78,59 @@ NPU (the chart's default NPU pool would otherwise always be there too). */}}
 {{- $_ := set $pools "NPU" . -}}
 {{- end -}}
 {{- toYaml $pools -}}
+{{- end -}}
+
+{{/* The operator's rules on namespaced objects: in its ClusterRole, or with
+operator.watchNamespaces in a Role of each watched namespace. */}}
+{{- define "modelkiln.namespacedRules" -}}
+# The API it serves: kopf watches InferenceModels and patches its own annotations; each
+# reconcile reads its model and patches the status.
+- apiGroups: [modelkiln.io]
+  resources: [inferencemodels]
+  verbs: [get, list, watch, patch]
+- apiGroups: [modelkiln.io]
+  resources: [inferencemodels/status]
+  verbs: [patch]
+# Children carry ownerReferences with blockOwnerDeletion.
+- apiGroups: [modelkiln.io]
+  resources: [inferencemodels/finalizers]
+  verbs: [update]
+# Conversion: the Job (watched: its changes reconcile the model), its pods' termination
+# messages, the model repository's claim.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get]
+# Serving: watched (kopf keeps our objects in memory; a Deployment's changes reconcile the
+# model), read, then server-side apply (create + patch) only what differs; the autoscaler and
+# budget also go away.
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
+# kopf: Events on InferenceModels.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
+
+{{/* Prometheus as a NetworkPolicy peer: its namespace and its pods (both must match). */}}
+{{- define "modelkiln.monitoringPeer" -}}
+namespaceSelector:
+  {{- toYaml .Values.networkPolicy.monitoring.namespaceSelector | nindent 2 }}
+podSelector:
+  {{- toYaml .Values.networkPolicy.monitoring.podSelector | nindent 2 }}
 {{- end -}}

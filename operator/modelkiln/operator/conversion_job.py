@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 from typing import Literal, TypedDict
 
+from kubernetes.utils.quantity import parse_quantity
+
 from modelkiln.operator import objects
 from modelkiln.redaction import scrubbed
 from modelkiln.operator.commands import convert_args, defaulted_spec
-from modelkiln.operator.devicepools import DevicePool
+from modelkiln.operator.devicepools import DevicePool, pod_defaults
 
 CONTAINER = "convert"
 # Creates the model's directory on the repository claim as the converter's user before the
@@ -40,7 +42,6 @@ PVC_ROOT = "/mnt/pvc"
 # spec.source.caConfigMap's PEM bundle, mounted here and passed as --ca-file.
 CA_DIR = "/etc/modelkiln/ca"
 CA_FILE = "ca.pem"
-RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
 
 
 class Outcome(TypedDict):
@@ -60,6 +61,14 @@ def source_claims(spec: dict) -> list[str]:
     return sorted({uri.removeprefix("pvc://").partition("/")[0] for uri in uris if uri.startswith("pvc://")})
 
 
+def scratch_limit(defaults: dict, max_bytes: int) -> str:
+    """The scratch volume's sizeLimit: the pool's budget, raised to what the download cap needs
+    (the source and the calibration data at the cap, plus temporary files)."""
+    needed = 2 * max_bytes + SCRATCH_HEADROOM_BYTES
+    budget = int(parse_quantity(defaults["emptyDirSizeLimit"]))
+    return defaults["emptyDirSizeLimit"] if budget >= needed else f"{-(-needed // 2**20)}Mi"
+
+
 def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim: str,
               pool: DevicePool) -> dict:
     """Job `<name>-convert-<key8>` converting `spec` into `<repository>/<name>/` in `image`.
@@ -71,6 +80,7 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
     name = model["metadata"]["name"]
     output = f"{objects.REPOSITORY_PATH}/{name}"
     source = defaulted_spec(spec)["source"]
+    defaults = pod_defaults(pool, "conversion")  # the CPU pool's (devicepools.conversion_pool)
     args = convert_args(spec=spec, output=output, artifact_key=key) + ["--scratch", SCRATCH]
     # One volume per claim: a kubelet never starts a pod with two volumes on the same claim (it
     # waits on the second mount forever, with no Event), so a source on the repository claim
@@ -84,7 +94,7 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
                for claim in claims]
     max_bytes = source.get("maxBytes", MAX_DOWNLOAD_BYTES)
     volumes = [objects.repository_volume(claim=repository_claim, read_only=False),
-               objects.scratch_volume("scratch", size_limit=2 * max_bytes + SCRATCH_HEADROOM_BYTES)]
+               objects.scratch_volume("scratch", size_limit=scratch_limit(defaults, max_bytes))]
     volumes += [{"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
                 for claim, volume in volume_of.items() if claim != repository_claim]
     ca = source.get("caConfigMap")  # the CRD's default key applied
@@ -99,7 +109,7 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
         "command": ["modelkiln"],
         "args": ["convert", *args],
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MODELKILN_PVC_ROOT", "value": PVC_ROOT}],
-        "resources": RESOURCES,
+        "resources": defaults.get("resources", {}),
         "volumeMounts": mounts,
         "securityContext": objects.container_security_context(),
         "terminationMessagePath": "/dev/termination-log",

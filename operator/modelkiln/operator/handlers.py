@@ -49,15 +49,18 @@ TRIGGERING_CHILDREN = (kube.DEPLOYMENTS, kube.JOBS, kube.SERVICES)
 MODELS_INDEX = PLURAL
 
 # What kopf calls for these handlers, and what the API server checks for ownerReferences with
-# blockOwnerDeletion; kube.PERMISSIONS has the operator's own calls. The ClusterRole grants the union.
+# blockOwnerDeletion; kube.PERMISSIONS has the operator's own calls. The ClusterRole grants the union;
+# an operator watching some namespaces gets the namespaced part as a Role in each, and keeps only
+# the peering object cluster-wide (it does not watch CRDs: see `register`).
+CRDS = ("apiextensions.k8s.io", "customresourcedefinitions")
 FRAMEWORK_PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     (GROUP, PLURAL): frozenset({"list", "watch", "patch"}),
     (GROUP, f"{PLURAL}/status"): frozenset({"patch"}),
     (GROUP, f"{PLURAL}/finalizers"): frozenset({"update"}),  # blockOwnerDeletion; kopf adds no finalizer
     ("", "events"): frozenset({"create"}),
     **{(child.group, child.plural): frozenset({"list", "watch"}) for child in WATCHED_CHILDREN},
-    ("apiextensions.k8s.io", "customresourcedefinitions"): frozenset({"list", "watch"}),
-    ("kopf.dev", "clusterkopfpeerings"): frozenset({"get", "list", "watch", "patch"}),
+    CRDS: frozenset({"list", "watch"}),
+    (kube.PEERINGS.group, kube.PEERINGS.plural): frozenset({"get", "list", "watch", "patch"}),
 }
 
 # Sync handlers run in kopf's thread pool: a child's event, the model's own handler and the resync
@@ -140,9 +143,11 @@ def _owner(body: kopf.Body) -> str | None:
                  if ref.get("kind") == KIND and ref.get("controller")), None)
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig, *, create_peering: bool = True) -> None:
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig, *, create_peering: bool = True,
+             namespaced: bool = False) -> None:
     """Register the handlers for the InferenceModel resource in `registry`; with `create_peering`,
-    the operator creates its peering object when missing (else its deployer does)."""
+    the operator creates its peering object when missing (else its deployer does); `namespaced`:
+    it watches only the namespaces it was given."""
     resource = dict(group=GROUP, version=VERSION, plural=PLURAL)
 
     @kopf.on.login(registry=registry)
@@ -159,6 +164,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, *, create_
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelkiln.io")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix="modelkiln.io", key="last-handled-configuration")
+        if namespaced:
+            # The given namespaces, by name: kopf would otherwise list and watch all namespaces and
+            # CRDs, which a namespaced install does not grant (it would warn and go on without).
+            settings.scanning.disabled = True
         if not settings.peering.standalone:
             # One cluster-scoped peering object, also when watching only some namespaces; kopf
             # does not create it, and without it replicas would not coordinate.

@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port)
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, config, create_peering=args.create_peering)
+    handlers.register(registry, config, create_peering=args.create_peering, namespaced=bool(args.namespace))
     kopf.run(
         registry=registry,
         clusterwide=not args.namespace,

@@ -83,9 +83,9 @@ def pod_spec(*, containers: list[dict], volumes: list[dict], pool: DevicePool, *
     return spec
 
 
-def scratch_volume(name: str, *, size_limit: int | None = None) -> dict:
-    """An emptyDir; `size_limit` in bytes, past which kubelet evicts the pod."""
-    return {"name": name, "emptyDir": {"sizeLimit": f"{-(-size_limit // 2**20)}Mi"} if size_limit else {}}
+def scratch_volume(name: str, *, size_limit: str) -> dict:
+    # Past its limit the kubelet evicts the pod: one pod cannot fill its node's disk.
+    return {"name": name, "emptyDir": {"sizeLimit": size_limit}}
 
 
 def repository_volume(*, claim: str, read_only: bool) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from modelkiln.operator import objects
 from modelkiln.operator.commands import serve_args
-from modelkiln.operator.devicepools import DevicePool
+from modelkiln.operator.devicepools import DevicePool, pod_defaults
 
 COMPONENT = "serving"
 HTTP_PORT = 8080
@@ -44,7 +44,11 @@ def _probe(path: str, *, period: int, failures: int) -> dict:
 
 
 def _resources(serving: dict, pool: DevicePool) -> dict:
+    # The model's own resources, else its pool's defaults: never a mix (a pool's limit could sit
+    # below the model's request).
     wanted = serving.get("resources", {})
+    if not (wanted.get("requests") or wanted.get("limits")):
+        wanted = pod_defaults(pool, "serving").get("resources", {})
     resources = {kind: dict(wanted[kind]) for kind in ("requests", "limits") if wanted.get(kind)}
     if pool.get("resource"):
         # Extended resources are requested through limits (requests follow); one device per pod.
@@ -95,6 +99,7 @@ def build_deployment(*, model: dict, spec: dict, artifact: dict, image: str, rep
         "securityContext": objects.container_security_context(),
     }
     selector = objects.selector_labels(name=name, component=COMPONENT)
+    scratch = pod_defaults(pool, "serving")["emptyDirSizeLimit"]
     deployment_spec = {
         "selector": {"matchLabels": selector},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": _rollout(pool)},
@@ -109,7 +114,8 @@ def build_deployment(*, model: dict, spec: dict, artifact: dict, image: str, rep
             "spec": objects.pod_spec(
                 containers=[container],
                 volumes=[objects.repository_volume(claim=repository_claim, read_only=True),
-                         objects.scratch_volume("tmp"), objects.scratch_volume("cache")],
+                         objects.scratch_volume("tmp", size_limit=scratch),
+                         objects.scratch_volume("cache", size_limit=scratch)],
                 pool=pool, terminationGracePeriodSeconds=PRESTOP_SECONDS + DRAIN_SECONDS + 15),
         },
     }

@@ -123,7 +123,6 @@ def artifact_key_of(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    without_openvino_telemetry()
     with stderr_sent_to_stdout() as stderr, sigterm_raises():
         termination_log = termination_log_of(argv)
         try:
@@ -144,14 +143,6 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
         write_termination_log(termination_log, line)
         return 0
-
-
-def without_openvino_telemetry() -> None:
-    """OpenVINO's model conversion sends usage events to Google Analytics from a child process
-    unless the user opted out. A conversion Job has no business calling out: with the telemetry
-    package unimportable, OpenVINO falls back to its built-in no-op stub."""
-    if "openvino_telemetry" not in sys.modules:     # imported already: too late, and not ours to undo
-        sys.modules["openvino_telemetry"] = None
 
 
 def flush_c_streams() -> None:
@@ -418,6 +409,3 @@ def preprocessing_record(options: InputOptions) -> dict | None:
               "reverseChannels": options.reverse_channels}
     return record if any(record.values()) else None
 
-
-if __name__ == "__main__":
-    sys.exit(main())
