@@ -131,14 +131,16 @@ def test_tritonclient_grpc_without_the_right_token_is_unauthenticated(secured, c
 
 def test_grpc_health_is_open_to_probes(secured, certificate):
     client = grpc_client(secured, certificate[0])
-    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("mlp")
 
 
 def test_curl_reaches_health_and_metrics_without_a_token_and_nothing_else(secured, certificate):
     cert = certificate[0]
-    for path in ("/v2/health/live", "/v2/health/ready", "/ping", "/metrics"):
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/mlp/ready",
+                 "/v2/models/mlp/versions/1/ready", "/ping", "/metrics"):
         assert curl(secured, cert, path)[0] == 200, path
-    for path in ("/v2", "/v2/models/mlp", "/v2/models/mlp/ready", "/v1/models/mlp"):
+    for path in ("/v2", "/v2/models/mlp", "/v2/models/mlp/versions/1", "/v1/models/mlp",
+                 "/v1/models/mlp/metadata"):
         status, body = curl(secured, cert, path)
         assert status == 401, (path, body)
         assert json.loads(body) == {"error": "missing bearer token: send the header "

@@ -3,7 +3,9 @@
 The file holds the accepted tokens, one per line (two during a rotation). It is re-read when it
 changes, checked at most once a second, so a Kubernetes Secret update takes effect without a
 restart. Probes and scrapers call the health routes and /metrics without a token; everything
-else (inference, model and server metadata, model readiness) needs one.
+else (inference, model and server metadata) needs one. Model readiness counts as health, as in
+Triton's restricted-API groups: a pod's readiness probe asks for its model and cannot carry a
+token from a Secret.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from modelkiln.runtime.names import shown
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = re.compile(r"(/v2/health/(live|ready)|/ping|/metrics)\Z")
-OPEN_GRPC_METHODS = frozenset({"/inference.GRPCInferenceService/ServerLive",
-                               "/inference.GRPCInferenceService/ServerReady"})
+OPEN_PATHS = re.compile(
+    r"(/v2/health/(live|ready)|/v2/models/[^/]+(/versions/[^/]+)?/ready|/ping|/metrics)\Z")
+OPEN_GRPC_METHODS = frozenset(f"/inference.GRPCInferenceService/{method}"
+                              for method in ("ServerLive", "ServerReady", "ModelReady"))
 RECHECK_SECONDS = 1.0
 
 
@@ -78,7 +81,7 @@ class TokenFile:
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """The same check on gRPC's `authorization` metadata; ServerLive/ServerReady stay open."""
+    """The same check on gRPC's `authorization` metadata; the health calls stay open."""
 
     def __init__(self, tokens: TokenFile) -> None:
         self.tokens = tokens
