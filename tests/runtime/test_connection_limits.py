@@ -9,8 +9,12 @@ configured time, and the server keeps serving the next client.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import select
 import socket
+import subprocess
+import sys
 import time
 
 import grpc
@@ -204,3 +208,30 @@ def test_grpc_metadata_over_the_cap_is_refused(limited):
             live(pb.ServerLiveRequest().SerializeToString(), timeout=10,
                  metadata=[("x-big", "a" * 20000)])
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, raised.value.details()
+
+
+
+IDLE_CLIENT = """
+import json, sys, time, grpc
+channel = grpc.insecure_channel(sys.argv[1], options=[tuple(o) for o in json.loads(sys.argv[2])])
+channel.unary_unary("/inference.GRPCInferenceService/ServerLive")(b"", timeout=10)
+time.sleep(6)  # no call in progress: past an idle timeout of 1.5 s, and 60 pings
+"""
+PING_EVERY_100_MS = [("grpc.keepalive_time_ms", 100), ("grpc.keepalive_timeout_ms", 1000),
+                     ("grpc.keepalive_permit_without_calls", 1),
+                     ("grpc.http2.max_pings_without_data", 0)]
+
+
+@pytest.mark.parametrize("server, options, reason", [
+    ("capped", PING_EVERY_100_MS, "too_many_pings"), ("limited", [], "connection idle")])
+def test_a_grpc_client_pinging_too_often_or_idle_too_long_is_sent_away(request, server, options,
+                                                                       reason):
+    server = request.getfixturevalue(server)
+    # grpc core in the client logs the server's GOAWAY and its reason: a client we did not write
+    result = subprocess.run([sys.executable, "-c", IDLE_CLIENT, server.grpc, json.dumps(options)],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "GRPC_VERBOSITY": "INFO"})
+    assert result.returncode == 0, result.stderr
+    assert f"GOAWAY received; Error code: {2 if reason == 'connection idle' else 11}; " \
+           f"Debug Text: {reason}" in result.stderr, result.stderr
+    assert_still_served(server)
