@@ -165,7 +165,7 @@ def test_headers_under_the_cap_and_a_large_body_in_the_same_packet_are_served(li
     assert orjson.loads(answer)["outputs"][0]["shape"] == [20000, 3]
 
 
-def test_requests_past_the_in_flight_cap_get_503_with_retry_after_then_others_are_served(capped):
+def test_requests_past_the_in_flight_cap_get_503_with_retry_after_probes_do_not(capped):
     promised = (b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: test\r\n"
                 b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
     with contextlib.ExitStack() as stack:
@@ -179,20 +179,26 @@ def test_requests_past_the_in_flight_cap_get_503_with_retry_after_then_others_ar
         assert refused.headers["retry-after"] == "1"
         assert refused.json() == {"error": "server busy: 2 requests in flight, the limit; "
                                            "retry after 1 s"}
+        # probes are still answered: a busy server is alive and must not be restarted
+        assert httpx.get(f"{capped.http}/v2/health/live", timeout=SLACK).status_code == 200
     time.sleep(0.2)  # the holders closed: their requests end
     assert_still_served(capped)
 
 
-def test_a_connection_past_the_cap_gets_503_with_retry_after_then_others_are_served(capped):
+def test_a_connection_past_the_cap_gets_503_with_retry_after_a_probe_its_answer(capped):
     with contextlib.ExitStack() as stack:
         for _ in range(3):  # the cap: three open connections that send nothing yet
             stack.enter_context(connect(capped))
         time.sleep(0.2)
         with connect(capped) as extra:
-            extra.sendall(READY)
+            extra.sendall(b"GET /v2/models/mlp HTTP/1.1\r\nHost: test\r\n\r\n")
             headers = assert_refused(read_until_closed(extra), 503,
                                      "server busy: too many open connections; retry after 1 s")
         assert headers["retry-after"] == "1"
+        with connect(capped) as probe:  # a probe gets its answer, and the connection is closed
+            probe.sendall(READY)
+            status, headers, body = parse(read_until_closed(probe))
+        assert (status, headers["connection"], orjson.loads(body)) == (200, "close", {"ready": True})
     time.sleep(0.2)
     assert_still_served(capped)
 

@@ -24,6 +24,7 @@ from modelkiln.runtime.names import shown
 
 log = logging.getLogger(__name__)
 
+# What probes and scrapers call: no token needed, and (http_app) never turned away as busy.
 OPEN_PATHS = re.compile(
     r"(/v2/health/(live|ready)|/v2/models/[^/]+(/versions/[^/]+)?/ready|/ping|/metrics)\Z")
 OPEN_GRPC_METHODS = frozenset(f"/inference.GRPCInferenceService/{method}"

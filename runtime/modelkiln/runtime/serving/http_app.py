@@ -108,9 +108,10 @@ class HttpApp:
     """The ASGI application: reads the request, calls the routed handler, sends the response.
 
     At most `max_in_flight` requests are handled at once; one past that is answered 503 with
-    Retry-After at once, before its body is read. The body must arrive within `body_timeout`
+    Retry-After at once, before its body is read (probes, health and metrics, are always
+    answered). The body must arrive within `body_timeout`
     seconds of the head (408 and close past it). With `tokens`, every route but the open ones
-    (health, metrics) needs a bearer token the file holds (401 without it).
+    (health, model readiness, metrics) needs a bearer token the file holds (401 without it).
     """
 
     def __init__(self, *, router: Router, max_request_bytes: int, body_timeout: float,
@@ -125,7 +126,8 @@ class HttpApp:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return  # lifespan: nothing to set up, the server owns the models
-        if self.in_flight >= self.max_in_flight:
+        # probes are not turned away: a busy server is alive, and a liveness failure would kill it
+        if self.in_flight >= self.max_in_flight and not OPEN_PATHS.match(scope["path"]):
             await self._send(scope, send, self._failure(scope, ServerBusy(
                 f"server busy: {self.max_in_flight} requests in flight, the limit; "
                 f"retry after 1 s")))
@@ -138,9 +140,13 @@ class HttpApp:
         await self._send(scope, send, response)
 
     async def over_capacity(self, scope, receive, send) -> None:
-        """The application for a connection past the server's cap: 503, and the server closes."""
-        response = self._failure(scope, ServerBusy("server busy: too many open connections; "
-                                                   "retry after 1 s"))
+        """The application for a connection past the server's cap: 503 (probes get their answer),
+        and the server closes."""
+        if OPEN_PATHS.match(scope["path"]):
+            response = await self._respond(scope, receive)
+        else:
+            response = self._failure(scope, ServerBusy("server busy: too many open connections; "
+                                                       "retry after 1 s"))
         response.extra_headers += ((b"connection", b"close"),)
         await self._send(scope, send, response)
 
