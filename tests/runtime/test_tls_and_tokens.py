@@ -8,6 +8,8 @@ it through their own options. With a token file, inference and metadata need the
 from __future__ import annotations
 
 import json
+import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -26,13 +28,18 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
 
+def make_certificate(cert: pathlib.Path, key: pathlib.Path) -> None:
+    """A self-signed certificate for 127.0.0.1, as a user would make one with openssl."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tls")
     cert, key = directory / "tls.crt", directory / "tls.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    make_certificate(cert, key)
     return cert, key
 
 
@@ -197,3 +204,24 @@ def test_bad_tls_or_token_flags_exit_2_before_listening(model_repository, certif
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert message in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+def test_a_renewed_certificate_is_served_to_new_connections_without_a_restart(
+        model_repository, start_server, tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    for directory in (old, new):
+        directory.mkdir()
+        make_certificate(directory / "tls.crt", directory / "tls.key")
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(old / "tls.crt", cert)
+    shutil.copy(old / "tls.key", key)
+    server = start_server(model_repository, "--tls-cert", str(cert), "--tls-key", str(key))
+    wait_ready(server, old / "tls.crt")
+    assert curl(server, new / "tls.crt", "/v2/health/live")[0] == 0  # not trusted yet
+    key.write_bytes((new / "tls.key").read_bytes())  # as a renewal in place, key first
+    cert.write_bytes((new / "tls.crt").read_bytes())
+    wait_ready(server, new / "tls.crt", timeout=10)
+    assert curl(server, old / "tls.crt", "/v2/health/live")[0] == 0  # the old one is gone
+    assert grpc_client(server, new / "tls.crt").is_server_live()
+    with pytest.raises(InferenceServerException):
+        grpc_client(server, old / "tls.crt").is_server_live(client_timeout=5)

@@ -20,7 +20,6 @@ import signal
 import ssl
 import sys
 
-import grpc
 import prometheus_client
 import uvicorn
 
@@ -36,6 +35,7 @@ from modelkiln.runtime.serving.metrics import Metrics
 from modelkiln.runtime.serving.repository import Repository
 from modelkiln.runtime.serving.sagemaker_rest import SageMakerRoutes
 from modelkiln.runtime.serving.tfserving_rest import TFServingRoutes
+from modelkiln.runtime.serving.tls import CertificatePair
 from modelkiln.runtime.versions import VersionPolicy
 
 log = logging.getLogger("modelkiln.serve")
@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="address both servers listen on (default: 0.0.0.0)")
     parser.add_argument("--cache-dir", help="OpenVINO compiled-model cache (CACHE_DIR)")
     parser.add_argument("--poll-interval", type=float, default=2.0,
-                        help="seconds between repository scans")
+                        help="seconds between repository scans (and checks for a renewed "
+                             "--tls-cert)")
     parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_BYTES,
                         help="largest REST body and gRPC message accepted (and gRPC sent)")
     parser.add_argument("--drain-timeout", type=float, default=30.0,
@@ -111,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: 60)")
     access = parser.add_argument_group("transport security and access")
     access.add_argument("--tls-cert", type=pathlib.Path,
-                        help="PEM certificate (chain): serve REST and gRPC over TLS")
+                        help="PEM certificate (chain): serve REST and gRPC over TLS; new "
+                             "connections get a renewed one without a restart")
     access.add_argument("--tls-key", type=pathlib.Path, help="PEM private key of --tls-cert")
     access.add_argument("--auth-token-file", type=pathlib.Path,
                         help="file of accepted tokens, one per line, re-read when it changes: "
@@ -143,12 +145,6 @@ def grpc_limit_options(args: argparse.Namespace) -> tuple[tuple[str, int], ...]:
             ("grpc.http2.min_ping_interval_without_data_ms",
              int(args.grpc_min_ping_interval * 1000)),
             ("grpc.http2.max_ping_strikes", 2))
-
-
-def grpc_credentials(args: argparse.Namespace) -> grpc.ServerCredentials | None:
-    if args.tls_cert is None:
-        return None
-    return grpc.ssl_server_credentials([(args.tls_key.read_bytes(), args.tls_cert.read_bytes())])
 
 
 class _HttpServer(uvicorn.Server):
@@ -191,6 +187,7 @@ async def serve(args: argparse.Namespace, config: ServingConfig) -> int:
                             settings_for=config.for_model, metrics=metrics, only=args.model)
     dataplane = DataPlane(repository=repository, metrics=metrics)
     tokens = None if args.auth_token_file is None else TokenFile(args.auth_token_file)
+    certificate = None if args.tls_cert is None else CertificatePair(args.tls_cert, args.tls_key)
     app = HttpApp(router=build_router(dataplane, metrics), max_request_bytes=args.max_request_bytes,
                   body_timeout=args.body_timeout, max_in_flight=args.max_concurrent_requests,
                   tokens=tokens)
@@ -207,7 +204,8 @@ async def serve(args: argparse.Namespace, config: ServingConfig) -> int:
     grpc_server, grpc_port = build_server(
         dataplane=dataplane, host=args.host, port=args.grpc_port,
         max_message_bytes=args.max_request_bytes, options=grpc_limit_options(args),
-        max_concurrent_rpcs=args.max_concurrent_requests, credentials=grpc_credentials(args),
+        max_concurrent_rpcs=args.max_concurrent_requests,
+        credentials=None if certificate is None else certificate.grpc_credentials(),
         interceptors=() if tokens is None else (TokenInterceptor(tokens),))
     if grpc_port == 0:
         log.error("cannot listen for gRPC on %s:%s", args.host, args.grpc_port)
@@ -230,11 +228,15 @@ async def serve(args: argparse.Namespace, config: ServingConfig) -> int:
 
     # a SIGTERM while the first models are still loading stops at once, without waiting for them
     poller = asyncio.create_task(load_then_poll(repository, args.poll_interval))
+    if certificate is not None:  # renewed certificates are picked up as often as new versions
+        reloader = asyncio.create_task(certificate.keep_current(http.config.ssl, args.poll_interval))
     await stop.wait()
     log.info("stopping: readiness false, draining in-flight requests (up to %ss)",
              args.drain_timeout)
     dataplane.draining = True
     poller.cancel()
+    if certificate is not None:
+        reloader.cancel()
     http.should_exit = True
     await asyncio.gather(grpc_server.stop(args.drain_timeout), http_task)
     await repository.close()
