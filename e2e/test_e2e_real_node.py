@@ -12,6 +12,7 @@ and share the release.
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 
@@ -254,6 +255,44 @@ def test_a_serving_pod_deleted_under_load_fails_no_request(release):
         eventually("a replacement pod Ready", replaced, timeout=READY_TIMEOUT)
     assert client.failures == [] and client.answers > 100
     assert client.versions == ["1"]
+
+
+def test_a_model_with_tls_and_a_token_secret_gets_ready_over_https_and_needs_the_token(release, tmp_path):
+    kubectl = release
+    host, token = f"digits-tls.{MODELS}.svc", "e2e-token"
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={host}",
+                    "-addext", f"subjectAltName=DNS:{host}", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    kubectl.run("create", "secret", "tls", "digits-tls", "-n", MODELS, f"--cert={cert}", f"--key={key}")
+    kubectl.run("create", "secret", "generic", "digits-tokens", "-n", MODELS, f"--from-literal=token={token}")
+    # Ready: the kubelet's HTTPS probes answered, through the Secrets mounted for uid 1000
+    model = apply_and_wait_ready(kubectl, digits_example(
+        "digits-tls", f"pvc://{UPLOADS}/digits/model.onnx", tls={"secretName": "digits-tls"},
+        auth={"tokenSecret": {"name": "digits-tokens"}}), "digits-tls")
+    assert model["status"]["endpoints"]["rest"] == f"https://{host}:8080"
+    ip = cluster_ip(kubectl, "digits-tls")
+
+    def curl(path: str, *args: str) -> tuple[str, str]:
+        result = subprocess.run(["curl", "-sS", "--cacert", str(cert), "--resolve", f"{host}:8080:{ip}",
+                                 "-o", "-", "-w", "\n%{http_code}", *args, f"https://{host}:8080{path}"],
+                                capture_output=True, text=True, timeout=30)
+        body, _, status = result.stdout.rpartition("\n")
+        return status, body + result.stderr
+    eventually("the Service routed over https", lambda: curl("/v2/health/ready")[0] == "200", timeout=60)
+    assert curl("/v2/models/digits-tls")[0] == "401"
+    status, body = curl("/v2/models/digits-tls", "-H", f"Authorization: Bearer {token}")
+    assert status == "200" and json.loads(body)["name"] == "digits-tls", body
+
+    images, _ = held_out_digits()
+    grpc = grpcclient.InferenceServerClient(f"{ip}:8081", ssl=True, root_certificates=str(cert),
+                                            channel_args=[("grpc.ssl_target_name_override", host)])
+    ginp = grpcclient.InferInput("input", list(images.shape), "FP32")
+    ginp.set_data_from_numpy(images)
+    expected = onnxruntime.InferenceSession(str(DIGITS / "model.onnx")).run(["label"], {"input": images})[0]
+    labels = grpc.infer("digits-tls", [ginp], headers={"authorization": f"Bearer {token}"}).as_numpy("label")
+    assert list(labels) == list(expected)
+    kubectl.run("delete", "inferencemodel", "digits-tls", "-n", MODELS, "--wait=true", timeout=120)
 
 
 def test_deleting_a_model_removes_its_pods_job_and_services(release):

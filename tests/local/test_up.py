@@ -149,6 +149,22 @@ def test_download_limits_apply_and_credentials_in_the_uri_are_never_shown(reposi
     assert "pa55word" not in result.stdout + result.stderr and "s3cr3t" not in result.stdout + result.stderr
 
 
+def test_tls_and_auth_are_refused_as_cluster_only_before_converting(repository, tmp_path):
+    model = yaml.safe_load((DIGITS / "fp32.yaml").read_text())
+    model["spec"]["serving"] = {"tls": {"secretName": "digits-tls"},
+                                "auth": {"tokenSecret": {"name": "digits-tokens"}}}
+    shutil.copy(DIGITS / "model.onnx", tmp_path / "model.onnx")
+    result = up_until_it_ends(model, tmp_path, repository)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-2:] == [
+        "modelkiln up: digits: spec.serving.tls is cluster-only (it names a Secret); remove it to run "
+        "this model with modelkiln up, or serve the repository with modelkiln serve --tls-cert FILE "
+        "--tls-key FILE",
+        "digits: spec.serving.auth is cluster-only (it names a Secret); remove it to run this model "
+        "with modelkiln up, or serve the repository with modelkiln serve --auth-token-file FILE"]
+    assert not (repository / "digits").exists()
+
+
 def test_a_name_the_api_server_refuses_is_refused_with_its_message_and_nothing_written(
         repository, tmp_path):
     # The name becomes a directory under --repository: "../x" would put the model beside it.

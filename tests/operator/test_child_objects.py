@@ -8,7 +8,7 @@ from modelkiln.operator import conversion_job
 from modelkiln.operator.commands import artifact_key, defaulted_spec
 from modelkiln.operator.conversion_job import build_job, job_name
 from modelkiln.operator.devicepools import conversion_pool
-from modelkiln.operator.serving import build_deployment, build_hpa, build_pdb, build_service
+from modelkiln.operator.serving import build_deployment, build_hpa, build_pdb, build_service, endpoints
 
 CONVERTER_IMAGE = "registry.example.com/modelkiln/converter:1"
 SERVER_IMAGE = "registry.example.com/modelkiln/server:1"
@@ -230,6 +230,45 @@ def test_the_deployment_serves_the_artifact_with_probes_on_the_model(make_model,
     assert deployment["spec"]["replicas"] == 3
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["modelkiln.io/artifact-version"] == "4"  # a new artifact rolls the pods
+
+
+def test_tls_and_a_token_secret_are_mounted_read_only_and_passed_to_the_server(make_model, pools):
+    model = make_model(serving={"tls": {"secretName": "digits-tls"},
+                                "auth": {"tokenSecret": {"name": "digits-tokens", "key": "tokens.txt"}}})
+    deployment = deployment_for(model, pools["CPU"])
+    runtime = container(deployment)
+    args = runtime["args"]
+    flags = {flag: args[args.index(flag) + 1] for flag in ("--tls-cert", "--tls-key", "--auth-token-file")}
+    assert flags == {"--tls-cert": "/etc/modelkiln/tls/tls.crt", "--tls-key": "/etc/modelkiln/tls/tls.key",
+                     "--auth-token-file": "/etc/modelkiln/auth/tokens"}
+    mounts = {m["name"]: m for m in runtime["volumeMounts"]}
+    assert mounts["tls"] == {"name": "tls", "mountPath": "/etc/modelkiln/tls", "readOnly": True}
+    # a directory, not a subPath: the kubelet updates the file when the Secret changes
+    assert mounts["auth-token"] == {"name": "auth-token", "mountPath": "/etc/modelkiln/auth", "readOnly": True}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tls"]["secret"] == {
+        "secretName": "digits-tls", "defaultMode": 0o440,
+        "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}
+    assert volumes["auth-token"]["secret"] == {"secretName": "digits-tokens", "defaultMode": 0o440,
+                                               "items": [{"key": "tokens.txt", "path": "tokens"}]}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert runtime[probe]["httpGet"]["scheme"] == "HTTPS", probe
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scheme"] == "https"
+    service = build_service(model=model, tls=True)
+    assert [p["appProtocol"] for p in service["spec"]["ports"]] == ["https", "grpc"]
+    assert endpoints(name="digits", namespace="vision", tls=True) == {
+        "rest": "https://digits.vision.svc:8080", "grpc": "digits.vision.svc:8081"}
+
+
+def test_without_tls_or_auth_the_server_gets_no_such_flags_and_probes_use_http(make_model, pools):
+    deployment = deployment_for(make_model(), pools["CPU"])
+    runtime = container(deployment)
+    assert not {"--tls-cert", "--tls-key", "--auth-token-file"} & set(runtime["args"])
+    assert {v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]} == {"repository", "tmp", "cache"}
+    assert runtime["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+    assert "prometheus.io/scheme" not in deployment["spec"]["template"]["metadata"]["annotations"]
+    assert [p["appProtocol"] for p in build_service(model=make_model())["spec"]["ports"]] == ["http", "grpc"]
 
 
 def test_a_stopping_server_leaves_the_service_before_it_stops_listening(make_model, pools):

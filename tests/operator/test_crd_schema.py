@@ -59,6 +59,15 @@ def test_a_ca_config_map_defaults_to_the_ca_crt_key():
     assert spec["source"]["caConfigMap"] == {"name": "internal-ca", "key": "ca.crt"}
 
 
+def test_tls_and_a_token_secret_are_valid_and_the_token_key_defaults_to_token():
+    obj = with_spec(serving={"tls": {"secretName": "digits-tls"},
+                             "auth": {"tokenSecret": {"name": "digits-tokens"}}})
+    assert schema.validate(obj) == []
+    serving = schema.with_defaults(obj)["spec"]["serving"]
+    assert serving["tls"] == {"secretName": "digits-tls"}
+    assert serving["auth"] == {"tokenSecret": {"name": "digits-tokens", "key": "token"}}
+
+
 def test_defaults_do_not_change_the_input_and_fill_nested_objects():
     obj = with_spec(conversion={"precision": "INT8", "calibration": {"uri": "file://c.npz"}},
                     serving={"autoscaling": {"maxReplicas": 3, "targetCPUUtilization": 60}})
@@ -127,6 +136,17 @@ def test_defaults_do_not_change_the_input_and_fill_nested_objects():
     (with_spec(source={"uri": "https://x/m.onnx", "allowLinkLocal": "yes"}),
      'spec.source.allowLinkLocal: Invalid value: "string": spec.source.allowLinkLocal in body must be of type '
      'boolean: "string"'),
+    (with_spec(serving={"tls": {}}), "spec.serving.tls.secretName: Required value"),
+    (with_spec(serving={"tls": {"secretName": "Digits_TLS"}}),
+     "spec.serving.tls.secretName: Invalid value: \"Digits_TLS\": spec.serving.tls.secretName in body should "
+     "match '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'"),
+    (with_spec(serving={"tls": {"secretName": "t", "cert": "x"}}), 'unknown field "spec.serving.tls.cert"'),
+    (with_spec(serving={"auth": {}}), "spec.serving.auth.tokenSecret: Required value"),
+    (with_spec(serving={"auth": {"tokenSecret": {"key": "token"}}}),
+     "spec.serving.auth.tokenSecret.name: Required value"),
+    (with_spec(serving={"auth": {"tokenSecret": {"name": "t", "key": "a/b"}}}),
+     "spec.serving.auth.tokenSecret.key: Invalid value: \"a/b\": spec.serving.auth.tokenSecret.key in body "
+     "should match '^[-._a-zA-Z0-9]+$'"),
     (with_spec(serving={"versionPolicy": {"latest": 1, "all": {}}}),
      'spec.serving.versionPolicy: Invalid value: "object": versionPolicy needs exactly one of latest, specific or all'),
     (with_spec(serving={"device": "CPU", "gpus": 1}), 'unknown field "spec.serving.gpus"'),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-from runtime_helpers import Server, image_graph, mixed_graph, mlp_graph, publish
+from runtime_helpers import Server, image_graph, mixed_graph, mlp_graph, publish, serving
 
 MAX_REQUEST_BYTES = 1_000_000  # small, so that the limit is cheap to cross
 
@@ -37,10 +37,6 @@ def model_repository(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def served(model_repository, tmp_path_factory) -> Server:
     """The mlp and mixed models served by one server for the whole module."""
-    server = Server(model_repository, "--max-request-bytes", str(MAX_REQUEST_BYTES),
-                    log=tmp_path_factory.mktemp("logs") / "server.log")
-    try:
-        server.wait_until("/v2/health/ready")
+    with serving(model_repository, "--max-request-bytes", str(MAX_REQUEST_BYTES),
+                 log=tmp_path_factory.mktemp("logs") / "server.log") as server:
         yield server
-    finally:
-        server.stop()

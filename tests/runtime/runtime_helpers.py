@@ -8,6 +8,7 @@ results can be compared with OpenVINO run directly on the same IR.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -164,3 +165,14 @@ class Server:
         return self.process.returncode
 
 
+
+
+@contextlib.contextmanager
+def serving(repository: pathlib.Path, *extra: str, log: pathlib.Path):
+    """A server that is ready (health/ready answers 200) inside the block, stopped after it."""
+    server = Server(repository, *extra, log=log)
+    try:
+        server.wait_until("/v2/health/ready")
+        yield server
+    finally:
+        server.stop()

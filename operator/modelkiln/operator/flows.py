@@ -157,8 +157,9 @@ def _converge_serving(*, model: dict, spec: dict, artifact: dict | None, convert
     deployment = _apply(api, kube.DEPLOYMENTS, serving.build_deployment(
         model=model, spec=spec, artifact=artifact, image=config.server_image,
         repository_claim=config.repository_claim, pool=pool))
-    _apply(api, kube.SERVICES, serving.build_service(model=model))
-    _apply(api, kube.SERVICES, serving.build_service(model=model, headless=True))
+    tls = "tls" in serving_spec
+    _apply(api, kube.SERVICES, serving.build_service(model=model, tls=tls))
+    _apply(api, kube.SERVICES, serving.build_service(model=model, headless=True, tls=tls))
     if "autoscaling" in serving_spec:
         _apply(api, kube.AUTOSCALERS, serving.build_hpa(model=model, autoscaling=serving_spec["autoscaling"]))
     else:
@@ -178,7 +179,7 @@ def _converge_serving(*, model: dict, spec: dict, artifact: dict | None, convert
                              message=f"serving version {artifact['version']} of an earlier spec; "
                                      f"{converted['message']}")
     observed = deployment.get("status", {})
-    return ready, {"endpoints": serving.endpoints(name=name, namespace=namespace),
+    return ready, {"endpoints": serving.endpoints(name=name, namespace=namespace, tls=tls),
                    "replicas": observed.get("replicas", 0), "readyReplicas": observed.get("readyReplicas", 0),
                    "selector": objects.selector_string(deployment["spec"]["selector"]["matchLabels"])}
 

@@ -148,6 +148,21 @@ def sha256_of(path: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
+CLUSTER_ONLY = {"tls": "--tls-cert FILE --tls-key FILE", "auth": "--auth-token-file FILE"}
+
+
+def refuse_cluster_only(models: list[LocalModel]) -> None:
+    """spec.serving.tls and .auth name Secrets, which a machine does not have; serving in the
+    clear what the spec asks to protect would be a surprise, so they are refused."""
+    problems = [f"{model.name}: spec.serving.{field} is cluster-only (it names a Secret); remove "
+                f"it to run this model with modelkiln up, or serve the repository with "
+                f"modelkiln serve {flags}"
+                for model in models for field, flags in CLUSTER_ONLY.items()
+                if field in model.spec["serving"]]
+    if problems:
+        raise UpError("\n".join(problems))
+
+
 # ---- devices ----------------------------------------------------------------------------------
 
 def machine_devices() -> set[str]:
@@ -290,6 +305,7 @@ def print_predictions(base_url: str, name: str, samples: pathlib.Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     models = read_models(args.filename)
+    refuse_cluster_only(models)
     available = machine_devices()
     devices = {m.name: choose_device(m.name, m.spec["serving"]["device"], available,
                                      args.device_fallback) for m in models}

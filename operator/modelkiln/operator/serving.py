@@ -8,7 +8,7 @@ resource after a switch to CPU) is dropped from the live object too.
 from __future__ import annotations
 
 from modelkiln.operator import objects
-from modelkiln.operator.commands import serve_args
+from modelkiln.operator.commands import defaulted_spec, serve_args
 from modelkiln.operator.devicepools import DevicePool, pod_defaults
 
 COMPONENT = "serving"
@@ -20,6 +20,10 @@ DRAIN_SECONDS = 30
 # so no new connection reaches a server that has stopped listening.
 PRESTOP_SECONDS = 5
 INFLIGHT_METRIC = "modelkiln_inflight_requests"
+TLS_DIR = "/etc/modelkiln/tls"
+TOKEN_DIR = "/etc/modelkiln/auth"
+TOKEN_FILE = "tokens"
+SECRET_FILE_MODE = 0o440  # the key and tokens: readable by the pod's fsGroup only
 
 
 def min_replicas(serving: dict) -> int:
@@ -33,14 +37,35 @@ def headless_name(name: str) -> str:
     return f"{name}-headless"
 
 
-def endpoints(*, name: str, namespace: str) -> dict[str, str]:
+def endpoints(*, name: str, namespace: str, tls: bool = False) -> dict[str, str]:
     host = f"{name}.{namespace}.svc"
-    return {"rest": f"http://{host}:{HTTP_PORT}", "grpc": f"{host}:{GRPC_PORT}"}
+    return {"rest": f"{'https' if tls else 'http'}://{host}:{HTTP_PORT}", "grpc": f"{host}:{GRPC_PORT}"}
 
 
-def _probe(path: str, *, period: int, failures: int) -> dict:
-    return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period,
-            "failureThreshold": failures, "timeoutSeconds": 2}
+def _probe(path: str, *, period: int, failures: int, tls: bool) -> dict:
+    # the kubelet does not verify the certificate of an HTTPS probe
+    return {"httpGet": {"path": path, "port": "http", "scheme": "HTTPS" if tls else "HTTP"},
+            "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 2}
+
+
+def _access(serving: dict) -> tuple[list[str], list[dict], list[dict]]:
+    """The serve flags, mounts and volumes of spec.serving.tls and .auth (Secrets, read-only)."""
+    args, mounts, volumes = [], [], []
+    if "tls" in serving:
+        args += ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key"]
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        volumes.append({"name": "tls", "secret": {
+            "secretName": serving["tls"]["secretName"], "defaultMode": SECRET_FILE_MODE,
+            "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}})
+    if "auth" in serving:
+        secret = serving["auth"]["tokenSecret"]
+        args += ["--auth-token-file", f"{TOKEN_DIR}/{TOKEN_FILE}"]
+        # the directory, not a subPath: the kubelet then updates the file when the Secret changes
+        mounts.append({"name": "auth-token", "mountPath": TOKEN_DIR, "readOnly": True})
+        volumes.append({"name": "auth-token", "secret": {
+            "secretName": secret["name"], "defaultMode": SECRET_FILE_MODE,
+            "items": [{"key": secret["key"], "path": TOKEN_FILE}]}})
+    return args, mounts, volumes
 
 
 def _resources(serving: dict, pool: DevicePool) -> dict:
@@ -70,13 +95,16 @@ def build_deployment(*, model: dict, spec: dict, artifact: dict, image: str, rep
     name = model["metadata"]["name"]
     serving = spec["serving"]
     args = serve_args(name=name, spec=spec, repository=objects.REPOSITORY_PATH, version=artifact["version"])
+    # the CRD's default token key applied
+    access_args, access_mounts, access_volumes = _access(defaulted_spec(spec)["serving"])
+    tls = "tls" in serving
     ready_path = f"/v2/models/{name}/ready"
     container = {
         "name": "runtime",
         "image": image,
         "command": ["modelkiln"],
         "args": ["serve", *args, "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT),
-                 "--cache-dir", CACHE_PATH, "--drain-timeout", str(DRAIN_SECONDS)],
+                 "--cache-dir", CACHE_PATH, "--drain-timeout", str(DRAIN_SECONDS), *access_args],
         "env": [{"name": "HOME", "value": "/tmp"}],
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
                   {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
@@ -84,9 +112,9 @@ def build_deployment(*, model: dict, spec: dict, artifact: dict, image: str, rep
         # every second, so that a new pod (a scale-up) joins the Service as soon as its model is
         # loaded, not up to a period later (BENCHMARKS.md: Ready 4 s after the container started
         # with a 5 s period, for a model loaded in 0.1 s).
-        "startupProbe": _probe(ready_path, period=1, failures=600),
-        "readinessProbe": _probe(ready_path, period=5, failures=2),
-        "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
+        "startupProbe": _probe(ready_path, period=1, failures=600, tls=tls),
+        "readinessProbe": _probe(ready_path, period=5, failures=2, tls=tls),
+        "livenessProbe": _probe("/v2/health/live", period=10, failures=3, tls=tls),
         "resources": _resources(serving, pool),
         "volumeMounts": [
             # Only this model's directory, read-only: a serving pod cannot touch other artifacts.
@@ -94,6 +122,7 @@ def build_deployment(*, model: dict, spec: dict, artifact: dict, image: str, rep
              "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "cache", "mountPath": CACHE_PATH},
+            *access_mounts,
         ],
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
         "securityContext": objects.container_security_context(),
@@ -109,13 +138,15 @@ def build_deployment(*, model: dict, spec: dict, artifact: dict, image: str, rep
                 "annotations": {"modelkiln.io/artifact-key": artifact["key"],
                                 "modelkiln.io/artifact-version": str(artifact["version"]),
                                 "prometheus.io/scrape": "true", "prometheus.io/port": str(HTTP_PORT),
-                                "prometheus.io/path": "/metrics"},
+                                "prometheus.io/path": "/metrics",
+                                **({"prometheus.io/scheme": "https"} if tls else {})},
             },
             "spec": objects.pod_spec(
                 containers=[container],
                 volumes=[objects.repository_volume(claim=repository_claim, read_only=True),
                          objects.scratch_volume("tmp", size_limit=scratch),
-                         objects.scratch_volume("cache", size_limit=scratch)],
+                         objects.scratch_volume("cache", size_limit=scratch),
+                         *access_volumes],
                 pool=pool, terminationGracePeriodSeconds=PRESTOP_SECONDS + DRAIN_SECONDS + 15),
         },
     }
@@ -127,13 +158,13 @@ def build_deployment(*, model: dict, spec: dict, artifact: dict, image: str, rep
             "spec": deployment_spec}
 
 
-def build_service(*, model: dict, headless: bool = False) -> dict:
+def build_service(*, model: dict, headless: bool = False, tls: bool = False) -> dict:
     """Service `<name>` (load-balanced), or its headless twin for client-side gRPC balancing."""
     name = model["metadata"]["name"]
     spec = {
         "selector": objects.selector_labels(name=name, component=COMPONENT),
         "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP",
-                   "appProtocol": "http"},
+                   "appProtocol": "https" if tls else "http"},
                   {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",
                    "appProtocol": "grpc"}],
     }

@@ -19,6 +19,7 @@ class ServingError(Exception):
     grpc_code = grpc.StatusCode.INTERNAL
     # Client mistakes are warnings; server faults errors (both protocols log at this level).
     log_level = logging.ERROR
+    http_headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -65,6 +66,33 @@ class UnsupportedMediaType(ServingError):
     http_status = 415
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
     log_level = logging.WARNING
+
+
+class Unauthenticated(ServingError):
+    """The request carries no bearer token, or not one the server accepts."""
+
+    http_status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    log_level = logging.WARNING
+    http_headers = ((b"www-authenticate", b"Bearer"),)
+
+
+class RequestTimeout(ServingError):
+    """The client did not send the request it began within the server's deadline."""
+
+    http_status = 408
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    log_level = logging.WARNING
+    http_headers = ((b"connection", b"close"),)  # the rest of the body may still come: stop it
+
+
+class ServerBusy(ServingError):
+    """As many requests are in flight as the server takes: try again shortly."""
+
+    http_status = 503
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    log_level = logging.WARNING
+    http_headers = ((b"retry-after", b"1"),)
 
 
 class InferenceFailed(ServingError):

@@ -142,13 +142,23 @@ class InferenceService:
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
 
-def build_server(*, dataplane: DataPlane, host: str, port: int,
-                 max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server bound to host:port (port 0 picks one); returns it and the port."""
+def build_server(*, dataplane: DataPlane, host: str, port: int, max_message_bytes: int,
+                 options: tuple[tuple[str, int], ...] = (), max_concurrent_rpcs: int | None = None,
+                 credentials: grpc.ServerCredentials | None = None,
+                 interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
+                 ) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server bound to host:port (port 0 picks one); returns it and the port.
+
+    `options` are grpc channel arguments (limits), `max_concurrent_rpcs` answers calls past it
+    RESOURCE_EXHAUSTED at once, `credentials` serve TLS instead of plaintext.
+    """
     options = [("grpc.max_receive_message_length", max_message_bytes),
                ("grpc.max_send_message_length", max_message_bytes),
-               ("grpc.so_reuseport", 0)]
-    server = grpc.aio.server(options=options)
+               ("grpc.so_reuseport", 0), *options]
+    server = grpc.aio.server(options=options, interceptors=interceptors,
+                             maximum_concurrent_rpcs=max_concurrent_rpcs)
     server.add_generic_rpc_handlers((InferenceService(dataplane).handler(),))
-    bound = server.add_insecure_port(f"{host}:{port}")
-    return server, bound
+    address = f"{host}:{port}"
+    if credentials is None:
+        return server, server.add_insecure_port(address)
+    return server, server.add_secure_port(address, credentials)

@@ -9,6 +9,7 @@ handler raises becomes its status code and a JSON body `{"error": "..."}`; anyth
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -16,8 +17,10 @@ from typing import Awaitable, Callable
 
 import orjson
 
-from modelkiln.runtime.errors import InvalidInput, PayloadTooLarge, ServingError, one_line
+from modelkiln.runtime.errors import (InvalidInput, PayloadTooLarge, RequestTimeout, ServerBusy,
+                                     ServingError, one_line)
 from modelkiln.runtime.names import shown
+from modelkiln.runtime.serving.auth import OPEN_PATHS, TokenFile
 
 log = logging.getLogger(__name__)
 
@@ -102,28 +105,76 @@ class MethodNotAllowed(ServingError):
 
 
 class HttpApp:
-    """The ASGI application: reads the request, calls the routed handler, sends the response."""
+    """The ASGI application: reads the request, calls the routed handler, sends the response.
 
-    def __init__(self, *, router: Router, max_request_bytes: int) -> None:
+    At most `max_in_flight` requests are handled at once; one past that is answered 503 with
+    Retry-After at once, before its body is read (probes, health and metrics, are always
+    answered). The body must arrive within `body_timeout`
+    seconds of the head (408 and close past it). With `tokens`, every route but the open ones
+    (health, model readiness, metrics) needs a bearer token the file holds (401 without it).
+    """
+
+    def __init__(self, *, router: Router, max_request_bytes: int, body_timeout: float,
+                 max_in_flight: int, tokens: TokenFile | None = None) -> None:
         self.router = router
         self.max_request_bytes = max_request_bytes
+        self.body_timeout = body_timeout
+        self.max_in_flight = max_in_flight
+        self.tokens = tokens
+        self.in_flight = 0
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return  # lifespan: nothing to set up, the server owns the models
+        # probes are not turned away: a busy server is alive, and a liveness failure would kill it
+        if self.in_flight >= self.max_in_flight and not OPEN_PATHS.match(scope["path"]):
+            await self._send(scope, send, self._failure(scope, ServerBusy(
+                f"server busy: {self.max_in_flight} requests in flight, the limit; "
+                f"retry after 1 s")))
+            return
+        self.in_flight += 1
+        try:
+            response = await self._respond(scope, receive)
+        finally:
+            self.in_flight -= 1
+        await self._send(scope, send, response)
+
+    async def over_capacity(self, scope, receive, send) -> None:
+        """The application for a connection past the server's cap: 503 (probes get their answer),
+        and the server closes."""
+        if OPEN_PATHS.match(scope["path"]):
+            response = await self._respond(scope, receive)
+        else:
+            response = self._failure(scope, ServerBusy("server busy: too many open connections; "
+                                                       "retry after 1 s"))
+        response.extra_headers += ((b"connection", b"close"),)
+        await self._send(scope, send, response)
+
+    async def _respond(self, scope, receive) -> Response:
         try:
             handler, params = self.router.match(scope["method"], scope["path"])
             request = Request(scope["method"], scope["path"], dict(scope["headers"]))
+            if self.tokens is not None and not OPEN_PATHS.match(request.path):
+                self.tokens.check(request.header(b"authorization"))
             if scope["method"] == "POST":
                 request.body = await self._read_body(request, receive)
-            response = await handler(request, **params)
+            return await handler(request, **params)
         except ServingError as error:
-            log.log(error.log_level, "%s %s: %s", scope["method"], shown(scope["path"]),
-                    error.message)
-            response = error_response(error.http_status, error.message)
+            return self._failure(scope, error)
         except Exception as error:
             log.exception("%s %s failed", scope["method"], shown(scope["path"]))
-            response = error_response(500, f"internal error: {one_line(error)}")
+            return error_response(500, f"internal error: {one_line(error)}")
+
+    @staticmethod
+    def _failure(scope, error: ServingError) -> Response:
+        log.log(error.log_level, "%s %s: %s", scope["method"], shown(scope["path"]),
+                error.message)
+        response = error_response(error.http_status, error.message)
+        response.extra_headers = error.http_headers
+        return response
+
+    @staticmethod
+    async def _send(scope, send, response: Response) -> None:
         headers = [(b"content-type", response.content_type),
                    (b"content-length", str(len(response.body)).encode())]
         headers.extend(response.extra_headers)
@@ -140,15 +191,20 @@ class HttpApp:
                                   f"{limit} bytes")
         chunks = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise InvalidInput("client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise InvalidInput("client disconnected before sending the whole body")
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise RequestTimeout(f"request body not received within {self.body_timeout:g} s "
+                                 f"({size} bytes came)") from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
