@@ -57,13 +57,6 @@ def error_response(status: int, message: str) -> Response:
     return json_response({"error": message}, status)
 
 
-def parse_json(body: bytes):
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise InvalidInput(f"malformed JSON: {error}") from None
-
-
 Handler = Callable[..., Awaitable[Response]]
 
 
