@@ -140,3 +140,76 @@ def test_good_client_is_answered_while_a_hostile_body_is_decoded(server):
     connection.close()
     assert hostile["status"] == 400 and message in json.loads(hostile["body"])["error"]
     assert answered_meanwhile >= 1  # before, the event loop decoded the body: nobody was
+
+
+# The same request, padded with whitespace past the size where bodies are scanned instead of
+# parsed whole, must get the same answer: results, and every error message.
+PADDING = b" " * (64 * 1024)
+MIXED_ROWS = [{"a": [1, 2], "d": [3, 4], "c": [True, False], "f": [0.5, -1, 2], "u": [1, 2]},
+              {"a": [5, 6], "d": [7, 8], "c": [False, False], "f": [1, 1, 1], "u": [3, 4]}]
+VALID = {
+    "KServe flat": ("/v2/models/mlp/infer", GOOD),
+    "KServe nested": ("/v2/models/mlp/infer", {"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [2, 4], "data": X.tolist()}]}),
+    "KServe every datatype": ("/v2/models/mixed/infer", {"inputs": [
+        {"name": "a", "datatype": "INT64", "shape": [1, 2], "data": [-(2**62), 2**62]},
+        {"name": "d", "datatype": "INT32", "shape": [1, 2], "data": [[-(2**31), 2**31 - 1]]},
+        {"name": "c", "datatype": "BOOL", "shape": [1, 2], "data": [True, False]},
+        {"name": "f", "datatype": "FP16", "shape": [1, 3], "data": [0.5, -65504, 1e-3]},
+        {"name": "u", "datatype": "UINT8", "shape": [1, 2], "data": [0, 127]}]}),
+    "KServe empty batch": ("/v2/models/mlp/infer", {"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [0, 4], "data": []}]}),
+    "TF-Serving rows": ("/v1/models/mlp:predict", {"instances": X.tolist()}),
+    "TF-Serving columns": ("/v1/models/mlp:predict", {"inputs": {"x": X.tolist()}}),
+    "TF-Serving rows of objects": ("/v1/models/mixed:predict", {"instances": MIXED_ROWS}),
+    "SageMaker, TF-Serving body": ("/invocations", {"instances": X.tolist()}),
+    "SageMaker, KServe body": ("/invocations", GOOD),
+}
+
+
+def padded_pair(server, path: str, document: dict):
+    body = json.dumps(document).encode()
+    headers = {"Content-Type": "application/json", "X-Amzn-SageMaker-Target-Model": "mlp"}
+    return [httpx.post(server.http + path, content=content, headers=headers)
+            for content in (body, body + PADDING)]
+
+
+@pytest.mark.parametrize("name", VALID)
+def test_large_body_decodes_as_a_small_one(served, name):
+    small, large = padded_pair(served, *VALID[name])
+    assert small.status_code == large.status_code == 200, (small.text, large.text)
+    small_json, large_json = small.json(), large.json()
+    small_json.pop("id", None), large_json.pop("id", None)
+    assert small_json == large_json
+
+
+def mistakes():
+    from test_bad_input import CASES
+    found = {name: (case.rest_path, case.rest_body) for name, case in CASES.items()
+             if isinstance(case.rest_body, dict) and not case.rest_headers}
+    found.update({
+        "nested as another shape": ("/v2/models/mlp/infer", {"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [2, 4], "data": X.reshape(4, 2).tolist()}]}),
+        "nested deeper": ("/v2/models/mlp/infer", {"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [2, 4], "data": [X.tolist()]}]}),
+        "ragged": ("/v2/models/mlp/infer", {"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [2, 4], "data": [[1, 2, 3, 4], [5, 6, 7]]}]}),
+        "booleans for FP32": ("/v2/models/mlp/infer", {"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [True, 1, 2, 3]}]}),
+        "integers for BOOL": ("/v2/models/mixed/infer", {"inputs": [
+            {"name": "c", "datatype": "BOOL", "shape": [1, 2], "data": [1, 0]}]}),
+        "UINT8 below zero": ("/v2/models/mixed/infer", {"inputs": [
+            {"name": "u", "datatype": "UINT8", "shape": [1, 2], "data": [-1, 0]}]}),
+        "TF-Serving ragged rows": ("/v1/models/mlp:predict", {"instances": [[1, 2, 3, 4], [1]]}),
+        "TF-Serving wrong shape": ("/v1/models/mlp:predict", {"instances": [[1, 2, 3]]}),
+        "TF-Serving empty": ("/v1/models/mlp:predict", {"instances": []}),
+        "TF-Serving strings": ("/v1/models/mlp:predict", {"instances": [["a", "b", "c", "d"]]}),
+    })
+    return found
+
+
+@pytest.mark.parametrize("name", mistakes())
+def test_large_body_is_refused_as_a_small_one(served, name):
+    small, large = padded_pair(served, *mistakes()[name])
+    assert small.status_code == large.status_code and small.status_code >= 400, small.text
+    assert small.json()["error"] == large.json()["error"]

@@ -29,7 +29,7 @@ class Request:
     method: str
     path: str
     headers: dict[bytes, bytes]  # lower-cased names; the last value wins
-    body: bytes = b""
+    body: bytes | bytearray = b""
 
     def header(self, name: bytes) -> bytes | None:
         return self.headers.get(name)
@@ -125,12 +125,15 @@ class HttpApp:
         await send({"type": "http.response.body",
                     "body": b"" if scope["method"] == "HEAD" else response.body})
 
-    async def _read_body(self, request: Request, receive) -> bytes:
+    async def _read_body(self, request: Request, receive) -> bytes | bytearray:
         limit = self.max_request_bytes
         declared = request.header(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"request body of {int(declared)} bytes is over the limit of "
                                   f"{limit} bytes")
+        # With its size known the body is read into one buffer: no second copy when the last
+        # chunk comes, and writable, so OpenVINO shares a binary tensor's bytes as they are.
+        body = bytearray(int(declared)) if declared is not None and declared.isdigit() else None
         chunks = []
         size = 0
         while True:
@@ -138,10 +141,15 @@ class HttpApp:
             if message["type"] == "http.disconnect":
                 raise InvalidInput("client disconnected before sending the whole body")
             chunk = message.get("body", b"")
+            if body is not None and size + len(chunk) <= len(body):
+                body[size:size + len(chunk)] = chunk
+            else:
+                chunks.append(chunk)
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-            chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+        if body is not None and not chunks:
+            return body
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -62,14 +62,14 @@ class Span:
         return _WHITESPACE.match(self.body, self.start + 1).end() == self.end - 1
 
 
-def loads(body: bytes, tensor_paths: tuple[Path, ...]) -> Any:
+def loads(body: bytes | bytearray, tensor_paths: tuple[Path, ...]) -> Any:
     """The JSON document; arrays at `tensor_paths` are `Span`s when the body is large."""
     if len(body) < SCAN_FROM_BYTES:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as error:
             raise InvalidInput(f"malformed JSON: {error}") from None
-    return _Scanner(bytes(body), tensor_paths).document()
+    return _Scanner(body, tensor_paths).document()
 
 
 def is_large(length: int) -> bool:
@@ -195,7 +195,7 @@ def array_from_json(spec, shape: tuple[int, ...] | None, value: Any) -> np.ndarr
     """
     if isinstance(value, Span):
         return _array_from_span(spec, shape, value)
-    return tensors.array_from_values(spec, shape, value, nested_as_shape=True)
+    return tensors.array_from_values(spec, shape, value, from_json=True)
 
 
 def _array_from_span(spec, shape: tuple[int, ...] | None, span: Span) -> np.ndarray:
@@ -223,8 +223,7 @@ def _array_from_span(spec, shape: tuple[int, ...] | None, span: Span) -> np.ndar
         if rank > MAX_DEPTH:
             raise InvalidInput(f"input '{name}': data is nested {rank} levels deep, more "
                                f"than {MAX_DEPTH}")
-        text = body[start:end]
-        skeleton = text.translate(
+        skeleton = body[start:end].translate(
             None, _BOOL_CHARS if spec.datatype.name == "BOOL" else _NUMBER_CHARS)
         if skeleton.translate(None, b"[],"):
             raise InvalidInput(f"input '{name}': expected {spec.datatype.name} data, got "
@@ -232,20 +231,18 @@ def _array_from_span(spec, shape: tuple[int, ...] | None, span: Span) -> np.ndar
         nesting = _nesting(skeleton, rank)
         if nesting is None:
             raise InvalidInput(f"input '{name}': data is not a rectangular array of numbers")
-        numbers = None
-        if nesting[-1] == 1:  # '[]' innermost arrays: one element each, or empty?
-            numbers = text.translate(_BRACKETS_TO_SPACES)
-            if not numbers.translate(None, b", \t\n\r"):
-                nesting = nesting[:-1] + (0,)
+        if nesting[-1] == 1 and not body[start:end].translate(None, b"[], \t\n\r"):
+            nesting = nesting[:-1] + (0,)  # '[]' innermost arrays: empty, not one element each
         if shape is None:
             shape = tensors.check_shape(spec, list(nesting))
         else:
             tensors.check_nesting(spec, shape, nesting)
         if skeleton != _skeleton(nesting):
             raise InvalidInput(f"input '{name}': data is not a rectangular array of numbers")
+        del skeleton  # at most the body and one copy of it are held at a time
         if not math.prod(shape):
             return np.empty(shape, spec.datatype.dtype)
-        numbers = numbers or text.translate(_BRACKETS_TO_SPACES)
+        numbers = body[start:end].translate(_BRACKETS_TO_SPACES)
         lo, hi = 0, len(numbers)
     array = _parse_numbers(spec, numbers, lo, hi, shape, start if span.nested else 0)
     if shape is None:
@@ -293,30 +290,50 @@ def _parse_numbers(spec, buffer: bytes, lo: int, hi: int, shape, base: int) -> n
     count = None if shape is None else math.prod(shape)
     dtype = spec.datatype.dtype
     out = np.empty(count, dtype) if count is not None else None
+    low, high = _limits(dtype)
     pieces = []
     filled = 0
     pos = lo
+    view = memoryview(buffer)
     while pos < hi:
         cut = buffer.find(b",", pos + CHUNK_BYTES, hi) if hi - pos > CHUNK_BYTES else -1
         cut = hi if cut < 0 else cut
-        values = tensors.cast_checked(spec, _parse_chunk(spec, b"[" + buffer[pos:cut] + b"]", base + pos))
+        piece = b"".join((b"[", view[pos:cut], b"]"))  # one copy: simdjson wants an array
+        values = _parse_chunk(spec, piece, base + pos)
         if not values.size and pos > lo:
             raise InvalidInput(f"malformed JSON: input '{spec.name}' data ends with a comma")
         if out is None:
-            pieces.append(values)
+            pieces.append(tensors.cast_checked(spec, values))
         elif filled + values.size > count:
             raise InvalidInput(f"input '{spec.name}': shape {tensors.describe_shape(shape)} "
-                               f"needs {count} elements, got more (element {count + 1} is past it)")
-        else:
-            out[filled:filled + values.size] = values
+                               f"needs {count} elements, got more (element {count + 1} is "
+                               f"past it)")
+        else:  # straight into the tensor: two reductions check the range, no temporary
+            if values.size and (values.min() < low or values.max() > high):
+                raise tensors.out_of_range(spec)
+            np.copyto(out[filled:filled + values.size], values, casting="unsafe")
         filled += values.size
         pos = cut + 1
+    view.release()
     if out is None:
         return np.concatenate(pieces) if pieces else np.empty(0, dtype)
     if filled != count:
         raise InvalidInput(f"input '{spec.name}': shape {tensors.describe_shape(shape)} "
                            f"needs {count} elements, got {filled}")
     return out
+
+
+def _limits(dtype: np.dtype) -> tuple[float, float]:
+    """The values that cast to `dtype` as themselves: a float rounds to inf from half an ulp
+    past the largest finite value on (1e39 in FP32, 65520 in FP16)."""
+    if dtype.kind == "b":
+        return 0, 1
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return info.min, info.max
+    largest = np.finfo(dtype).max
+    edge = float(largest) + float(np.spacing(np.nextafter(largest, 0))) / 2
+    return -np.nextafter(edge, 0), np.nextafter(edge, 0)
 
 
 def _parse_chunk(spec, piece: bytes, offset: int) -> np.ndarray:
