@@ -131,9 +131,11 @@ class HttpApp:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"request body of {int(declared)} bytes is over the limit of "
                                   f"{limit} bytes")
-        # With its size known the body is read into one buffer: no second copy when the last
-        # chunk comes, and writable, so OpenVINO shares a binary tensor's bytes as they are.
-        body = bytearray(int(declared)) if declared is not None and declared.isdigit() else None
+        # A body in several chunks, of known size, is read into one buffer: no second copy when
+        # the last chunk comes, and writable, so OpenVINO shares a binary tensor's bytes as they
+        # are. One chunk (most small requests) is used as it came.
+        size_known = declared is not None and declared.isdigit()
+        body = None
         chunks = []
         size = 0
         while True:
@@ -141,6 +143,9 @@ class HttpApp:
             if message["type"] == "http.disconnect":
                 raise InvalidInput("client disconnected before sending the whole body")
             chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            if body is None and more and size_known and not chunks:
+                body = bytearray(int(declared))
             if body is not None and size + len(chunk) <= len(body):
                 body[size:size + len(chunk)] = chunk
             else:
@@ -148,7 +153,7 @@ class HttpApp:
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-            if not message.get("more_body", False):
+            if not more:
                 break
         if body is not None and not chunks:
             return body

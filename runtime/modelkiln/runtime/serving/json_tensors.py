@@ -3,7 +3,7 @@
 A large body is scanned once: everything is parsed to Python values except the arrays at tensor
 paths (KServe `inputs[i].data`, TF-Serving `instances` and `inputs`), which stay `Span`s over
 the raw bytes. The protocol adapter checks names, datatypes and shapes against the model first;
-only then does `array_from_span` parse a span, in chunks, with simdjson into an array of the
+only then does `array_from_json` parse a span, in chunks, with simdjson into an array of the
 declared size: no Python object per element, memory bounded by the tensor plus a chunk, and
 more elements than declared are refused at the first one past the count. Nested data must be
 nested exactly as the shape; its bracket skeleton is compared with the shape's before any number
@@ -66,10 +66,34 @@ def loads(body: bytes | bytearray, tensor_paths: tuple[Path, ...]) -> Any:
     """The JSON document; arrays at `tensor_paths` are `Span`s when the body is large."""
     if len(body) < SCAN_FROM_BYTES:
         try:
-            return orjson.loads(body)
+            document = orjson.loads(body)
         except orjson.JSONDecodeError as error:
             raise InvalidInput(f"malformed JSON: {error}") from None
+        if b"true" in body or b"false" in body:  # numpy would read [true, 2] as [1, 2]
+            for pattern in tensor_paths:
+                if all(b'"%s"' % key.encode() in body for key in pattern if isinstance(key, str)):
+                    _spans_for_booleans(document, pattern)
+        return document
     return _Scanner(body, tensor_paths).document()
+
+
+def _spans_for_booleans(node, pattern: Path) -> None:
+    """Tensor values holding booleans become spans, which tell BOOL data from numbers."""
+    want, rest = pattern[0], pattern[1:]
+    if isinstance(node, dict):
+        keys = node if want is str else (want,) if want in node else ()
+    elif isinstance(node, list) and want is int:
+        keys = range(len(node))
+    else:
+        return
+    for key in keys:
+        value = node[key]
+        if rest:
+            _spans_for_booleans(value, rest)
+        elif isinstance(value, list) and not (value and isinstance(value[0], dict)):
+            text = orjson.dumps(value)
+            if b"true" in text or b"false" in text:
+                node[key] = Span(text, 0, len(text), b"[" in text[1:])
 
 
 def is_large(length: int) -> bool:
@@ -171,7 +195,8 @@ class _Scanner:
     def span(self) -> Span | None:
         """The tensor array starting here, or None when it holds more than numbers and arrays."""
         body, start = self.body, self.pos
-        if body[_WHITESPACE.match(body, start + 1).end():][:1] == b"{":
+        first = _WHITESPACE.match(body, start + 1).end()
+        if body[first:first + 1] == b"{":
             return None
         # Numbers, booleans and brackets hold no '}' or '"': the array ends at the last ']'
         # before the next of those (the end of the enclosing object, or its next key).
@@ -182,7 +207,7 @@ class _Scanner:
         if end == 0:
             return None
         nested = body.find(b"[", start + 1, end) >= 0
-        if nested and body.count(b"[", start, end) != body.count(b"]", start, end):
+        if nested and _count(body, b"[", start, end) != _count(body, b"]", start, end):
             return None
         self.pos = end
         return Span(body, start, end, nested)
@@ -204,7 +229,7 @@ def _array_from_span(spec, shape: tuple[int, ...] | None, span: Span) -> np.ndar
     if not span.nested:
         numbers, lo, hi = body, start + 1, end - 1
         if shape is None and not spec.rank_is_dynamic and len(spec.shape) != 1:
-            got = body.count(b",", lo, hi) + 1 if body[lo:hi].strip() else 0
+            got = _count(body, b",", lo, hi) + 1 if body[lo:hi].strip() else 0
             tensors.check_shape(spec, [got])  # raises: the model wants another rank
         if shape is not None and math.prod(shape) > (hi - lo + 1) // 2:
             raise InvalidInput(f"input '{name}': shape {tensors.describe_shape(shape)} needs "
@@ -223,15 +248,15 @@ def _array_from_span(spec, shape: tuple[int, ...] | None, span: Span) -> np.ndar
         if rank > MAX_DEPTH:
             raise InvalidInput(f"input '{name}': data is nested {rank} levels deep, more "
                                f"than {MAX_DEPTH}")
-        skeleton = body[start:end].translate(
-            None, _BOOL_CHARS if spec.datatype.name == "BOOL" else _NUMBER_CHARS)
+        skeleton = _translate(body, start, end, None,
+                              _BOOL_CHARS if spec.datatype.name == "BOOL" else _NUMBER_CHARS)
         if skeleton.translate(None, b"[],"):
             raise InvalidInput(f"input '{name}': expected {spec.datatype.name} data, got "
                                f"non-numeric values")
         nesting = _nesting(skeleton, rank)
         if nesting is None:
             raise InvalidInput(f"input '{name}': data is not a rectangular array of numbers")
-        if nesting[-1] == 1 and not body[start:end].translate(None, b"[], \t\n\r"):
+        if nesting[-1] == 1 and not _translate(body, start, end, None, b"[], \t\n\r"):
             nesting = nesting[:-1] + (0,)  # '[]' innermost arrays: empty, not one element each
         if shape is None:
             shape = tensors.check_shape(spec, list(nesting))
@@ -242,12 +267,28 @@ def _array_from_span(spec, shape: tuple[int, ...] | None, span: Span) -> np.ndar
         del skeleton  # at most the body and one copy of it are held at a time
         if not math.prod(shape):
             return np.empty(shape, spec.datatype.dtype)
-        numbers = body[start:end].translate(_BRACKETS_TO_SPACES)
+        numbers = _translate(body, start, end, _BRACKETS_TO_SPACES)
         lo, hi = 0, len(numbers)
     array = _parse_numbers(spec, numbers, lo, hi, shape, start if span.nested else 0)
     if shape is None:
         return tensors.check_shape_of(spec, array)
     return array.reshape(shape)
+
+
+# Whole-body passes go a megabyte at a time: between two, the event loop's thread gets the GIL.
+PASS_BYTES = 1 << 20
+
+
+def _count(buffer, char: bytes, start: int, end: int) -> int:
+    return sum(buffer.count(char, at, min(at + PASS_BYTES, end))
+               for at in range(start, end, PASS_BYTES))
+
+
+def _translate(buffer, start: int, end: int, table, delete: bytes = b"") -> bytearray:
+    result = bytearray()
+    for at in range(start, end, PASS_BYTES):
+        result += buffer[at:min(at + PASS_BYTES, end)].translate(table, delete)
+    return result
 
 
 def _nesting(skeleton: bytes, rank: int) -> tuple[int, ...] | None:
