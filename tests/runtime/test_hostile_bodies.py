@@ -195,7 +195,8 @@ def mistakes():
         "nested deeper": ("/v2/models/mlp/infer", {"inputs": [
             {"name": "x", "datatype": "FP32", "shape": [2, 4], "data": [X.tolist()]}]}),
         "ragged": ("/v2/models/mlp/infer", {"inputs": [
-            {"name": "x", "datatype": "FP32", "shape": [2, 4], "data": [[1, 2, 3, 4], [5, 6, 7]]}]}),
+            {"name": "x", "datatype": "FP32", "shape": [2, 4],
+             "data": [[1, 2, 3, 4], [5, 6, 7]]}]}),
         "booleans for FP32": ("/v2/models/mlp/infer", {"inputs": [
             {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [True, 1, 2, 3]}]}),
         "integers for BOOL": ("/v2/models/mixed/infer", {"inputs": [

@@ -401,7 +401,8 @@ def _parse_chunk(spec, piece: bytes, offset: int) -> np.ndarray:
     except TypeError:  # an element of another kind: name the first one
         parsed = None
         numbers = (int, float) if of_type == "d" else int
-        odd = next(v for v in orjson.loads(piece) if isinstance(v, bool) or not isinstance(v, numbers))
+        odd = next(value for value in orjson.loads(piece)
+                   if isinstance(value, bool) or not isinstance(value, numbers))
         raise InvalidInput(f"input '{spec.name}': expected {datatype.name} data, got "
                            f"{tensors.kind_name(np.array([odd]))}") from None
     except (ValueError, RuntimeError) as error:  # RuntimeError: an integer over 64 bits

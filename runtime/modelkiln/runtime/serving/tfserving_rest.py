@@ -32,8 +32,7 @@ def decode_predict(served: ServedVersion, document) -> tuple[Decoded, str]:
     values = document[style]
     single = len(served.inputs) == 1
     if style == ROW:
-        if isinstance(values, Span) and values.empty or (
-                not isinstance(values, (list, Span)) or isinstance(values, list) and not values):
+        if values.empty if isinstance(values, Span) else not (isinstance(values, list) and values):
             raise InvalidInput("malformed request: 'instances' must be a non-empty list")
         if single and (isinstance(values, Span) or not isinstance(values[0], dict)):
             by_name = {served.inputs[0].name: values}
