@@ -13,7 +13,8 @@ shaped, 1x3x224x224) and a tiny MLP (1x16, measures server overhead). In the sam
   answer every request with the same bytes: what the transport alone costs. At c=1 on the image
   model they pause between requests as long as an inference takes, as a server does.
 
-Prints req/s, p50 and p99 per cell and the ratios the targets are about, and writes them as JSON.
+Prints req/s, p50 and p99 per cell and the ratios the targets are about, and writes them as JSON;
+first, the CPU the server's KServe v2 JSON decoding costs per element of the image input.
 
     python bench/serving.py [--peers kserve,mlserver] [--seconds 6] [--rounds 3] [--json out.json]
 """
@@ -324,6 +325,32 @@ def in_process(compiled: ov.CompiledModel, shape, concurrency: int, seconds: flo
     return len(latencies) / elapsed, float(p50), float(p99), 0, 0.0, 1e6 * cpu / len(latencies)
 
 
+def json_decode_cost(compiled: ov.CompiledModel, shape, rounds: int = 20) -> dict:
+    """CPU time the server spends turning the rest-json cells' KServe v2 body into the input
+    array (its split_body + decode_request, called here in-process, on this thread), per element.
+    """
+    from modelkiln.runtime.engine import Engine
+    from modelkiln.runtime.serving import kserve_rest
+    from modelkiln.runtime.serving.http_app import Request
+    from modelkiln.runtime.serving.repository import ServedVersion
+
+    served = ServedVersion(model="image", version=1, path=pathlib.Path("."))
+    served.inputs, served.outputs = Engine.describe(compiled)
+    served.inputs_by_name = {spec.name: spec for spec in served.inputs}
+    served.outputs_by_name = {spec.name: spec for spec in served.outputs}
+    x = RNG.standard_normal(shape).astype(np.float32)
+    path, body, _ = rest_json_request("image", x)
+    request = Request("POST", path, {b"content-type": b"application/json"}, body)
+    times = []
+    for _ in range(rounds):
+        started = time.thread_time()
+        decoded = kserve_rest.decode_request(served, *kserve_rest.split_body(request))
+        times.append(time.thread_time() - started)
+    assert np.array_equal(decoded.decoded.arrays[0], x)
+    return {"ns_per_element": float(np.median(times)) * 1e9 / x.size, "elements": int(x.size),
+            "body_bytes": len(body)}
+
+
 # ---------------------------------------------------------------- servers
 
 def free_port() -> int:
@@ -624,6 +651,11 @@ def main() -> int:
     repo = CACHE / "repository"
     build_repository(repo)
     print(f"machine: {machine()}", flush=True)
+    compiled = ov.Core().compile_model(str(repo / "image" / "1" / "model.xml"), "CPU")
+    decode = json_decode_cost(compiled, MODELS["image"][1])
+    del compiled
+    print(f"JSON decode (KServe v2, image input, {decode['body_bytes'] / 1e6:.1f} MB): "
+          f"{decode['ns_per_element']:.1f} ns of CPU per element (goal: at most 20)", flush=True)
     servers = {}
     try:
         for name in ["modelkiln", *[p for p in args.peers.split(",") if p], *(FLOORS if args.floor else [])]:
@@ -635,7 +667,8 @@ def main() -> int:
             process.wait(timeout=60)
     summarize(results)
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "results": results}, indent=1))
+        args.json.write_text(json.dumps({"machine": machine(), "json_decode": decode,
+                                         "results": results}, indent=1))
     return 0
 
 

@@ -9,6 +9,7 @@ the metrics, whatever the outcome.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -62,7 +63,12 @@ class DataPlane:
         return self.repository.resolve(model, version)
 
     async def infer(self, *, model: str, version: str | None, protocol: str,
-                    decode: Callable[[ServedVersion], Decoded]) -> Result:
+                    decode: Callable[[ServedVersion], Decoded], offload: bool = False) -> Result:
+        """Resolve, decode, run and account for one request.
+
+        `offload`: the decoding takes long (a large JSON body), so it runs on a thread and the
+        event loop keeps serving other clients meanwhile.
+        """
         started = time.perf_counter()
         label = model if model in self.repository.models else UNKNOWN
         children = self.metrics.children(label, protocol)
@@ -72,9 +78,9 @@ class DataPlane:
         try:
             served = self.resolve(model, version)
             version_label = served.label
-            decoded = decode(served)
-            served.acquire()
+            served.acquire()  # pinned while it decodes too: a thread may take a while
             try:
+                decoded = await asyncio.to_thread(decode, served) if offload else decode(served)
                 run = await served.compiled.infer(decoded.arrays,
                                                   tuple(s.index for s in decoded.outputs))
             finally:

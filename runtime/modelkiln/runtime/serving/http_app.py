@@ -32,7 +32,7 @@ class Request:
     method: str
     path: str
     headers: dict[bytes, bytes]  # lower-cased names; the last value wins
-    body: bytes = b""
+    body: bytes | bytearray = b""
 
     def header(self, name: bytes) -> bytes | None:
         return self.headers.get(name)
@@ -58,13 +58,6 @@ def readiness_response(ready: bool) -> Response:
 
 def error_response(status: int, message: str) -> Response:
     return json_response({"error": message}, status)
-
-
-def parse_json(body: bytes):
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise InvalidInput(f"malformed JSON: {error}") from None
 
 
 Handler = Callable[..., Awaitable[Response]]
@@ -183,12 +176,17 @@ class HttpApp:
         await send({"type": "http.response.body",
                     "body": b"" if scope["method"] == "HEAD" else response.body})
 
-    async def _read_body(self, request: Request, receive) -> bytes:
+    async def _read_body(self, request: Request, receive) -> bytes | bytearray:
         limit = self.max_request_bytes
         declared = request.header(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"request body of {int(declared)} bytes is over the limit of "
                                   f"{limit} bytes")
+        # A body in several chunks, of known size, is read into one buffer: no second copy when
+        # the last chunk comes, and writable, so OpenVINO shares a binary tensor's bytes as they
+        # are. One chunk (most small requests) is used as it came.
+        size_known = declared is not None and declared.isdigit()
+        body = None
         chunks = []
         size = 0
         try:
@@ -198,13 +196,23 @@ class HttpApp:
                     if message["type"] == "http.disconnect":
                         raise InvalidInput("client disconnected before sending the whole body")
                     chunk = message.get("body", b"")
+                    more = message.get("more_body", False)
+                    if body is None and more and size_known and not chunks:
+                        body = bytearray(int(declared))
+                    if body is not None and size + len(chunk) <= len(body):
+                        body[size:size + len(chunk)] = chunk
+                    else:
+                        chunks.append(chunk)
                     size += len(chunk)
                     if size > limit:
                         raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
+                    if not more:
                         break
         except TimeoutError:
             raise RequestTimeout(f"request body not received within {self.body_timeout:g} s "
                                  f"({size} bytes came)") from None
+        if body is not None:  # the HTTP parser ends a body at its Content-Length; never trust it blindly
+            if chunks or size != len(body):
+                raise InvalidInput(f"request body of {size} bytes, but Content-Length says {len(body)}")
+            return body
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)

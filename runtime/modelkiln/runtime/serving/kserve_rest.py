@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modelkiln.runtime.serving import tensors
+from modelkiln.runtime.serving import json_tensors, tensors
 from modelkiln.runtime.serving.dataplane import DataPlane, Decoded, Result
 from modelkiln.runtime.errors import InvalidInput
 from modelkiln.runtime.serving.http_app import (Request, Response, Router, json_response,
-                                        parse_json, readiness_response)
+                                                readiness_response)
 from modelkiln.runtime.names import shown
 from modelkiln.runtime.serving.repository import ServedVersion
 
@@ -76,7 +76,8 @@ def decode_request(served: ServedVersion, document, binary: memoryview) -> KServ
     if not isinstance(wire_inputs, list) or not wire_inputs:
         raise InvalidInput(f"malformed request: 'inputs' must be a non-empty list; expected "
                            f"inputs: {tensors.expected_inputs(served)}")
-    arrays: dict[int, np.ndarray] = {}
+    # Every input's name, datatype, shape and size is checked before any data is decoded.
+    sources = []
     offset = 0
     for wire in wire_inputs:
         if not isinstance(wire, dict):
@@ -96,18 +97,16 @@ def decode_request(served: ServedVersion, document, binary: memoryview) -> KServ
                 raise InvalidInput(f"malformed binary body: input '{spec.name}' needs {size} "
                                    f"bytes at offset {offset}, only {len(binary) - offset} "
                                    f"follow the JSON header")
-            array = tensors.array_from_bytes(spec, shape, binary[offset:offset + size])
+            sources.append((spec, shape, binary[offset:offset + size]))
             offset += size
         elif "data" in wire:
-            array = tensors.array_from_values(spec, shape, wire["data"])
+            sources.append((spec, shape, wire["data"]))
         else:
             raise InvalidInput(f"input '{spec.name}': has neither 'data' nor "
                                f"parameters.binary_data_size")
-        tensors.add_input(arrays, spec, array)
     if offset != len(binary):
         raise InvalidInput(f"malformed binary body: {len(binary) - offset} bytes after the JSON "
                            f"header are not claimed by any input's binary_data_size")
-    tensors.check_complete(served, arrays)
     default_binary = bool(_flag(document.get("parameters"), "binary_data_output", ""))
     wire_outputs = document.get("outputs")
     if wire_outputs is not None and not isinstance(wire_outputs, list):
@@ -124,6 +123,14 @@ def decode_request(served: ServedVersion, document, binary: memoryview) -> KServ
             binary_flags[name] = default_binary if flag is None else flag
     outputs = tensors.output_specs(served, names)
     as_binary = [binary_flags.get(s.name, default_binary) for s in outputs]
+    arrays: dict[int, np.ndarray] = {}
+    for spec, shape, source in sources:
+        if isinstance(source, memoryview):
+            array = tensors.array_from_bytes(spec, shape, source)
+        else:
+            array = json_tensors.array_from_json(spec, shape, source)
+        tensors.add_input(arrays, spec, array)
+    tensors.check_complete(served, arrays)
     request_id = document.get("id")
     if not isinstance(request_id, str) or not request_id:
         request_id = f"{_ID_PREFIX}-{next(_ID_COUNTER)}"  # so that logs and clients correlate
@@ -153,12 +160,13 @@ def encode_response(result: Result, request: KServeRequest) -> Response:
     return response
 
 
-def split_body(request: Request) -> tuple[object, memoryview]:
+def split_body(request: Request, tensor_paths=json_tensors.KSERVE_TENSORS
+               ) -> tuple[object, memoryview]:
     """The JSON document and the binary tail of a KServe v2 request body."""
     declared = request.header(HEADER_LENGTH)
     body = request.body
     if declared is None:
-        return parse_json(body), memoryview(b"")
+        return json_tensors.loads(body, tensor_paths), memoryview(b"")
     try:
         length = int(declared)
     except ValueError:
@@ -167,7 +175,14 @@ def split_body(request: Request) -> tuple[object, memoryview]:
         raise InvalidInput(f"malformed binary header: Inference-Header-Content-Length "
                            f"{shown(declared.decode(errors='replace'))} must be an integer "
                            f"between 0 and the body size {len(body)}")
-    return parse_json(body[:length]), memoryview(body)[length:]
+    return json_tensors.loads(body[:length], tensor_paths), memoryview(body)[length:]
+
+
+def large_json(request: Request) -> bool:
+    """Whether the request's JSON (the header alone, with binary tensors) is large."""
+    declared = request.header(HEADER_LENGTH)
+    length = int(declared) if declared is not None and declared.isdigit() else len(request.body)
+    return json_tensors.is_large(min(length, len(request.body)))
 
 
 class KServeRoutes:
@@ -209,6 +224,6 @@ class KServeRoutes:
             return decoded[0].decoded
 
         result = await self.dataplane.infer(model=model, version=version, protocol="rest",
-                                            decode=decode)
+                                            decode=decode, offload=large_json(request))
         return encode_response(result, decoded[0])
 

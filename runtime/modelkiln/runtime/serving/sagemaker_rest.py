@@ -12,7 +12,7 @@ import io
 
 import numpy as np
 
-from modelkiln.runtime.serving import kserve_rest, tensors, tfserving_rest
+from modelkiln.runtime.serving import json_tensors, kserve_rest, tensors, tfserving_rest
 from modelkiln.runtime.serving.dataplane import DataPlane, Decoded
 from modelkiln.runtime.errors import InvalidInput, UnsupportedMediaType
 from modelkiln.runtime.serving.http_app import Request, Response, Router, readiness_response
@@ -21,6 +21,7 @@ from modelkiln.runtime.serving.repository import ServedVersion
 
 TARGET_MODEL = b"x-amzn-sagemaker-target-model"
 NPY = b"application/x-npy"
+TENSORS = json_tensors.KSERVE_TENSORS + json_tensors.TFSERVING_TENSORS
 
 
 def _is_kserve(document) -> bool:
@@ -85,7 +86,7 @@ class SageMakerRoutes:
             if content_type == NPY:
                 decoded = decode_npy(served, request.body)
             else:
-                document, binary = kserve_rest.split_body(request)
+                document, binary = kserve_rest.split_body(request, TENSORS)
                 if _is_kserve(document) or binary:
                     answer["kserve"] = kserve_rest.decode_request(served, document, binary)
                     decoded = answer["kserve"].decoded
@@ -97,8 +98,9 @@ class SageMakerRoutes:
                                    f"{', '.join(repr(s.name) for s in decoded.outputs)}")
             return decoded
 
-        result = await self.dataplane.infer(model=model, version=None, protocol="sagemaker",
-                                            decode=decode)
+        result = await self.dataplane.infer(
+            model=model, version=None, protocol="sagemaker", decode=decode,
+            offload=content_type != NPY and kserve_rest.large_json(request))
         if wants_npy:
             return encode_npy(result.arrays[0])
         if "kserve" in answer:

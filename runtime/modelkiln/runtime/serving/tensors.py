@@ -77,10 +77,12 @@ def array_from_bytes(spec: TensorSpec, shape: tuple[int, ...], buffer) -> np.nda
     return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
 
 
-def array_from_values(spec: TensorSpec, shape: tuple[int, ...] | None, values: Any) -> np.ndarray:
+def array_from_values(spec: TensorSpec, shape: tuple[int, ...] | None, values: Any, *,
+                      from_json: bool = False) -> np.ndarray:
     """An array from JSON numbers (flat or nested) or a typed gRPC field.
 
-    With `shape` None the values' own nesting is the shape (TF-Serving has no shape field).
+    With `shape` None the values' own nesting is the shape (TF-Serving has no shape field);
+    JSON values (`from_json`) nested must be nested exactly as `shape`.
     """
     try:
         array = np.asarray(values)
@@ -89,35 +91,57 @@ def array_from_values(spec: TensorSpec, shape: tuple[int, ...] | None, values: A
                            f"numbers") from None
     datatype = spec.datatype
     if array.dtype.kind not in datatype.json_kinds:
-        got = _kind_name(array)
+        got = kind_name(array)
         raise InvalidInput(f"input '{spec.name}': expected {datatype.name} data, got {got}")
     if shape is None:
-        return check_shape_of(spec, _in_range(spec, array))
+        return check_shape_of(spec, cast_checked(spec, array))
+    if from_json and array.ndim > 1:
+        check_nesting(spec, shape, array.shape)
     count = _element_count(shape)
     if array.size != count:
         raise InvalidInput(f"input '{spec.name}': shape {describe_shape(shape)} needs "
                            f"{count} elements, got {array.size}")
-    return _in_range(spec, array).reshape(shape)
+    return cast_checked(spec, array).reshape(shape)
 
 
-def _in_range(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+def check_nesting(spec: TensorSpec, shape: tuple[int, ...], nesting: tuple[int, ...]) -> None:
+    """Nested data (KServe JSON) must be nested exactly as its declared shape."""
+    if len(nesting) != len(shape):
+        raise InvalidInput(f"input '{spec.name}': data is nested {len(nesting)} levels deep, "
+                           f"shape {describe_shape(shape)} has {len(shape)}")
+    if tuple(nesting) != tuple(shape):
+        raise InvalidInput(f"input '{spec.name}': data is nested as {describe_shape(nesting)}, "
+                           f"not as its shape {describe_shape(shape)}; send it flat or nested "
+                           f"as the shape")
+
+
+def out_of_range(spec: TensorSpec) -> InvalidInput:
+    """The error for a value the datatype cannot hold."""
+    target = spec.datatype.dtype
+    if target.kind == "f":
+        limit = float(np.finfo(target).max)
+        bounds = f"[{-limit:g}, {limit:g}]"
+    else:
+        info = np.iinfo(target)
+        bounds = f"[{info.min}, {info.max}]"
+    return InvalidInput(f"input '{spec.name}': values out of range for {spec.datatype.name} "
+                        f"{bounds}")
+
+
+def cast_checked(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
     """`array` as the model's dtype, refusing values the dtype cannot hold (never wrapped or inf)."""
-    datatype = spec.datatype
-    target = datatype.dtype
+    target = spec.datatype.dtype
     if array.dtype.kind in "ui" and target.kind in "ui" and array.size:
         info = np.iinfo(target)
         if array.min() < info.min or array.max() > info.max:
-            raise InvalidInput(f"input '{spec.name}': values out of range for "
-                               f"{datatype.name} [{info.min}, {info.max}]")
+            raise out_of_range(spec)
     with np.errstate(over="ignore"):  # an overflow is refused just below, not warned about
         converted = array.astype(target, copy=False)
     # A finite value that became inf is too large for the dtype (1e39 in FP32, 70000 in FP16);
     # an inf sent as one (gRPC float contents) is left as it is.
     if (target.kind == "f" and converted is not array and np.isinf(converted).any()
             and (np.isinf(converted) & ~np.isinf(array)).any()):
-        limit = float(np.finfo(target).max)
-        raise InvalidInput(f"input '{spec.name}': values out of range for {datatype.name} "
-                           f"[{-limit:g}, {limit:g}]")
+        raise out_of_range(spec)
     return converted
 
 
@@ -137,7 +161,7 @@ def array_of_dtype(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(check_shape_of(spec, array), dtype=spec.datatype.dtype)
 
 
-def _kind_name(array: np.ndarray) -> str:
+def kind_name(array: np.ndarray) -> str:
     return {"f": "floating-point numbers", "i": "integers", "u": "integers", "b": "booleans",
             "U": "strings", "S": "bytes", "O": "non-numeric values"}.get(array.dtype.kind,
                                                                          str(array.dtype))

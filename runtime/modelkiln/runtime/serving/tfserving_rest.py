@@ -8,12 +8,15 @@ item, a dict of inputs when the model has several); `inputs` is the columnar one
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from modelkiln.runtime.serving import tensors
+from modelkiln.runtime.serving import json_tensors, tensors
 from modelkiln.runtime.serving.dataplane import DataPlane, Decoded, Result
 from modelkiln.runtime.errors import InvalidInput
-from modelkiln.runtime.serving.http_app import Request, Response, Router, json_response, parse_json
+from modelkiln.runtime.serving.http_app import Request, Response, Router, json_response
+from modelkiln.runtime.serving.json_tensors import Span
 from modelkiln.runtime.serving.repository import ServedVersion, State
 
 VERSIONED = r"/v1/models/(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
@@ -29,11 +32,11 @@ def decode_predict(served: ServedVersion, document) -> tuple[Decoded, str]:
     values = document[style]
     single = len(served.inputs) == 1
     if style == ROW:
-        if not isinstance(values, list) or not values:
+        if values.empty if isinstance(values, Span) else not (isinstance(values, list) and values):
             raise InvalidInput("malformed request: 'instances' must be a non-empty list")
-        if single and not isinstance(values[0], dict):
+        if single and (isinstance(values, Span) or not isinstance(values[0], dict)):
             by_name = {served.inputs[0].name: values}
-        elif all(isinstance(item, dict) for item in values):
+        elif isinstance(values, list) and all(isinstance(item, dict) for item in values):
             by_name = {name: [item.get(name) for item in values] for name in values[0]}
             for item in values:
                 if item.keys() != values[0].keys():
@@ -49,12 +52,28 @@ def decode_predict(served: ServedVersion, document) -> tuple[Decoded, str]:
     else:
         raise InvalidInput(f"malformed request: with several inputs 'inputs' must be an object "
                            f"of {tensors.expected_inputs(served)}")
+    specs = {name: tensors.input_spec(served, name, None) for name in by_name}
     arrays: dict[int, np.ndarray] = {}
     for name, value in by_name.items():
-        spec = tensors.input_spec(served, name, None)
-        tensors.add_input(arrays, spec, tensors.array_from_values(spec, None, value))
+        spec = specs[name]
+        if isinstance(value, list) and any(isinstance(row, Span) for row in value):
+            array = _stack_rows(spec, value)
+        else:
+            array = json_tensors.array_from_json(spec, None, value)
+        tensors.add_input(arrays, spec, array)
     tensors.check_complete(served, arrays)
     return Decoded(arrays=arrays, outputs=served.outputs), style
+
+
+def _stack_rows(spec, rows: list) -> np.ndarray:
+    """One input of row-format instances (objects), each row's data left as bytes."""
+    row_spec = spec
+    if not spec.rank_is_dynamic and spec.shape:
+        row_spec = dataclasses.replace(spec, shape=spec.shape[1:])
+    decoded = [json_tensors.array_from_json(row_spec, None, row) for row in rows]
+    if len({row.shape for row in decoded}) > 1:
+        raise InvalidInput(f"input '{spec.name}': data is not a rectangular array of numbers")
+    return tensors.check_shape_of(spec, np.stack(decoded))
 
 
 def encode_predict(result: Result, style: str) -> Response:
@@ -115,9 +134,11 @@ class TFServingRoutes:
 
         def decode(served: ServedVersion) -> Decoded:
             nonlocal style
-            decoded, style = decode_predict(served, parse_json(request.body))
+            document = json_tensors.loads(request.body, json_tensors.TFSERVING_TENSORS)
+            decoded, style = decode_predict(served, document)
             return decoded
 
         result = await self.dataplane.infer(model=model, version=version, protocol="tfserving",
-                                            decode=decode)
+                                            decode=decode,
+                                            offload=json_tensors.is_large(len(request.body)))
         return encode_predict(result, style)
