@@ -26,6 +26,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Iterator
 
+from modelkiln.runtime.conversion import retention
 from modelkiln.runtime.conversion.errors import ConversionFailed
 
 if TYPE_CHECKING:   # OpenVINO loads only when a conversion runs: `--help` stays instant
@@ -51,7 +52,8 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="modelkiln convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", required=True,
-                        help="model path or URI: file://, http(s)://, pvc://CLAIM/path; a file or a directory")
+                        help="model path or URI: file://, http(s)://, pvc://CLAIM/path, s3://, gs://, az://; a "
+                             "file, a directory (a prefix) or a .tar.gz/.tgz/.tar/.zip archive (#path/inside)")
     parser.add_argument("--output", required=True, type=pathlib.Path, help="REPO/MODEL: versions go below it")
     parser.add_argument("--precision", required=True, type=str.upper, choices=PRECISIONS,
                         help="FP32 (no weight compression), FP16 (weights compressed to half) or "
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "NNCF's accuracy-controlled quantization keeps the drop under X")
     parser.add_argument("--min-cosine", type=float, metavar="X", help="fail when the mean cosine similarity is below X")
     parser.add_argument("--artifact-key", help="identity of this artifact (computed from the arguments when absent)")
+    retention.add_arguments(parser)
     parser.add_argument("--termination-log", type=pathlib.Path,
                         help=f"where the one-line result goes (default {DEFAULT_TERMINATION_LOG} when it exists)")
     return parser
@@ -100,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 def artifact_key_of(args: argparse.Namespace) -> str:
     """A stable hash of everything that shapes the artifact."""
     fields = {name: value for name, value in sorted(vars(args).items())
-              if name not in ("output", "artifact_key", "termination_log", "ca_file")}
+              if name not in ("output", "artifact_key", "termination_log", "ca_file", *retention.OPTIONS)}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -215,6 +218,7 @@ def stderr_sent_to_stdout() -> Iterator:
 def convert(args: argparse.Namespace) -> dict:
     from modelkiln.runtime.conversion import publish
 
+    retention.policy_of(args)   # a wrong retention argument fails before any work
     model_dir = args.output
     key = args.artifact_key or artifact_key_of(args)
     existing = publish.find_published(model_dir, key)
@@ -225,7 +229,10 @@ def convert(args: argparse.Namespace) -> dict:
         metadata = build_artifact(args, staging=staging, artifact_key=key)
         published, reused = publish.publish_version(model_dir=model_dir, staging=staging, metadata=metadata)
     print(f"{'reused' if reused else 'published'} version {published['version']} of {model_dir}", flush=True)
-    return summary_of(published, model_dir=model_dir, reused=reused)
+    summary = summary_of(published, model_dir=model_dir, reused=reused)
+    if not reused:
+        summary["retention"] = retention.apply(args, model_dir=model_dir, published=published["version"])
+    return summary
 
 
 def summary_of(metadata: dict, *, model_dir: pathlib.Path, reused: bool) -> dict:
