@@ -28,6 +28,16 @@ PVC_ROOT = "/mnt/pvc"
 CA_DIR = "/etc/modelkiln/ca"
 CA_FILE = "ca.pem"
 RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
+# The standard variables of the object stores that a spec.source.credentials Secret may hold. Each
+# is read from the Secret's key of the same name, if present: the operator references the Secret
+# without reading it, and only these names reach the converter's environment.
+CREDENTIAL_VARIABLES = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP", "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_ENDPOINT",
+    "AZURE_ALLOW_HTTP", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID",
+)
 
 
 class Outcome(TypedDict):
@@ -47,11 +57,28 @@ def source_claims(spec: dict) -> list[str]:
     return sorted({uri.removeprefix("pvc://").partition("/")[0] for uri in uris if uri.startswith("pvc://")})
 
 
+def credential_env(source: dict) -> list[dict]:
+    """The conversion container's variables for spec.source.credentials and serviceAccountName;
+    the MODELKILN_ ones let the converter name the Secret or identity in a failure."""
+    env = []
+    secret = source.get("credentials", {}).get("secretName")
+    if secret:
+        env.append({"name": "MODELKILN_SOURCE_CREDENTIALS", "value": secret})
+        env += [{"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": variable, "optional": True}}}
+                for variable in CREDENTIAL_VARIABLES]
+    if source.get("serviceAccountName"):
+        env.append({"name": "MODELKILN_WORKLOAD_IDENTITY", "value": source["serviceAccountName"]})
+    return env
+
+
 def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim: str,
               pool: DevicePool) -> dict:
     """Job `<name>-convert-<key8>` converting `spec` into `<repository>/<name>/` in `image`."""
     name = model["metadata"]["name"]
     args = convert_args(spec=spec, output=f"{objects.REPOSITORY_PATH}/{name}", artifact_key=key)
+    served = (model.get("status") or {}).get("artifact", {}).get("version")
+    if served is not None:     # its pods keep serving it while this Job runs: retention keeps it
+        args += ["--keep-version", str(served)]
     # One volume per claim: a kubelet never starts a pod with two volumes on the same claim (it
     # waits on the second mount forever, with no Event), so a source on the repository claim
     # itself is a second, read-only mount of the repository volume.
@@ -77,7 +104,8 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
         "image": image,
         "command": ["modelkiln"],
         "args": ["convert", *args],
-        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MODELKILN_PVC_ROOT", "value": PVC_ROOT}],
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MODELKILN_PVC_ROOT", "value": PVC_ROOT},
+                *credential_env(spec["source"])],
         "resources": RESOURCES,
         "volumeMounts": mounts,
         "securityContext": objects.container_security_context(),
@@ -86,6 +114,8 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod_labels = objects.labels(name=name, component=COMPONENT)
+    account = spec["source"].get("serviceAccountName")    # workload identity (IRSA, GKE, Azure)
+    identity = {"serviceAccountName": account} if account else {}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -105,7 +135,7 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
             "template": {
                 "metadata": {"labels": pod_labels},
                 "spec": objects.pod_spec(containers=[container], volumes=volumes, pool=pool,
-                                         restartPolicy="Never"),
+                                         restartPolicy="Never", **identity),
             },
         },
     }

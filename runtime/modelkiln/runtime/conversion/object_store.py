@@ -106,10 +106,12 @@ def download(uri: str, *, download_dir: pathlib.Path, progress: TextIO) -> pathl
     location = parse(uri)
     store = open_store(location)
     with explained(location):
-        single = None if location.key.endswith("/") else head(store, location.key)
+        # A GET, not a HEAD: it starts the body at once, and a refusal carries the store's error code.
+        single = None if location.key.endswith("/") else get(store, location.key)
         if single is not None:
             destination = download_dir / pathlib.PurePosixPath(location.key).name
-            return download_object(store, single, destination=destination, shown=location.where, progress=progress)
+            return download_object(store, single.meta, response=single, destination=destination,
+                                   shown=location.where, progress=progress)
         prefix = location.key.rstrip("/") + "/"
         objects = [meta for batch in obstore.list(store, prefix=prefix) for meta in batch
                    if not meta["path"].endswith("/")]      # "folder" markers some consoles create
@@ -129,27 +131,31 @@ def download(uri: str, *, download_dir: pathlib.Path, progress: TextIO) -> pathl
     return directory
 
 
-def head(store, key: str) -> dict | None:
+def get(store, key: str):
+    """The answer to a GET of `key` (its body not read yet), or None when there is no such key."""
     try:
-        return obstore.head(store, key)
-    except (NotFoundError, FileNotFoundError):
+        return obstore.get(store, key)
+    except (NotFoundError, FileNotFoundError):   # obstore raises FileNotFoundError for a missing key
         return None
 
 
-def download_object(store, meta: dict, *, destination: pathlib.Path, shown: str, progress: TextIO) -> pathlib.Path:
-    """Stream one object to `destination` through a `.part` file; a body cut short is resumed
-    from its last byte (the same version: If-Match on its ETag) up to RETRIES times."""
+def download_object(store, meta: dict, *, destination: pathlib.Path, shown: str, progress: TextIO,
+                    response=None) -> pathlib.Path:
+    """Stream the object `meta` (from a listing, or of a GET `response` whose body is unread) to
+    `destination` through a `.part` file; a body cut short is resumed from its last byte (the same
+    version: If-Match on its ETag) up to RETRIES times."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".part")
     meter = ProgressMeter(url=shown, total=meta["size"], done=0, stream=progress)
+    etag = None     # of the version being read, as its GET answered (a listing may spell it otherwise)
     with partial.open("wb") as out:
         for attempt in range(RETRIES):
-            options = {"range": {"offset": meter.done}} if meter.done else {}
-            if meta.get("e_tag"):
-                options["if_match"] = meta["e_tag"]
+            options = {"range": {"offset": meter.done}, "if_match": etag} if meter.done else {}
             try:
                 if meta["size"] > meter.done:
-                    for chunk in obstore.get(store, meta["path"], options=options).stream(min_chunk_size=CHUNK_BYTES):
+                    response = response or obstore.get(store, meta["path"], options=options)
+                    etag = response.meta.get("e_tag")
+                    for chunk in response.stream(min_chunk_size=CHUNK_BYTES):
                         out.write(chunk)
                         meter.advance(len(chunk))
             except (NotFoundError, FileNotFoundError, PermissionDeniedError, UnauthenticatedError):
@@ -157,6 +163,7 @@ def download_object(store, meta: dict, *, destination: pathlib.Path, shown: str,
             except (BaseError, ConnectionError, TimeoutError) as error:
                 if attempt + 1 == RETRIES:
                     raise
+                response = None
                 print(f"download of {shown} broke off at byte {meter.done} ({first_line(error)}); "
                       f"resuming, attempt {attempt + 2} of {RETRIES}", file=progress)
                 time.sleep(BACKOFF_SECONDS * 2 ** attempt)
