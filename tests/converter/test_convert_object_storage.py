@@ -128,24 +128,24 @@ def test_a_missing_key_or_bucket_is_not_found(convert, repo, public_s3):
                             "such key")
 
 
-def test_a_transient_5xx_is_retried_until_the_object_comes(convert, repo, public_s3):
-    proxy = FlakyProxy(("127.0.0.1", public_s3.port), failures=2)
+def convert_through_flaky_proxy(convert, repo, server: S3Server, *, failures: int):
+    """Convert s3://public/digits/model.onnx through a proxy failing the first `failures` GETs."""
+    proxy = FlakyProxy(("127.0.0.1", server.port), failures=failures)
     try:
-        result = convert("--source", "s3://public/digits/model.onnx", "--output", repo / "d", "--precision", "FP32",
-                         env=env_for(public_s3, AWS_ENDPOINT_URL=proxy.url))
+        return convert("--source", "s3://public/digits/model.onnx", "--output", repo / "d", "--precision", "FP32",
+                       env=env_for(server, AWS_ENDPOINT_URL=proxy.url)), proxy.answered
     finally:
         proxy.shutdown()
+
+
+def test_a_transient_5xx_is_retried_until_the_object_comes(convert, repo, public_s3):
+    result, answered = convert_through_flaky_proxy(convert, repo, public_s3, failures=2)
     assert result.summary["version"] == 1
-    assert proxy.answered[:2] == [503, 503] and 200 in proxy.answered[2:]
+    assert answered[:2] == [503, 503] and 200 in answered[2:]
 
 
 def test_a_store_that_keeps_failing_is_a_transient_failure(convert, repo, public_s3):
-    proxy = FlakyProxy(("127.0.0.1", public_s3.port), failures=100)
-    try:
-        result = convert("--source", "s3://public/digits/model.onnx", "--output", repo / "d", "--precision", "FP32",
-                         env=env_for(public_s3, AWS_ENDPOINT_URL=proxy.url))
-    finally:
-        proxy.shutdown()
+    result, _ = convert_through_flaky_proxy(convert, repo, public_s3, failures=100)
     assert result.returncode == 3       # the Job retries it
     assert result.cause.startswith("cannot read s3://public/digits/model.onnx: ")
     assert "503" in result.cause

@@ -119,7 +119,7 @@ def unpack_zip(archive: pathlib.Path, destination: pathlib.Path) -> None:
                 if stat.S_ISLNK(mode):
                     raise ConversionFailed(f"archive {archive.name} is refused: member {member.filename!r} is a "
                                            "link (links are not unpacked from a zip)")
-                if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):     # 0: written without a type
                     raise ConversionFailed(f"archive {archive.name} is refused: member {member.filename!r} is a "
                                            "device file or pipe")
                 budget.add(member.file_size)     # zipfile never writes more than the declared size
