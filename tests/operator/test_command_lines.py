@@ -6,6 +6,7 @@ import json
 
 from modelkiln.operator import schema
 from modelkiln.operator.commands import artifact_key, convert_args, serve_args, serving_options
+from modelkiln.operator.local import absolute_file_uri
 
 SOURCE = {"uri": "https://models.example.com/digits.onnx"}
 
@@ -102,3 +103,11 @@ def test_retention_arguments_follow_keep_versions_and_the_version_policy_but_not
     args = convert_args(spec=spec, output="/m/d", artifact_key="k")
     assert args[-4:] == ["--keep-versions", "5", "--version-policy", '{"latest":2}']
     assert artifact_key(spec) == artifact_key({"source": SOURCE})
+
+
+def test_local_mode_resolves_a_relative_archive_and_keeps_the_path_inside_it(tmp_path):
+    assert absolute_file_uri("model.tar.gz#1/model.onnx", tmp_path) == (tmp_path / "model.tar.gz").as_uri() + \
+        "#1/model.onnx"
+    assert absolute_file_uri("s3://b/model.tar.gz#1/model.onnx", tmp_path) == "s3://b/model.tar.gz#1/model.onnx"
+    # elsewhere '#' belongs to the file's name
+    assert absolute_file_uri("model#2.onnx", tmp_path) == (tmp_path / "model#2.onnx").as_uri()
