@@ -1,5 +1,5 @@
-"""s3:// and gs:// sources against real servers on loopback: moto's S3 server (public, and with IAM
-authentication) and fake-gcs-server; az:// up to its configuration checks (no Azure server here)."""
+"""s3://, gs:// and az:// sources against real servers on loopback: moto's S3 server (public, and
+with IAM authentication), fake-gcs-server and Azurite."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import hashlib
 import io
 import json
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -222,6 +224,66 @@ def test_gcs_objects_and_prefixes_are_read_through_the_same_library(convert, rep
     result = convert("--source", uri, "--output", repo / "digits", "--precision", "FP32",
                      env={**NO_CLOUD, **FAST, "GOOGLE_BASE_URL": gcs})
     assert metadata(result.summary["path"])["source"]["uri"] == uri
+
+
+AZURITE_VERSION = "3.35.0"
+# Azurite's well-known development account (documented by Microsoft; not a secret).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@pytest.fixture(scope="module")
+def azurite():
+    """Microsoft's Azure Storage emulator (npm `azurite`, installed once into ~/.cache/modelkiln),
+    with a container `models` holding the digits model, made with Azure's own Python client."""
+    from azure.storage.blob import BlobServiceClient
+
+    home = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "modelkiln" / \
+        f"azurite-{AZURITE_VERSION}"
+    binary = home / "node_modules" / ".bin" / "azurite-blob"
+    if not binary.exists():
+        assert shutil.which("npm"), "npm is needed once to install Azurite (the Azure Storage emulator)"
+        subprocess.run(["npm", "install", "--prefix", str(home), "--no-audit", "--no-fund",
+                        f"azurite@{AZURITE_VERSION}"], check=True, capture_output=True, timeout=600)
+    port = free_port("127.0.0.1")
+    server = subprocess.Popen([str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+                               "--skipApiVersionCheck"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+    client = BlobServiceClient(endpoint, credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY})
+    for _ in range(100):
+        try:
+            container = client.create_container("models")
+            break
+        except Exception:  # noqa: BLE001 - not listening yet
+            time.sleep(0.1)
+    container.upload_blob("digits/model.onnx", MODEL_BYTES)
+    yield endpoint
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def azure_env(endpoint: str, **extra: str) -> dict[str, str]:
+    return {**NO_CLOUD, **FAST, "AZURE_STORAGE_ENDPOINT": endpoint, "AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT,
+            **extra}
+
+
+def test_azure_blobs_are_read_with_the_accounts_key(convert, repo, azurite):
+    result = convert("--source", "az://models/digits/model.onnx", "--output", repo / "digits", "--precision", "FP32",
+                     env=azure_env(azurite, AZURE_STORAGE_ACCOUNT_KEY=AZURITE_KEY))
+    assert metadata(result.summary["path"])["source"]["uri"] == "az://models/digits/model.onnx"
+
+
+def test_azure_refuses_a_wrong_key_or_an_anonymous_read_in_one_line(convert, repo, azurite):
+    wrong = convert("--source", "az://models/digits/model.onnx", "--output", repo / "d", "--precision", "FP32",
+                    env=azure_env(azurite, AZURE_STORAGE_ACCOUNT_KEY="d3Jvbmcta2V5LW5vdC1zaG93bg==",
+                                  MODELKILN_SOURCE_CREDENTIALS="azure-keys"))
+    assert wrong.cause.startswith("access to az://models/digits/model.onnx denied")
+    assert wrong.cause.endswith("the credentials in AZURE_STORAGE_ACCOUNT_KEY from Secret 'azure-keys' "
+                                "(spec.source.credentials) are not accepted for container models")
+    assert "d3Jvbmcta2V5LW5vdC1zaG93bg==" not in wrong.stdout + wrong.stderr
+    anonymous = convert("--source", "az://models/digits/model.onnx", "--output", repo / "d", "--precision", "FP32",
+                        env=azure_env(azurite))
+    assert "denied" in anonymous.cause and "the request was anonymous" in anonymous.cause
 
 
 def test_azure_needs_its_account_named(convert, repo):
