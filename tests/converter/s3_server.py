@@ -93,14 +93,16 @@ class S3Server:
 
 
 class FlakyProxy(http.server.ThreadingHTTPServer):
-    """Forwards to `target` (host, port), but answers the first `failures` object GETs with 503."""
+    """Forwards to `target` (host, port), but answers the first `failures` object GETs with 503,
+    and cuts the bodies of the next `cuts` ones in half (the connection dies)."""
 
     daemon_threads = True
 
-    def __init__(self, target: tuple[str, int], *, failures: int) -> None:
+    def __init__(self, target: tuple[str, int], *, failures: int = 0, cuts: int = 0) -> None:
         super().__init__(("127.0.0.1", 0), ProxyHandler)
-        self.target, self.failures = target, failures
+        self.target, self.failures, self.cuts = target, failures, cuts
         self.answered: list[int] = []
+        self.ranges: list[str | None] = []      # the Range header of each object GET
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
@@ -122,10 +124,15 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
         upstream = http.client.HTTPConnection(*self.server.target, timeout=60)
         upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
         response = upstream.getresponse()
-        self.reply(response.status, dict(response.getheaders()), response.read())
+        object_get = self.command == "GET" and "?" not in self.path
+        if object_get:
+            self.server.ranges.append(self.headers.get("Range"))
+        cut = object_get and self.server.cuts > 0
+        self.server.cuts -= cut
+        self.reply(response.status, dict(response.getheaders()), response.read(), cut=cut)
         upstream.close()
 
-    def reply(self, status: int, headers: dict, body: bytes) -> None:
+    def reply(self, status: int, headers: dict, body: bytes, cut: bool = False) -> None:
         self.server.answered.append(status)
         self.send_response(status)
         for name, value in headers.items():
@@ -135,7 +142,12 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
         length = headers.get("Content-Length", "0") if self.command == "HEAD" else str(len(body))
         self.send_header("Content-Length", length)
         self.end_headers()
-        if self.command != "HEAD":
+        if cut:
+            self.wfile.write(body[:len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+        elif self.command != "HEAD":
             self.wfile.write(body)
 
     do_GET = do_HEAD = do_PUT = forward  # noqa: N815 - the http.server API

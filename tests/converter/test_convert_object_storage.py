@@ -130,20 +130,28 @@ def test_a_missing_key_or_bucket_is_not_found(convert, repo, public_s3):
                             "such key")
 
 
-def convert_through_flaky_proxy(convert, repo, server: S3Server, *, failures: int):
-    """Convert s3://public/digits/model.onnx through a proxy failing the first `failures` GETs."""
-    proxy = FlakyProxy(("127.0.0.1", server.port), failures=failures)
+def convert_through_flaky_proxy(convert, repo, server: S3Server, **faults: int):
+    """Convert s3://public/digits/model.onnx through a FlakyProxy with `faults`."""
+    proxy = FlakyProxy(("127.0.0.1", server.port), **faults)
     try:
         return convert("--source", "s3://public/digits/model.onnx", "--output", repo / "d", "--precision", "FP32",
-                       env=env_for(server, AWS_ENDPOINT_URL=proxy.url)), proxy.answered
+                       env=env_for(server, AWS_ENDPOINT_URL=proxy.url)), proxy
     finally:
         proxy.shutdown()
 
 
 def test_a_transient_5xx_is_retried_until_the_object_comes(convert, repo, public_s3):
-    result, answered = convert_through_flaky_proxy(convert, repo, public_s3, failures=2)
+    result, proxy = convert_through_flaky_proxy(convert, repo, public_s3, failures=2)
     assert result.summary["version"] == 1
-    assert answered[:2] == [503, 503] and 200 in answered[2:]
+    assert proxy.answered[:2] == [503, 503] and 200 in proxy.answered[2:]
+
+
+def test_a_body_cut_short_is_resumed_from_its_last_byte(convert, repo, public_s3):
+    result, proxy = convert_through_flaky_proxy(convert, repo, public_s3, cuts=1)
+    assert result.summary["sizeBytes"] > 0
+    half = len(MODEL_BYTES) // 2
+    assert proxy.ranges == [None, f"bytes={half}-{len(MODEL_BYTES) - 1}"]   # the rest, not the whole again
+    assert metadata(result.summary["path"])["source"]["sha256"] == hashlib.sha256(MODEL_BYTES).hexdigest()
 
 
 def test_a_store_that_keeps_failing_is_a_transient_failure(convert, repo, public_s3):

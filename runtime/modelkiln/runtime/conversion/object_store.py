@@ -5,8 +5,8 @@ One library reads all three: obstore, the Python binding of Apache Arrow's Rust 
 azure-storage-blob. It reads each store's standard environment (AWS_*, GOOGLE_*, AZURE_*), so
 a Secret's keys given to the conversion Job as variables, a workload identity and a laptop's
 shell all configure it the same way, and it retries a request on 5xx, dropped connections and
-timeouts with exponential backoff. A key is streamed to disk in chunks (resumed from where it
-broke if the body is cut); a prefix (a SavedModel directory, an IR pair) is downloaded object by
+timeouts with exponential backoff, resuming a body cut short from its last byte. A key is
+streamed to disk in chunks; a prefix (a SavedModel directory, an IR pair) is downloaded object by
 object. Without any credential variable a request is anonymous (a public bucket): the library
 would otherwise ask the cloud's instance metadata service, which outside that cloud only times
 out; MODELKILN_WORKLOAD_IDENTITY (set for spec.source.serviceAccountName) lets it ask.
@@ -21,7 +21,6 @@ import datetime
 import os
 import pathlib
 import re
-import time
 import urllib.parse
 from typing import Iterator, TextIO
 
@@ -142,33 +141,16 @@ def get(store, key: str):
 def download_object(store, meta: dict, *, destination: pathlib.Path, shown: str, progress: TextIO,
                     response=None) -> pathlib.Path:
     """Stream the object `meta` (from a listing, or of a GET `response` whose body is unread) to
-    `destination` through a `.part` file; a body cut short is resumed from its last byte (the same
-    version: If-Match on its ETag) up to RETRIES times."""
+    `destination` through a `.part` file. A body cut short is resumed by the library itself, with
+    a Range request from its last byte, within the same retry budget."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".part")
     meter = ProgressMeter(url=shown, total=meta["size"], done=0, stream=progress)
-    etag = None     # of the version being read, as its GET answered (a listing may spell it otherwise)
+    response = response or obstore.get(store, meta["path"])
     with partial.open("wb") as out:
-        for attempt in range(RETRIES):
-            options = {"range": {"offset": meter.done}, "if_match": etag} if meter.done else {}
-            try:
-                if meta["size"] > meter.done:
-                    response = response or obstore.get(store, meta["path"], options=options)
-                    etag = response.meta.get("e_tag")
-                    for chunk in response.stream(min_chunk_size=CHUNK_BYTES):
-                        out.write(chunk)
-                        meter.advance(len(chunk))
-            except (NotFoundError, FileNotFoundError, PermissionDeniedError, UnauthenticatedError):
-                raise
-            except (BaseError, ConnectionError, TimeoutError) as error:
-                if attempt + 1 == RETRIES:
-                    raise
-                response = None
-                print(f"download of {shown} broke off at byte {meter.done} ({first_line(error)}); "
-                      f"resuming, attempt {attempt + 2} of {RETRIES}", file=progress)
-                time.sleep(BACKOFF_SECONDS * 2 ** attempt)
-            else:
-                break
+        for chunk in response.stream(min_chunk_size=CHUNK_BYTES):
+            out.write(chunk)
+            meter.advance(len(chunk))
     meter.finish()
     partial.replace(destination)
     return destination
