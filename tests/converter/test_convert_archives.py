@@ -82,6 +82,9 @@ def tar_attack(kind: str, tmp_path: pathlib.Path) -> pathlib.Path:
         "dotdot": [(entry("model/../../escaped"), MODEL_BYTES)],
         "symlink": [(entry("model.onnx", tarfile.SYMTYPE, "../../../escaped"), None)],
         "absolute-symlink": [(entry("model.onnx", tarfile.SYMTYPE, outside), None)],
+        # textually inside, but d is the archive's top: d/.. is above it
+        "link-through-link": [(entry("d", tarfile.SYMTYPE, "."), None),
+                              (entry("model.onnx", tarfile.SYMTYPE, "d/../escaped"), None)],
         "hardlink": [(entry("model.onnx", tarfile.LNKTYPE, outside), None)],
         "device": [(entry("model.onnx", tarfile.CHRTYPE), None)],
         "fifo": [(entry("model.onnx", tarfile.FIFOTYPE), None)],
@@ -114,6 +117,7 @@ ATTACKS = [
     (tar_attack, "dotdot", "member 'model/../../escaped' has a '..' path segment"),
     (tar_attack, "symlink", "member 'model.onnx' is a link to '../../../escaped', outside the archive"),
     (tar_attack, "absolute-symlink", "member 'model.onnx' is a link to '{outside}', outside the archive"),
+    (tar_attack, "link-through-link", "member 'model.onnx' is a link to 'd/../escaped', outside the archive"),
     (tar_attack, "hardlink", "member 'model.onnx' is a link to '{outside}', outside the archive"),
     (tar_attack, "device", "member 'model.onnx' is a device file or pipe"),
     (tar_attack, "fifo", "member 'model.onnx' is a device file or pipe"),

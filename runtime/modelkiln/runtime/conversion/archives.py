@@ -4,10 +4,11 @@ The archive is unpacked into the download directory (the Job's scratch space) an
 found inside as in a directory source, or named by a `#path/inside` fragment of the URI. An
 archive is untrusted input: a member with an absolute path or a '..' segment, a link that leaves
 the archive, a device file or pipe, and more files or bytes than the budget (an archive bomb)
-are each refused with a one-line cause, and the partly unpacked tree is removed. tarfile's
-`data` filter does the link and special-file checks; the explicit checks come first so that a
-path the filter would quietly rewrite (a leading '/') is refused instead, and the budget is
-counted from the members' declared sizes, which tar and zip both honour when extracting.
+are each refused with a one-line cause, and the partly unpacked tree is removed. Each tar member
+is checked before it is written, against the tree unpacked so far (links followed), and tarfile's
+`data` filter checks it again where Python has it; a path the filter would quietly rewrite (a
+leading '/') is refused. The budget is counted from the members' declared sizes, which tar and
+zip both honour when extracting.
 """
 
 from __future__ import annotations
@@ -83,29 +84,46 @@ class Budget:
 
 def unpack_tar(archive: pathlib.Path, destination: pathlib.Path) -> None:
     budget = Budget(archive.name)
+    root = os.path.realpath(destination)
     try:
         # Streaming mode: a .tar.gz is decompressed once, member by member, never held whole.
         with tarfile.open(archive, "r|*") as tar:
             for member in tar:
-                check_member(member.name, archive=archive.name)
+                check_tar_member(member, root=root, archive=archive.name)
                 budget.add(member.size if member.isreg() else 0)
+                member.mode &= 0o755        # no setuid, setgid or world-writable files
                 try:
-                    tar.extract(member, destination, filter="data")
-                except tarfile.FilterError as error:
-                    raise ConversionFailed(f"archive {archive.name} is refused: {filter_cause(error)}") from None
+                    tar.extract(member, destination, **DATA_FILTER)
+                except FILTER_ERRORS as error:
+                    raise ConversionFailed(f"archive {archive.name} is refused: {error}") from None
     except (tarfile.ReadError, EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise ConversionFailed(f"archive {archive.name} cannot be read: {error}") from None
 
 
-def filter_cause(error: tarfile.FilterError) -> str:
-    member = error.tarinfo.name
-    if isinstance(error, tarfile.SpecialFileError):
-        return f"member {member!r} is a device file or pipe"
-    if isinstance(error, (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError)):
-        return f"member {member!r} is a link to {error.tarinfo.linkname!r}, outside the archive"
-    if isinstance(error, tarfile.OutsideDestinationError):
-        return f"member {member!r} would be written outside the archive's directory (through a link)"
-    return f"member {member!r}: {error}"
+# tarfile's `data` filter (Python 3.11.4+) checks again what check_tar_member does; older 3.11s,
+# such as Debian bookworm's, have only the checks here.
+DATA_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+FILTER_ERRORS = getattr(tarfile, "FilterError", ())
+
+
+def check_tar_member(member: tarfile.TarInfo, *, root: str, archive: str) -> None:
+    """Refuse `member` unless it lands inside `root` (following the links already unpacked)."""
+    check_member(member.name, archive=archive)
+
+    def inside(path: str) -> bool:
+        return os.path.commonpath([root, os.path.realpath(os.path.join(root, path))]) == root
+
+    if member.ischr() or member.isblk() or member.isfifo():
+        raise ConversionFailed(f"archive {archive} is refused: member {member.name!r} is a device file or pipe")
+    if not inside(member.name):
+        raise ConversionFailed(f"archive {archive} is refused: member {member.name!r} would be written outside "
+                               "the archive's directory (through a link)")
+    if member.issym() or member.islnk():
+        # a symbolic link is relative to its directory, a hard link to the archive's top
+        target = os.path.join(os.path.dirname(member.name) if member.issym() else "", member.linkname)
+        if os.path.isabs(member.linkname) or not inside(target):
+            raise ConversionFailed(f"archive {archive} is refused: member {member.name!r} is a link to "
+                                   f"{member.linkname!r}, outside the archive")
 
 
 def unpack_zip(archive: pathlib.Path, destination: pathlib.Path) -> None:
