@@ -11,8 +11,11 @@ and share the release.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
+import sys
+import tarfile
 import threading
 import time
 
@@ -304,3 +307,55 @@ def test_deleting_a_model_removes_its_pods_job_and_services(release):
                            "modelkiln.io/model=digits-inbox", "-o", "name").stdout.split()
         return left == []
     eventually("the model's children garbage-collected", gone, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def sagemaker_bucket():
+    """An S3 server that checks credentials (moto with IAM) on the node's bridge, where pods reach
+    the host, holding the digits model as SageMaker packs one: model.tar.gz."""
+    sys.path.append(str(setup.REPO / "tests" / "converter"))
+    from s3_server import S3Server
+
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        tar.add(DIGITS / "model.onnx", arcname="1/model.onnx")
+    server = S3Server(host=rn.GATEWAY, auth=True).start()
+    server.put("sagemaker", {"digits/output/model.tar.gz": archive.getvalue()})
+    yield server
+    server.stop()
+
+
+def test_a_sagemaker_archive_in_s3_converts_with_credentials_from_a_secret(release, sagemaker_bucket):
+    kubectl = release
+    keys = {**sagemaker_bucket.credentials(), "AWS_ENDPOINT_URL": sagemaker_bucket.url}
+    kubectl.run("create", "secret", "generic", "s3-keys", "-n", MODELS,
+                *[f"--from-literal={name}={value}" for name, value in keys.items()])
+    model = yaml.safe_load(digits_example("digits-s3", "s3://sagemaker/digits/output/model.tar.gz"))
+    model["spec"]["source"]["credentials"] = {"secretName": "s3-keys"}
+    status = apply_and_wait_ready(kubectl, yaml.safe_dump(model), "digits-s3")["status"]
+    assert status["artifact"]["version"] == 1 and status["artifact"]["keptVersions"] == [1]
+    (job_pod,) = pods_of(kubectl, "digits-s3", "conversion")
+    env = {e["name"]: e for e in job_pod["spec"]["containers"][0]["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "s3-keys"
+    log = kubectl.run("logs", "-n", MODELS, job_pod["metadata"]["name"]).stdout
+    assert "downloaded s3://sagemaker/digits/output/model.tar.gz" in log and sagemaker_bucket.secret not in log
+    # the operator referenced the Secret without being allowed to read it
+    operator_account = f"system:serviceaccount:{NAMESPACE}:{OPERATOR}"
+    can_read = kubectl.run("auth", "can-i", "get", "secrets", "-n", MODELS, "--as", operator_account, check=False)
+    assert can_read.stdout.strip() == "no"
+
+
+def test_a_wrong_secret_fails_in_one_line_naming_it_and_the_bucket(release, sagemaker_bucket):
+    kubectl = release
+    kubectl.run("create", "secret", "generic", "s3-wrong", "-n", MODELS,
+                *[f"--from-literal={name}={value}" for name, value in
+                  {**sagemaker_bucket.credentials(), "AWS_SECRET_ACCESS_KEY": "not-the-secret-0123"}.items()])
+    model = yaml.safe_load(digits_example("digits-s3-wrong", "s3://sagemaker/digits/output/model.tar.gz"))
+    model["spec"]["source"]["credentials"] = {"secretName": "s3-wrong"}
+    kubectl.run("apply", "-n", MODELS, "-f", "-", input=yaml.safe_dump(model))
+    kubectl.wait("inferencemodel/digits-s3-wrong", "condition=Stalled", namespace=MODELS, timeout=READY_TIMEOUT)
+    converted = next(c for c in kubectl.get_json("inferencemodel", "digits-s3-wrong", namespace=MODELS)
+                     ["status"]["conditions"] if c["type"] == "Converted")
+    assert converted["message"] == (
+        "access to s3://sagemaker/digits/output/model.tar.gz denied (SignatureDoesNotMatch): the credentials in "
+        "AWS_ACCESS_KEY_ID from Secret 's3-wrong' (spec.source.credentials) are not accepted for bucket sagemaker")

@@ -15,7 +15,8 @@ VALID = {
     "kind": "InferenceModel",
     "metadata": {"name": "invalid"},
     "spec": {
-        "source": {"uri": "file:///models/digits.onnx", "format": "onnx"},
+        "source": {"uri": "s3://models/sagemaker/model.tar.gz#1/model.onnx", "format": "onnx",
+                   "credentials": {"secretName": "s3-keys"}, "serviceAccountName": "model-reader"},
         "conversion": {"precision": "FP32"},
         "serving": {"device": "CPU", "replicas": 1},
     },
@@ -59,7 +60,19 @@ INVALID = {
         "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas"),
     "unknown source scheme": (
         _with("spec.source.uri", "s4://bucket/model.onnx"),
-        "source.uri must start with file://, http://, https:// or pvc://"),
+        "source.uri must start with file://, http://, https://, pvc://, s3://, gs:// or az://"),
+    "object storage URI without a key": (
+        _with("spec.source.uri", "s3://models"), "an object storage URI must name the bucket (or container)"),
+    "a #path after a name that is no archive": (
+        _with("spec.source.uri", "https://models.example.com/m.onnx#inside"),
+        "a #path names a file inside an archive"),
+    "a #path leaving the archive": (
+        _with("spec.source.uri", "s3://models/model.tar.gz#../../etc/passwd"),
+        "a #path inside an archive must be relative"),
+    "credentials naming no Secret": (
+        _with("spec.source.credentials", {}), "spec.source.credentials.secretName: Required value"),
+    "keepVersions of 0": (
+        _with("spec.conversion.keepVersions", 0), "spec.conversion.keepVersions: Invalid value: 0"),
     "negative replicas": (
         _with("spec.serving.replicas", -1), "spec.serving.replicas: Invalid value: -1"),
     "missing source": (

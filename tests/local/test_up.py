@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -24,13 +26,14 @@ def versions(repository: pathlib.Path, model: str) -> list[str]:
 
 
 def up_until_it_ends(model: dict, directory: pathlib.Path, repository: pathlib.Path,
-                     timeout: float = 300) -> subprocess.CompletedProcess:
+                     timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """`modelkiln up` on `model` written to DIRECTORY/model.yaml, when it is expected to exit."""
     path = directory / "model.yaml"
     path.write_text(yaml.safe_dump(model))
     return subprocess.run(
         [sys.executable, "-m", "modelkiln.cli", "up", "-f", str(path),
-         "--repository", str(repository)], capture_output=True, text=True, timeout=timeout)
+         "--repository", str(repository)], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})})
 
 
 def test_up_serves_correct_predictions_over_rest_and_grpc(start_up, repository):
@@ -163,6 +166,22 @@ def test_tls_and_auth_are_refused_as_cluster_only_before_converting(repository, 
         "digits: spec.serving.auth is cluster-only (it names a Secret); remove it to run this model "
         "with modelkiln up, or serve the repository with modelkiln serve --auth-token-file FILE"]
     assert not (repository / "digits").exists()
+
+
+def test_object_storage_credentials_come_from_this_environment_with_a_note(repository, tmp_path):
+    model = yaml.safe_load((DIGITS / "fp32.yaml").read_text())
+    model["spec"]["source"] = {"uri": "s3://models/digits.onnx", "credentials": {"secretName": "s3-keys"}}
+    with socket.socket() as closed:         # an endpoint nobody listens on: the store is unreachable
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    result = up_until_it_ends(model, tmp_path, repository, env={
+        "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "reader", "AWS_SECRET_ACCESS_KEY": "not-shown-1234",
+        "MODELKILN_FETCH_RETRIES": "1", "MODELKILN_FETCH_BACKOFF": "0.05"})
+    assert ("modelkiln up: digits: source.credentials and serviceAccountName are cluster objects; here the "
+            "standard variables of this environment are used (AWS_*, GOOGLE_*, AZURE_*)") in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("modelkiln up: digits: conversion failed: cannot read s3://models/digits.onnx: ")
+    assert endpoint in last and "not-shown-1234" not in result.stderr
 
 
 def test_a_name_the_api_server_refuses_is_refused_with_its_message_and_nothing_written(

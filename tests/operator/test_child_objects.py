@@ -181,6 +181,36 @@ def test_the_operators_download_defaults_are_the_converters():
         (sources.MAX_DOWNLOAD_BYTES, sources.DOWNLOAD_TIMEOUT_SECONDS)
 
 
+def test_source_credentials_reach_the_converter_as_standard_variables_from_the_secret_unread(make_model, pools):
+    model = make_model(source={"uri": "s3://models/digits/model.tar.gz", "credentials": {"secretName": "s3-keys"}})
+    env = {e["name"]: e for e in container(job_for(model, pools))["env"]}
+    assert env["MODELKILN_SOURCE_CREDENTIALS"]["value"] == "s3-keys"     # named in a failure, never read
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AZURE_STORAGE_ACCOUNT_KEY"):
+        assert env[variable]["valueFrom"] == {"secretKeyRef": {"name": "s3-keys", "key": variable, "optional": True}}
+    assert env["MODELKILN_PVC_ROOT"]["value"] == "/mnt/pvc"     # a Secret cannot override the Job's own
+    assert "serviceAccountName" not in job_for(model, pools)["spec"]["template"]["spec"]
+    # a new Secret is a new attempt, as for a CA: a conversion refused access is retried with it
+    assert artifact_key(model["spec"]) != artifact_key(make_model(source={"uri": "s3://models/digits/model.tar.gz"})["spec"])
+
+
+def test_workload_identity_runs_the_job_as_the_service_account_still_without_an_api_token(make_model, pools):
+    model = make_model(source={"uri": "gs://models/digits/", "serviceAccountName": "model-reader"})
+    pod = job_for(model, pools)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "model-reader"
+    assert pod["automountServiceAccountToken"] is False   # the identity webhooks project their own token
+    env = {e["name"]: e.get("value") for e in container(job_for(model, pools))["env"]}
+    assert env["MODELKILN_WORKLOAD_IDENTITY"] == "model-reader" and "AWS_ACCESS_KEY_ID" not in env
+
+
+def test_the_version_pods_serve_now_is_kept_by_the_retention_of_the_next_conversion(make_model, pools):
+    model = make_model(conversion={"precision": "FP16", "keepVersions": 3})
+    model["status"] = {"artifact": {**ARTIFACT, "version": 7}}
+    args = container(job_for(model, pools))["args"]
+    assert args[args.index("--keep-version") + 1] == "7"
+    assert args[args.index("--keep-versions") + 1] == "3"
+    assert "--keep-version" not in container(job_for(make_model(), pools))["args"]
+
+
 @pytest.mark.parametrize("build", ["job", "deployment"])
 def test_every_pod_is_locked_down(make_model, pools, build):
     model = make_model()

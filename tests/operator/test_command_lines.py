@@ -6,6 +6,7 @@ import json
 
 from modelkiln.operator import schema
 from modelkiln.operator.commands import artifact_key, convert_args, serve_args, serving_options
+from modelkiln.operator.local import absolute_file_uri
 
 SOURCE = {"uri": "https://models.example.com/digits.onnx"}
 
@@ -29,7 +30,7 @@ def test_the_artifact_key_changes_with_the_source_or_the_conversion():
 def test_convert_args_for_fp32_name_source_output_precision_and_key():
     args = convert_args(spec={"source": {**SOURCE, "format": "onnx"}}, output="/models/digits", artifact_key="k1")
     assert args == ["--source", SOURCE["uri"], "--output", "/models/digits", "--precision", "FP32",
-                    "--artifact-key", "k1", "--format", "onnx"]
+                    "--artifact-key", "k1", "--format", "onnx", "--keep-versions", "2"]
 
 
 def test_convert_args_for_int8_carry_calibration_and_accuracy_bounds():
@@ -47,8 +48,7 @@ def test_convert_args_keep_float_operations_by_type_name_and_pattern():
                                              "keepFloat": {"types": ["GroupConvolution", "MatMul"],
                                                            "patterns": [".*head.*"]}}}
     args = convert_args(spec=spec, output="/m/d", artifact_key="k")
-    assert " ".join(args).endswith("--keep-float-type GroupConvolution --keep-float-type MatMul "
-                                   "--keep-float-pattern .*head.*")
+    assert "--keep-float-type GroupConvolution --keep-float-type MatMul --keep-float-pattern .*head.*" in " ".join(args)
     assert schema.validate({"apiVersion": "modelkiln.io/v1alpha1", "kind": "InferenceModel",
                             "metadata": {"name": "m"}, "spec": spec}) == []
     without = {**spec, "conversion": {k: v for k, v in spec["conversion"].items() if k != "keepFloat"}}
@@ -96,3 +96,18 @@ def test_serving_options_are_the_config_file_form_with_a_device_override():
     assert serving_options(spec=spec, version=2) == {"device": "NPU", "performanceHint": "THROUGHPUT",
                                                      "inferencePrecision": "f16", "versionPolicy": {"specific": [2]}}
     assert serving_options(spec=spec, device="CPU")["device"] == "CPU"
+
+
+def test_retention_arguments_follow_keep_versions_and_the_version_policy_but_not_the_artifact_key():
+    spec = {"source": SOURCE, "conversion": {"keepVersions": 5}, "serving": {"versionPolicy": {"latest": 2}}}
+    args = convert_args(spec=spec, output="/m/d", artifact_key="k")
+    assert args[-4:] == ["--keep-versions", "5", "--version-policy", '{"latest":2}']
+    assert artifact_key(spec) == artifact_key({"source": SOURCE})
+
+
+def test_local_mode_resolves_a_relative_archive_and_keeps_the_path_inside_it(tmp_path):
+    assert absolute_file_uri("model.tar.gz#1/model.onnx", tmp_path) == (tmp_path / "model.tar.gz").as_uri() + \
+        "#1/model.onnx"
+    assert absolute_file_uri("s3://b/model.tar.gz#1/model.onnx", tmp_path) == "s3://b/model.tar.gz#1/model.onnx"
+    # elsewhere '#' belongs to the file's name
+    assert absolute_file_uri("model#2.onnx", tmp_path) == (tmp_path / "model#2.onnx").as_uri()

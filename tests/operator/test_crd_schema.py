@@ -49,7 +49,7 @@ def test_the_examples_cover_each_precision_and_device():
 def test_a_minimal_model_is_valid_and_gets_the_documented_defaults():
     assert schema.validate(VALID) == []
     spec = schema.with_defaults(VALID)["spec"]
-    assert spec["conversion"] == {"precision": "FP32"}
+    assert spec["conversion"] == {"precision": "FP32", "keepVersions": 2}
     assert spec["serving"] == {"device": "CPU", "performanceHint": "THROUGHPUT", "inferencePrecision": "auto"}
     assert "replicas" not in spec["serving"]  # a default would collide with autoscaling
 
@@ -110,8 +110,26 @@ def test_defaults_do_not_change_the_input_and_fill_nested_objects():
      "spec.serving.replicas: Invalid value: -1: spec.serving.replicas in body should be greater than or equal to 0"),
     (with_spec(serving={"replicas": "two"}),
      'spec.serving.replicas: Invalid value: "string": spec.serving.replicas in body must be of type integer: "string"'),
-    (with_spec(source={"uri": "s3://bucket/model.onnx"}),
-     'spec.source.uri: Invalid value: "string": source.uri must start with file://, http://, https:// or pvc://'),
+    (with_spec(source={"uri": "ftp://bucket/model.onnx"}),
+     'spec.source.uri: Invalid value: "string": source.uri must start with file://, http://, https://, pvc://, '
+     's3://, gs:// or az://'),
+    (with_spec(source={"uri": "s3://models"}),
+     'spec.source.uri: Invalid value: "string": an object storage URI must name the bucket (or container) and a '
+     'key or prefix: s3://BUCKET/path/to/model.onnx'),
+    (with_spec(source={"uri": "gs://Models/x.onnx"}),
+     'spec.source.uri: Invalid value: "string": an object storage URI must name the bucket (or container) and a '
+     'key or prefix: s3://BUCKET/path/to/model.onnx'),
+    (with_spec(source={"uri": "https://x/model.onnx#inside"}),
+     'spec.source.uri: Invalid value: "string": a #path names a file inside an archive: it must follow a name '
+     'ending in .tar.gz, .tgz, .tar or .zip'),
+    (with_spec(source={"uri": "s3://b/model.tar.gz#1/../../etc/passwd"}),
+     'spec.source.uri: Invalid value: "string": a #path inside an archive must be relative, without ".." segments'),
+    (with_spec(source={"uri": "s3://b/m.onnx", "credentials": {"secretName": "S3_Keys"}}),
+     'spec.source.credentials.secretName: Invalid value: "S3_Keys": spec.source.credentials.secretName in body '
+     "should match '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'"),
+    (with_spec(source={"uri": "s3://b/m.onnx"}, conversion={"keepVersions": 0}),
+     "spec.conversion.keepVersions: Invalid value: 0: spec.conversion.keepVersions in body should be greater "
+     "than or equal to 1"),
     (with_spec(source={"uri": "pvc://models"}),
      'spec.source.uri: Invalid value: "string": a pvc:// URI must name the claim and a path: '
      'pvc://CLAIM/path/to/model.onnx'),
@@ -202,8 +220,8 @@ def test_rules_run_once_the_structure_is_right_as_on_the_api_server():
         "spec.serving.replicas: Invalid value: -3: spec.serving.replicas in body should be greater than or equal to 0",
         schema.RULES_SKIPPED]
     obj["spec"]["serving"] = {"device": "GPU"}
-    assert schema.validate(obj) == ['spec.source.uri: Invalid value: "string": '
-                                    'source.uri must start with file://, http://, https:// or pvc://']
+    assert schema.validate(obj) == ['spec.source.uri: Invalid value: "string": source.uri must start with '
+                                    'file://, http://, https://, pvc://, s3://, gs:// or az://']
 
 
 def test_the_crd_has_the_subresources_columns_and_short_name_kubectl_uses():
@@ -267,3 +285,11 @@ def test_the_crd_is_found_where_the_wheel_puts_it(tmp_path):
 
 def test_the_crd_is_found_in_a_checkout():
     assert schema.crd_path() == ROOT / "crds" / schema.CRD_FILE
+
+
+@pytest.mark.parametrize("uri", ["s3://models/sagemaker/model.tar.gz", "gs://my_models/resnet/", "az://models/r.onnx",
+                                 "s3://b/model.tar.gz#1/model.onnx", "https://h/m.tgz?X-Amz-Signature=x#m/model.xml",
+                                 "pvc://models/m.zip#saved_model"])
+def test_object_storage_and_archive_sources_are_valid(uri):
+    assert schema.validate(with_spec(source={"uri": uri, "credentials": {"secretName": "s3-keys"},
+                                             "serviceAccountName": "model-reader"})) == []

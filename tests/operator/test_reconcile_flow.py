@@ -146,6 +146,15 @@ def test_a_converted_model_is_served_and_becomes_ready(make_model, api):
     assert ("services", "vision", "digits-headless") in api.objects
 
 
+def test_the_versions_the_conversion_kept_are_in_the_status(make_model, api):
+    model = make_model()
+    reconcile(model, api)
+    api.finish_job(job_name(model), summary={**summary(model, 9), "retention": {"keepVersions": 2, "kept": [7, 8, 9],
+                                                                              "removed": [6]}})
+    reconcile(model, api)
+    assert model["status"]["artifact"]["keptVersions"] == [7, 8, 9]
+
+
 def ready_model(make_model, api, **spec) -> dict:
     model = make_model(**spec)
     reconcile(model, api)

@@ -28,10 +28,12 @@ def canonical_device(device: str) -> str:
 def artifact_key(spec: dict) -> str:
     """SHA-256 (hex) of what decides the artifact: spec.source and spec.conversion, defaults applied.
 
-    Two specs that differ only in serving share an artifact; writing a default out changes nothing.
+    Two specs that differ only in serving (or in conversion.keepVersions, which decides what stays
+    in the repository, not what the artifact is) share an artifact; writing a default out changes nothing.
     """
     spec = defaulted_spec(spec)
-    decisive = {"source": spec["source"], "conversion": spec["conversion"]}
+    conversion = {field: value for field, value in spec["conversion"].items() if field != "keepVersions"}
+    decisive = {"source": spec["source"], "conversion": conversion}
     canonical = json.dumps(decisive, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -80,6 +82,10 @@ def convert_args(*, spec: dict, output: str, artifact_key: str, source_uri: str 
         args += ["--max-accuracy-drop", str(conversion["maxAccuracyDrop"])]
     if "minCosine" in conversion:
         args += ["--min-cosine", str(conversion["minCosine"])]
+    args += ["--keep-versions", str(conversion["keepVersions"])]
+    policy = spec["serving"].get("versionPolicy")
+    if policy:
+        args += ["--version-policy", json.dumps(policy, separators=(",", ":"))]
     return args
 
 

@@ -42,6 +42,16 @@ PVC_ROOT = "/mnt/pvc"
 # spec.source.caConfigMap's PEM bundle, mounted here and passed as --ca-file.
 CA_DIR = "/etc/modelkiln/ca"
 CA_FILE = "ca.pem"
+# The standard variables of the object stores that a spec.source.credentials Secret may hold. Each
+# is read from the Secret's key of the same name, if present: the operator references the Secret
+# without reading it, and only these names reach the converter's environment.
+CREDENTIAL_VARIABLES = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP", "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_ENDPOINT",
+    "AZURE_ALLOW_HTTP", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID",
+)
 
 
 class Outcome(TypedDict):
@@ -69,6 +79,20 @@ def scratch_limit(defaults: dict, max_bytes: int) -> str:
     return defaults["emptyDirSizeLimit"] if budget >= needed else f"{-(-needed // 2**20)}Mi"
 
 
+def credential_env(source: dict) -> list[dict]:
+    """The conversion container's variables for spec.source.credentials and serviceAccountName;
+    the MODELKILN_ ones let the converter name the Secret or identity in a failure."""
+    env = []
+    secret = source.get("credentials", {}).get("secretName")
+    if secret:
+        env.append({"name": "MODELKILN_SOURCE_CREDENTIALS", "value": secret})
+        env += [{"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": variable, "optional": True}}}
+                for variable in CREDENTIAL_VARIABLES]
+    if source.get("serviceAccountName"):
+        env.append({"name": "MODELKILN_WORKLOAD_IDENTITY", "value": source["serviceAccountName"]})
+    return env
+
+
 def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim: str,
               pool: DevicePool) -> dict:
     """Job `<name>-convert-<key8>` converting `spec` into `<repository>/<name>/` in `image`.
@@ -82,6 +106,9 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
     source = defaulted_spec(spec)["source"]
     defaults = pod_defaults(pool, "conversion")  # the CPU pool's (devicepools.conversion_pool)
     args = convert_args(spec=spec, output=output, artifact_key=key) + ["--scratch", SCRATCH]
+    served = (model.get("status") or {}).get("artifact", {}).get("version")
+    if served is not None:     # its pods keep serving it while this Job runs: retention keeps it
+        args += ["--keep-version", str(served)]
     # One volume per claim: a kubelet never starts a pod with two volumes on the same claim (it
     # waits on the second mount forever, with no Event), so a source on the repository claim
     # itself is a second, read-only mount of the repository volume.
@@ -108,7 +135,8 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
         "image": image,
         "command": ["modelkiln"],
         "args": ["convert", *args],
-        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MODELKILN_PVC_ROOT", "value": PVC_ROOT}],
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MODELKILN_PVC_ROOT", "value": PVC_ROOT},
+                *credential_env(source)],
         "resources": defaults.get("resources", {}),
         "volumeMounts": mounts,
         "securityContext": objects.container_security_context(),
@@ -126,6 +154,8 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
         "terminationMessagePolicy": "FallbackToLogsOnError",    # mkdir's one line says why it failed
     }
     pod_labels = objects.labels(name=name, component=COMPONENT)
+    account = spec["source"].get("serviceAccountName")    # workload identity (IRSA, GKE, Azure)
+    identity = {"serviceAccountName": account} if account else {}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -148,7 +178,8 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
             "template": {
                 "metadata": {"labels": pod_labels},
                 "spec": objects.pod_spec(containers=[container], volumes=volumes, pool=pool,
-                                         initContainers=[model_directory], restartPolicy="Never"),
+                                         initContainers=[model_directory], restartPolicy="Never",
+                                         **identity),
             },
         },
     }

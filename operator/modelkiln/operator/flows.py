@@ -120,6 +120,8 @@ def _converge_conversion(*, model: dict, spec: dict, key: str, old: dict, api: k
     artifact = {"key": key, "version": summary["version"], "precision": summary.get("precision"),
                 "sha256": summary.get("sha256"), "sizeBytes": summary.get("sizeBytes"),
                 "path": summary.get("path"), "reused": bool(summary.get("reused"))}
+    if "retention" in summary:
+        artifact["keptVersions"] = summary["retention"]["kept"]
     return st.condition(st.CONVERTED, True, reason="ConversionSucceeded", message=_describe(artifact),
                         generation=generation), artifact, job_name
 

@@ -30,6 +30,7 @@ from modelkiln.redaction import redacted
 
 ALWAYS_PRESENT_DEVICES = {"CPU", "AUTO"}
 SHOWN_PREDICTIONS = 10
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")     # what the converter unpacks
 
 
 class UpError(Exception):
@@ -131,6 +132,10 @@ def absolute_file_uri(uri: str, base: pathlib.Path) -> str:
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme not in ("", "file"):
         return uri
+    # A #path/inside after an archive's name stays a fragment; elsewhere '#' is part of the name.
+    archive, hash_sign, inside = uri.rpartition("#")
+    if hash_sign and archive.lower().endswith(ARCHIVE_SUFFIXES):
+        return absolute_file_uri(archive, base) + hash_sign + inside
     raw = urllib.parse.unquote(parsed.netloc + parsed.path) if parsed.scheme else uri
     return (base / raw).resolve().as_uri()
 
@@ -204,6 +209,10 @@ def convert(name: str, spec: dict, repository: pathlib.Path) -> dict:
         if "caConfigMap" in spec["source"]:
             print(f"modelkiln up: {name}: source.caConfigMap is a cluster ConfigMap; here the "
                   f"machine's CAs (and SSL_CERT_FILE) are trusted", file=sys.stderr)
+        if "credentials" in spec["source"] or "serviceAccountName" in spec["source"]:
+            print(f"modelkiln up: {name}: source.credentials and serviceAccountName are cluster objects; "
+                  f"here the standard variables of this environment are used (AWS_*, GOOGLE_*, AZURE_*)",
+                  file=sys.stderr)
         result = subprocess.run([*modelkiln_command(), "convert", *args,
                                  "--termination-log", log.name],
                                 stdout=subprocess.PIPE, text=True)  # stderr: progress, to the user

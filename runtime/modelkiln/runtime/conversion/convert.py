@@ -28,6 +28,7 @@ import traceback
 from typing import TYPE_CHECKING, Iterator
 
 from modelkiln.redaction import scrubbed
+from modelkiln.runtime.conversion import retention
 from modelkiln.runtime.conversion.errors import ConversionFailed
 from modelkiln.runtime.conversion.sources import DOWNLOAD_TIMEOUT_SECONDS, MAX_DOWNLOAD_BYTES
 
@@ -46,7 +47,7 @@ VERIFICATION_SAMPLES = 32           # rows compared when the samples carry no la
 EXIT_PERMANENT, EXIT_TRANSIENT = 1, 3
 # What does not shape the artifact: left out of the artifact key.
 NOT_IN_ARTIFACT_KEY = ("output", "artifact_key", "termination_log", "ca_file", "max_download_bytes",
-                       "download_timeout", "allow_link_local", "scratch")
+                       "download_timeout", "allow_link_local", "scratch", *retention.OPTIONS)
 
 
 class Parser(argparse.ArgumentParser):
@@ -57,7 +58,8 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="modelkiln convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", required=True,
-                        help="model path or URI: file://, http(s)://, pvc://CLAIM/path; a file or a directory")
+                        help="model path or URI: file://, http(s)://, pvc://CLAIM/path, s3://, gs://, az://; a "
+                             "file, a directory (a prefix) or a .tar.gz/.tgz/.tar/.zip archive (#path/inside)")
     parser.add_argument("--output", required=True, type=pathlib.Path, help="REPO/MODEL: versions go below it")
     parser.add_argument("--precision", required=True, type=str.upper, choices=PRECISIONS,
                         help="FP32 (no weight compression), FP16 (weights compressed to half) or "
@@ -69,11 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CA certificates to trust for https:// downloads (source and calibration), "
                              "besides the system's")
     parser.add_argument("--max-download-bytes", type=int, default=MAX_DOWNLOAD_BYTES, metavar="N",
-                        help="refuse an http(s) download larger than N bytes, as soon as the server "
-                             f"announces it or once received (default {MAX_DOWNLOAD_BYTES}, 20 GiB)")
+                        help="refuse a download (http(s), or an object store's object or prefix) larger than "
+                             "N bytes, as soon as the server announces it or once received "
+                             f"(default {MAX_DOWNLOAD_BYTES}, 20 GiB)")
     parser.add_argument("--download-timeout", type=float, default=DOWNLOAD_TIMEOUT_SECONDS, metavar="SECONDS",
-                        help="time allowed for all http(s) downloads (source and calibration), retries "
-                             f"included (default {DOWNLOAD_TIMEOUT_SECONDS})")
+                        help="time allowed for all downloads (source and calibration, http(s) and object "
+                             f"storage), retries included (default {DOWNLOAD_TIMEOUT_SECONDS})")
     parser.add_argument("--allow-link-local", action="store_true",
                         help="allow downloads from link-local and cloud metadata addresses (169.254.0.0/16, "
                              "fe80::/10, fd00:ec2::254, 100.100.100.200), refused by default")
@@ -110,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "NNCF's accuracy-controlled quantization keeps the drop under X")
     parser.add_argument("--min-cosine", type=float, metavar="X", help="fail when the mean cosine similarity is below X")
     parser.add_argument("--artifact-key", help="identity of this artifact (computed from the arguments when absent)")
+    retention.add_arguments(parser)
     parser.add_argument("--termination-log", type=pathlib.Path,
                         help=f"where the one-line result goes (default {DEFAULT_TERMINATION_LOG} when it exists)")
     return parser
@@ -224,6 +228,7 @@ def stderr_sent_to_stdout() -> Iterator:
 def convert(args: argparse.Namespace) -> dict:
     from modelkiln.runtime.conversion import publish
 
+    retention.policy_of(args)   # a wrong retention argument fails before any work
     model_dir = args.output
     key = args.artifact_key or artifact_key_of(args)
     existing = publish.find_published(model_dir, key)
@@ -237,7 +242,10 @@ def convert(args: argparse.Namespace) -> dict:
         metadata = build_artifact(args, staging=staging, downloads=pathlib.Path(downloads), artifact_key=key)
         published, reused = publish.publish_version(model_dir=model_dir, staging=staging, metadata=metadata)
     print(f"{'reused' if reused else 'published'} version {published['version']} of {model_dir}", flush=True)
-    return summary_of(published, model_dir=model_dir, reused=reused)
+    summary = summary_of(published, model_dir=model_dir, reused=reused)
+    if not reused:
+        summary["retention"] = retention.apply(args, model_dir=model_dir, published=published["version"])
+    return summary
 
 
 def summary_of(metadata: dict, *, model_dir: pathlib.Path, reused: bool) -> dict:

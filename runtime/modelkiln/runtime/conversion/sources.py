@@ -1,4 +1,5 @@
-"""Where a model comes from: a local path, file://, http(s):// or pvc://CLAIM/path.
+"""Where a model comes from: a local path, file://, http(s)://, pvc://CLAIM/path, or object
+storage (s3://, gs://, az://: object_store.py); an archive among them is unpacked (archives.py).
 
 Conversion Jobs run far from the model's origin, so downloads must survive flaky networks:
 they stream to disk, retry with exponential backoff, resume with an HTTP Range request when
@@ -30,6 +31,7 @@ import urllib.request
 from typing import TextIO
 
 from modelkiln.redaction import redacted
+from modelkiln.runtime.conversion import archives
 from modelkiln.runtime.conversion.errors import ConversionFailed
 
 CHUNK_BYTES = 1 << 20
@@ -123,10 +125,16 @@ def fetch_source(uri: str, *, download_dir: pathlib.Path, expected_sha256: str |
     """Make the source at `uri` available as a local path and check its sha256; `tls` is the
     trust for https:// (tls_context); downloads go to `download_dir` within `limits`."""
     started = time.monotonic()
+    uri, inside = archives.split_inside(uri)
     parsed = urllib.parse.urlsplit(uri)
     if parsed.scheme in ("http", "https"):
         path = download(uri, destination=download_dir / download_name(parsed.path), tls=tls,
                         limits=limits or DownloadLimits(), progress=progress)
+    elif parsed.scheme in ("s3", "gs", "az"):
+        from modelkiln.runtime.conversion import object_store    # obstore: the converter image's
+
+        path = object_store.download(uri, download_dir=download_dir, limits=limits or DownloadLimits(),
+                                     progress=progress)
     elif parsed.scheme == "pvc":
         path = pvc_path(uri, claim=parsed.netloc, path=parsed.path)
     elif parsed.scheme == "file":
@@ -135,13 +143,18 @@ def fetch_source(uri: str, *, download_dir: pathlib.Path, expected_sha256: str |
         path = pathlib.Path(uri)
     else:
         raise ConversionFailed(f"unsupported source scheme {parsed.scheme!r} in {redacted(uri)}; "
-                               "expected a path, file://, http://, https:// or pvc://CLAIM/path")
+                               "expected a path, file://, http://, https://, pvc://CLAIM/path, s3://, gs:// or az://")
     if not path.exists():
         raise ConversionFailed(f"source {redacted(uri)} not found (looked at {path})")
     digest = sha256_of(path)
     if expected_sha256 and digest != expected_sha256.lower():
         raise ConversionFailed(f"checksum mismatch for {redacted(uri)}: expected sha256 {expected_sha256.lower()}, "
                                f"got {digest}")
+    if path.is_file() and archives.is_archive(path.name):
+        path = archives.model_in(path, scratch=download_dir, inside=inside)
+    elif inside:
+        raise ConversionFailed(f"#{inside} names a path inside an archive, but {path.name} is not one "
+                               f"(expected a name ending in {', '.join(archives.SUFFIXES)})")
     return FetchedSource(path=path, sha256=digest, seconds=time.monotonic() - started)
 
 
