@@ -1,0 +1,267 @@
+"""`--precision auto`: every precision built, verified and measured where it will serve; the fastest
+that keeps the accuracy is published.
+
+The candidates are pairs of an IR precision and the inference precision it runs at: FP32 at f32,
+FP32 at bf16 where the device reports BF16 (OPTIMIZATION_CAPABILITIES), FP16 at f16 where it
+reports FP16 (else at its default), and INT8 at the device's default when there is calibration
+data. Each is verified against the source model running as it will serve (on the device, at its
+inference precision: bf16 blurs what a strict-f32 check would hide) and measured with the serving
+settings (performance hint, inference precision) for a bounded time: throughput with every infer
+request the device wants kept busy twice over, as the server keeps them, then p50/p99 latency of
+one request at a time. Candidates that miss the gate (default: top-1 agreement drops by at most
+1 point where the output has classes, cosine at least 0.99) are still measured, so the table
+shows what the gate cost. The winner's inference precision is recorded for the serving pods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import shutil
+import time
+
+import numpy as np
+import openvino as ov
+
+from modelkiln.runtime.conversion import verification
+from modelkiln.runtime.conversion.calibration import SampleSet, synthetic_samples
+from modelkiln.runtime.conversion.errors import ConversionFailed
+from modelkiln.runtime.conversion.preprocessing import InputOptions
+from modelkiln.runtime.engine import EngineSettings
+
+OBJECTIVES = ("throughput", "latency")
+DEFAULT_SECONDS_PER_CANDIDATE = 10.0
+DEFAULT_MAX_ACCURACY_DROP = 0.01
+DEFAULT_MIN_COSINE = 0.99
+SYNTHETIC_VERIFICATION_ROWS = 32    # without data: enough rows that one flipped answer is 3 points
+REQUESTS_PER_OPTIMAL = 2            # as the serving engine keeps them (engine.REQUESTS_PER_OPTIMAL)
+SERVING_PRECISIONS = ("f32", "bf16", "f16")   # what `modelkiln serve --inference-precision` takes
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    precision: str      # of the IR: FP32, FP16, INT8
+    hint: str           # INFERENCE_PRECISION_HINT when compiling, or "auto" for the device's default
+
+
+@dataclasses.dataclass
+class Choice:
+    """The published candidate and everything modelkiln.json says about the choice."""
+
+    precision: str
+    inference_precision: str
+    verification: dict
+    calibration: dict | None
+    record: dict
+    timings: dict
+
+
+def plan(*, capabilities: list[str], pinned: str, int8: str | None) -> tuple[list[Candidate], list[dict]]:
+    """The candidates to build, and rows for those left out saying why.
+
+    `pinned` is the serving inference precision the user set ("auto" when they did not): then
+    every candidate runs at it. `int8` is None when INT8 can be built, else why not.
+    """
+    if pinned != "auto":
+        floats = [Candidate("FP32", pinned), Candidate("FP16", pinned)]
+        skipped = [{"name": "FP32/bf16", "note": f"not built: serving.inferencePrecision is {pinned}"}]
+    else:
+        floats = [Candidate("FP32", "f32")]
+        skipped = []
+        if "BF16" in capabilities:
+            floats.append(Candidate("FP32", "bf16"))
+        else:
+            skipped.append({"name": "FP32/bf16", "note": f"not built: the device has no BF16 "
+                                                         f"(it reports {', '.join(capabilities)})"})
+        floats.append(Candidate("FP16", "f16" if "FP16" in capabilities else "auto"))
+    if int8 is not None:
+        return floats, skipped + [{"name": "INT8", "note": f"not built: {int8}"}]
+    return floats + [Candidate("INT8", pinned)], skipped
+
+
+def choose(args: argparse.Namespace, *, model: ov.Model, reference: verification.Reference,
+           samples: SampleSet | None, calibration_data, options: InputOptions, staging: pathlib.Path) -> Choice:
+    """Build, verify and measure every candidate in `staging/candidates`; move the winner's IR into
+    `staging` and return it, or fail naming every candidate when none passes the gate."""
+    from modelkiln.runtime.conversion.convert import quantize, save_ir, verification_samples
+
+    settings = EngineSettings(device=args.device, performance_hint=args.performance_hint)
+    device = settings.openvino_device
+    core = ov.Core()
+    capabilities = device_capabilities(core, device)
+    int8_missing = None if (args.calibration or args.synthetic_calibration) else \
+        "no calibration data (calibration.uri, or calibration.synthetic: true)"
+    candidates, skipped = plan(capabilities=capabilities, pinned=args.inference_precision, int8=int8_missing)
+    checked = verification_samples(samples, model=model) if samples is not None else \
+        synthetic_samples(model, count=SYNTHETIC_VERIFICATION_ROWS, seed=1)
+    seconds = args.seconds_per_candidate or DEFAULT_SECONDS_PER_CANDIDATE
+    objective = args.objective or "throughput"
+    print(f"auto: {len(candidates)} candidates on {device} ({args.performance_hint}, {seconds:g} s each), "
+          f"objective {objective}", flush=True)
+
+    irs: dict[str, pathlib.Path] = {}
+    calibration_record, rows, results = None, [], {}
+    timings = {"convertSeconds": 0.0, "verifySeconds": 0.0, "measureSeconds": 0.0}
+    for candidate in candidates:
+        started = time.monotonic()
+        if candidate.precision not in irs:
+            built = model
+            if candidate.precision == "INT8":
+                built, calibration_record, _ = quantize(args, model=model.clone(), samples=samples,
+                                                        calibration_data=calibration_data)
+            irs[candidate.precision] = staging / "candidates" / candidate.precision / "model.xml"
+            irs[candidate.precision].parent.mkdir(parents=True)
+            save_ir(built, xml=irs[candidate.precision], compress_to_fp16=candidate.precision == "FP16")
+        timings["convertSeconds"] += time.monotonic() - started
+        xml = irs[candidate.precision]
+
+        started = time.monotonic()
+        properties = {} if candidate.hint == "auto" else {"INFERENCE_PRECISION_HINT": candidate.hint}
+        result = verification.verify(
+            artifact=verification.openvino_runner(str(xml), device=device, properties=properties),
+            reference=reference, samples=checked, options=options)
+        timings["verifySeconds"] += time.monotonic() - started
+        problems = verification.gate_problems(result, **gate(args, result))
+
+        started = time.monotonic()
+        speed = measure(core, xml, device=device, settings=dataclasses.replace(
+            settings, inference_precision=candidate.hint), inputs=checked.samples[0], seconds=seconds)
+        timings["measureSeconds"] += time.monotonic() - started
+        name = f"{candidate.precision}/{speed.pop('inferencePrecision')}"
+        results[name] = (candidate, result)
+        rows.append({"name": name, "sizeBytes": size_of(xml), **speed,
+                     "top1Agreement": result["top1Agreement"],
+                     "cosine": None if result["cosine"] is None else round(result["cosine"], 6),
+                     **({"accuracyDrop": result["accuracyDrop"]} if "accuracyDrop" in result else {}),
+                     "passed": not problems, "note": "; ".join(problems)})
+        print(f"auto: {name}: {describe(rows[-1])}", flush=True)
+
+    winner, why = pick(rows, objective=objective)
+    candidate, result = results[winner["name"]]
+    winner["note"] = "chosen"
+    for path in irs[candidate.precision].parent.iterdir():
+        shutil.move(str(path), staging / path.name)
+    shutil.rmtree(staging / "candidates")
+    gates = gate(args, results[winner["name"]][1])
+    record = {"objective": objective, "device": device, "performanceHint": args.performance_hint,
+              "secondsPerCandidate": seconds, "deviceCapabilities": capabilities,
+              "gate": {"maxAccuracyDrop": gates["max_accuracy_drop"], "minCosine": gates["min_cosine"]},
+              "chosen": winner["name"], "why": why, "candidates": rows + skipped}
+    print_table(record)
+    return Choice(precision=candidate.precision, inference_precision=winner["name"].split("/")[1],
+                  verification=result, calibration=calibration_record if candidate.precision == "INT8" else None,
+                  record=record, timings={key: round(value, 3) for key, value in timings.items()})
+
+
+def device_capabilities(core: ov.Core, device: str) -> list[str]:
+    try:
+        return list(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
+    except RuntimeError as error:
+        raise ConversionFailed(f"--precision auto measures on the serving device, and OpenVINO has no "
+                               f"device {device} here ({', '.join(core.available_devices)}): "
+                               f"{str(error).strip().splitlines()[-1]}") from error
+
+
+def gate(args: argparse.Namespace, result: dict) -> dict:
+    """The bounds for `result`: the user's, else Auto's defaults (top-1 only where it means something)."""
+    max_drop = args.max_accuracy_drop
+    if max_drop is None and (result["top1Agreement"] is not None or "accuracyDrop" in result):
+        max_drop = DEFAULT_MAX_ACCURACY_DROP
+    return {"max_accuracy_drop": max_drop,
+            "min_cosine": DEFAULT_MIN_COSINE if args.min_cosine is None else args.min_cosine}
+
+
+def measure(core: ov.Core, xml: pathlib.Path, *, device: str, settings: EngineSettings,
+            inputs: dict[str, np.ndarray], seconds: float) -> dict:
+    """Throughput (inferences/s; a batch counts its rows) for half of `seconds`, then latency of
+    one request at a time for the other half, compiled as the serving engine compiles."""
+    compiled = core.compile_model(str(xml), device, settings.compile_properties())
+    effective = effective_precision(compiled)
+    rows = len(next(iter(inputs.values())))
+    optimal = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    queue = ov.AsyncInferQueue(compiled, optimal * REQUESTS_PER_OPTIMAL)
+    queue.start_async(inputs)      # warm-up: the first inference allocates
+    queue.wait_all()
+    done, started = 0, time.perf_counter()
+    deadline = started + seconds / 2
+    while time.perf_counter() < deadline:
+        queue.start_async(inputs)   # blocks while every request is busy
+        done += 1
+    queue.wait_all()
+    per_second = done * rows / (time.perf_counter() - started)
+
+    request = compiled.create_infer_request()
+    request.infer(inputs)
+    latencies, deadline = [], time.perf_counter() + seconds / 2
+    while time.perf_counter() < deadline:
+        began = time.perf_counter()
+        request.infer(inputs)
+        latencies.append(time.perf_counter() - began)
+    p50, p99 = (1000 * float(np.percentile(latencies, q)) for q in (50, 99))
+    return {"inferencePrecision": effective, "perSecond": round(per_second, 1), "p50Ms": round(p50, 3),
+            "p99Ms": round(p99, 3)}
+
+
+def effective_precision(compiled: ov.CompiledModel) -> str:
+    """The inference precision the device settled on (its default resolved), as serving names it."""
+    try:
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    except RuntimeError:        # a device without the property
+        return "auto"
+    name = hint.get_type_name() if isinstance(hint, ov.Type) else str(hint)
+    return name if name in SERVING_PRECISIONS else "auto"
+
+
+def size_of(xml: pathlib.Path) -> int:
+    return xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+
+
+def pick(rows: list[dict], *, objective: str) -> tuple[dict, str]:
+    """The winner among the rows that passed the gate, and why, in one line."""
+    passed = [row for row in rows if row["passed"]]
+    failed = "; ".join(f"{row['name']} failed the gate ({row['note']})" for row in rows if not row["passed"])
+    if not passed:
+        raise ConversionFailed(f"precision auto: no candidate passed the accuracy gate: {failed}")
+    best = max if objective == "throughput" else min
+    winner = best(passed, key=lambda row: row["perSecond"] if objective == "throughput" else row["p50Ms"])
+    unit = (lambda row: f"{row['perSecond']:g}/s") if objective == "throughput" else \
+        (lambda row: f"p50 {row['p50Ms']:g} ms")
+    if len(passed) == 1:
+        why = f"{winner['name']}: the only candidate that passed the accuracy gate ({unit(winner)})"
+    else:
+        others = ", ".join(f"{row['name']} {unit(row)}" for row in passed if row is not winner)
+        why = f"{winner['name']}: the best {objective} of the {len(passed)} candidates that passed the " \
+              f"accuracy gate ({unit(winner)}; {others})"
+    return winner, f"{why}; {failed}" if failed else why
+
+
+def describe(row: dict) -> str:
+    top1 = "-" if row["top1Agreement"] is None else f"{row['top1Agreement']:.4f}"
+    cosine = "-" if row["cosine"] is None else f"{row['cosine']:.5f}"
+    return (f"{megabytes(row)} MB, {row['perSecond']:g}/s, p50 {row['p50Ms']:g} ms, "
+            f"p99 {row['p99Ms']:g} ms, top-1 agreement {top1}, cosine {cosine}, "
+            f"{'passed' if row['passed'] else 'failed: ' + row['note']}")
+
+
+def megabytes(row: dict) -> str:
+    return f"{row['sizeBytes'] / 2**20:.{1 if row['sizeBytes'] >= 2**20 else 3}f}"
+
+
+def print_table(record: dict) -> None:
+    gates = record["gate"]
+    bounds = [f"cosine >= {gates['minCosine']}"] + \
+        ([f"top-1 drop <= {gates['maxAccuracyDrop']}"] if gates["maxAccuracyDrop"] is not None else [])
+    print(f"\nprecision auto on {record['device']} ({record['performanceHint']}, objective "
+          f"{record['objective']}; gate: {', '.join(bounds)})")
+    print(f"{'candidate':<11} {'size MB':>8} {'infer/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'top-1':>7} {'cosine':>8}  gate")
+    for row in record["candidates"]:
+        if "perSecond" not in row:
+            print(f"{row['name']:<11} {row['note']}")
+            continue
+        top1 = "-" if row["top1Agreement"] is None else f"{row['top1Agreement']:.4f}"
+        cosine = "-" if row["cosine"] is None else f"{row['cosine']:.5f}"
+        verdict = "chosen" if row["note"] == "chosen" else ("passed" if row["passed"] else f"failed: {row['note']}")
+        print(f"{row['name']:<11} {megabytes(row):>8} {row['perSecond']:>9g} {row['p50Ms']:>8g} "
+              f"{row['p99Ms']:>8g} {top1:>7} {cosine:>8}  {verdict}")
+    print(f"chosen: {record['why']}\n", flush=True)
