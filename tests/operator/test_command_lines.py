@@ -96,3 +96,42 @@ def test_serving_options_are_the_config_file_form_with_a_device_override():
     assert serving_options(spec=spec, version=2) == {"device": "NPU", "performanceHint": "THROUGHPUT",
                                                      "inferencePrecision": "f16", "versionPolicy": {"specific": [2]}}
     assert serving_options(spec=spec, device="CPU")["device"] == "CPU"
+
+
+AUTO = {"precision": "Auto"}
+
+
+def test_the_artifact_key_of_auto_covers_where_and_how_it_was_measured():
+    base = {"source": SOURCE, "conversion": AUTO}
+    keys = {artifact_key(base),
+            artifact_key({**base, "serving": {"device": "GPU"}}),
+            artifact_key({**base, "nodePool": "cpu-large"}),
+            artifact_key({**base, "serving": {"performanceHint": "LATENCY"}}),
+            artifact_key({**base, "serving": {"inferencePrecision": "f32"}}),
+            artifact_key({**base, "conversion": {**AUTO, "objective": "latency"}})}
+    assert len(keys) == 6
+    # ... but replicas are not measured, VPU is the NPU, and the documented defaults change nothing
+    assert artifact_key({**base, "serving": {"replicas": 4}}) == artifact_key(base)
+    assert artifact_key({**base, "serving": {"device": "VPU"}}) == artifact_key({**base, "serving": {"device": "NPU"}})
+    assert artifact_key({**base, "conversion": {**AUTO, "objective": "throughput", "secondsPerCandidate": 10}}) == \
+        artifact_key(base)
+
+
+def test_convert_args_for_auto_say_where_and_how_to_measure():
+    spec = {"source": SOURCE, "conversion": {**AUTO, "calibration": {"uri": "file://c.npz"}, "objective": "latency"},
+            "serving": {"device": "VPU", "performanceHint": "LATENCY"}}
+    args = convert_args(spec=spec, output="/m/d", artifact_key="k")
+    assert " ".join(args).endswith(
+        "--calibration file://c.npz --calibration-samples 300 --objective latency --seconds-per-candidate 10 "
+        "--device NPU --performance-hint LATENCY --inference-precision auto")
+    assert "--precision Auto" in " ".join(args)
+
+
+def test_the_inference_precision_auto_chose_is_served_unless_the_spec_sets_one():
+    spec = {"source": SOURCE, "conversion": AUTO}
+    assert serving_options(spec=spec, chosen_precision="bf16")["inferencePrecision"] == "bf16"
+    args = serve_args(name="m", spec=spec, repository="/r", version=1, chosen_precision="f32")
+    assert args[args.index("--inference-precision") + 1] == "f32"
+    pinned = {**spec, "serving": {"inferencePrecision": "f16"}}
+    assert serving_options(spec=pinned, chosen_precision="bf16")["inferencePrecision"] == "f16"
+    assert serving_options(spec={"source": SOURCE})["inferencePrecision"] == "auto"

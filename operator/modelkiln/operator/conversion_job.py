@@ -13,7 +13,7 @@ import json
 from typing import Literal, TypedDict
 
 from modelkiln.operator import objects
-from modelkiln.operator.commands import convert_args, defaulted_spec
+from modelkiln.operator.commands import AUTO, convert_args, defaulted_spec
 from modelkiln.operator.devicepools import DevicePool
 
 CONTAINER = "convert"
@@ -78,7 +78,7 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
         "command": ["modelkiln"],
         "args": ["convert", *args],
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MODELKILN_PVC_ROOT", "value": PVC_ROOT}],
-        "resources": RESOURCES,
+        "resources": _resources(defaulted_spec(spec), pool),
         "volumeMounts": mounts,
         "securityContext": objects.container_security_context(),
         "terminationMessagePath": "/dev/termination-log",
@@ -109,6 +109,21 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
             },
         },
     }
+
+
+def _resources(spec: dict, pool: DevicePool) -> dict:
+    """The converter's resources; precision Auto measures as the model will serve: with the serving
+    pod's CPU where the spec sets it, and with the pool's device."""
+    if spec["conversion"]["precision"] != AUTO:
+        return RESOURCES
+    resources = {kind: dict(values) for kind, values in RESOURCES.items()}
+    for kind in ("requests", "limits"):
+        cpu = spec["serving"].get("resources", {}).get(kind, {}).get("cpu")
+        if cpu is not None:
+            resources[kind]["cpu"] = cpu
+    if pool.get("resource"):
+        resources["limits"][pool["resource"]] = 1
+    return resources
 
 
 def _condition(job: dict, kind: str) -> dict | None:
