@@ -81,8 +81,10 @@ def test_example_converts_then_serves_on_its_device_pool(cluster, namespace, exa
                    for p in pods for c in p["spec"]["containers"]), [p["spec"]["containers"] for p in pods]
 
     table = cluster.run("get", "im", name, "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "DEVICE", "PRECISION", "PHASE", "READY", "AGE"]
-    assert table[1].split()[:5] == [name, device, im["spec"]["conversion"]["precision"], "Ready", "True"]
+    assert table[0].split() == ["NAME", "DEVICE", "PRECISION", "CHOSEN", "PHASE", "READY", "AGE"]
+    chosen = [im["status"]["artifact"]["chosen"]] if "chosen" in im["status"]["artifact"] else []   # Auto only
+    assert table[1].split()[:5 + len(chosen)] == [name, device, im["spec"]["conversion"]["precision"], *chosen,
+                                                  "Ready", "True"]
 
 
 def test_conversion_change_converts_again_and_rolls_out(cluster, namespace):

@@ -2,15 +2,17 @@
 that keeps the accuracy is published.
 
 The candidates are pairs of an IR precision and the inference precision it runs at: FP32 at f32,
-FP32 at bf16 where the device reports BF16 (OPTIMIZATION_CAPABILITIES), FP16 at f16 where it
-reports FP16 (else at its default), and INT8 at the device's default when there is calibration
-data. Each is verified against the source model running as it will serve (on the device, at its
+FP32 at bf16 where the device reports BF16 (OPTIMIZATION_CAPABILITIES), FP16 and, when there is
+calibration data, INT8, both at the device's default (what `precision: FP16` or `INT8` would
+serve). Each is verified against the source model running as it will serve (on the device, at its
 inference precision: bf16 blurs what a strict-f32 check would hide) and measured with the serving
-settings (performance hint, inference precision) for a bounded time: throughput with every infer
-request the device wants kept busy twice over, as the server keeps them, then p50/p99 latency of
-one request at a time. Candidates that miss the gate (default: top-1 agreement drops by at most
-1 point where the output has classes, cosine at least 0.99) are still measured, so the table
-shows what the gate cost. The winner's inference precision is recorded for the serving pods.
+settings (performance hint, inference precision) for a bounded time: throughput with twice the
+device's optimal number of infer requests kept busy, as the server keeps them, and p50/p99
+latency of one request at a time. The candidates are measured in interleaved rounds, so that a
+burst of load from elsewhere on the machine costs each a little, not one a lot. Candidates that
+miss the gate (default: top-1 agreement drops by at most 1 point where the output has classes,
+cosine at least 0.99) are measured too, so the table shows what the gate cost. The winner's
+inference precision (the device's default resolved) is recorded for the serving pods.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ DEFAULT_MAX_ACCURACY_DROP = 0.01
 DEFAULT_MIN_COSINE = 0.99
 SYNTHETIC_VERIFICATION_ROWS = 32    # without data: enough rows that one flipped answer is 3 points
 REQUESTS_PER_OPTIMAL = 2            # as the serving engine keeps them (engine.REQUESTS_PER_OPTIMAL)
+ROUNDS = 3                          # measuring slices per candidate, interleaved with the others'
 SERVING_PRECISIONS = ("f32", "bf16", "f16")   # what `modelkiln serve --inference-precision` takes
 
 
@@ -74,7 +77,7 @@ def plan(*, capabilities: list[str], pinned: str, int8: str | None) -> tuple[lis
         else:
             skipped.append({"name": "FP32/bf16", "note": f"not built: the device has no BF16 "
                                                          f"(it reports {', '.join(capabilities)})"})
-        floats.append(Candidate("FP16", "f16" if "FP16" in capabilities else "auto"))
+        floats.append(Candidate("FP16", "auto"))
     if int8 is not None:
         return floats, skipped + [{"name": "INT8", "note": f"not built: {int8}"}]
     return floats + [Candidate("INT8", pinned)], skipped
@@ -101,57 +104,93 @@ def choose(args: argparse.Namespace, *, model: ov.Model, reference: verification
           f"objective {objective}", flush=True)
 
     irs: dict[str, pathlib.Path] = {}
-    calibration_record, rows, results = None, [], {}
+    calibration_record, built = None, []
     timings = {"convertSeconds": 0.0, "verifySeconds": 0.0, "measureSeconds": 0.0}
     for candidate in candidates:
         started = time.monotonic()
         if candidate.precision not in irs:
-            built = model
+            ir = model
             if candidate.precision == "INT8":
-                built, calibration_record, _ = quantize(args, model=model.clone(), samples=samples,
-                                                        calibration_data=calibration_data)
+                ir, calibration_record, _ = quantize(args, model=model.clone(), samples=samples,
+                                                     calibration_data=calibration_data)
             irs[candidate.precision] = staging / "candidates" / candidate.precision / "model.xml"
             irs[candidate.precision].parent.mkdir(parents=True)
-            save_ir(built, xml=irs[candidate.precision], compress_to_fp16=candidate.precision == "FP16")
+            save_ir(ir, xml=irs[candidate.precision], compress_to_fp16=candidate.precision == "FP16")
         timings["convertSeconds"] += time.monotonic() - started
-        xml = irs[candidate.precision]
-
         started = time.monotonic()
-        properties = {} if candidate.hint == "auto" else {"INFERENCE_PRECISION_HINT": candidate.hint}
-        result = verification.verify(
-            artifact=verification.openvino_runner(str(xml), device=device, properties=properties),
-            reference=reference, samples=checked, options=options)
+        built.append(Built.verified(candidate, xml=irs[candidate.precision], core=core, device=device,
+                                    settings=settings, reference=reference, samples=checked, options=options,
+                                    gate=lambda result: gate(args, result)))
         timings["verifySeconds"] += time.monotonic() - started
-        problems = verification.gate_problems(result, **gate(args, result))
 
-        started = time.monotonic()
-        speed = measure(core, xml, device=device, settings=dataclasses.replace(
-            settings, inference_precision=candidate.hint), inputs=checked.samples[0], seconds=seconds)
-        timings["measureSeconds"] += time.monotonic() - started
-        name = f"{candidate.precision}/{speed.pop('inferencePrecision')}"
-        results[name] = (candidate, result)
-        rows.append({"name": name, "sizeBytes": size_of(xml), **speed,
-                     "top1Agreement": result["top1Agreement"],
-                     "cosine": None if result["cosine"] is None else round(result["cosine"], 6),
-                     **({"accuracyDrop": result["accuracyDrop"]} if "accuracyDrop" in result else {}),
-                     "passed": not problems, "note": "; ".join(problems)})
-        print(f"auto: {name}: {describe(rows[-1])}", flush=True)
+    if not any(candidate.passed for candidate in built):     # nothing to publish: nothing to measure
+        raise ConversionFailed("precision auto: no candidate passed the accuracy gate: " + "; ".join(
+            f"{candidate.name} failed the gate ({'; '.join(candidate.problems)})" for candidate in built))
+    started = time.monotonic()
+    for _ in range(ROUNDS):     # interleaved: each candidate gets a slice of every stretch of time
+        for candidate in built:
+            candidate.meter.run(seconds / ROUNDS)
+    timings["measureSeconds"] = time.monotonic() - started
+    rows = [candidate.measured_row() for candidate in built]
 
     winner, why = pick(rows, objective=objective)
-    candidate, result = results[winner["name"]]
+    chosen = built[rows.index(winner)]
+    built.clear()       # the compiled models go before the files move
     winner["note"] = "chosen"
-    for path in irs[candidate.precision].parent.iterdir():
+    for path in chosen.xml.parent.iterdir():
         shutil.move(str(path), staging / path.name)
     shutil.rmtree(staging / "candidates")
-    gates = gate(args, results[winner["name"]][1])
+    gates = gate(args, chosen.result)
     record = {"objective": objective, "device": device, "performanceHint": args.performance_hint,
               "secondsPerCandidate": seconds, "deviceCapabilities": capabilities,
               "gate": {"maxAccuracyDrop": gates["max_accuracy_drop"], "minCosine": gates["min_cosine"]},
               "chosen": winner["name"], "why": why, "candidates": rows + skipped}
     print_table(record)
-    return Choice(precision=candidate.precision, inference_precision=winner["name"].split("/")[1],
-                  verification=result, calibration=calibration_record if candidate.precision == "INT8" else None,
+    precision = chosen.candidate.precision
+    return Choice(precision=precision, inference_precision=chosen.meter.inference_precision,
+                  verification=chosen.result, calibration=calibration_record if precision == "INT8" else None,
                   record=record, timings={key: round(value, 3) for key, value in timings.items()})
+
+
+@dataclasses.dataclass
+class Built:
+    """A candidate's IR, how it verified, and its meter."""
+
+    candidate: Candidate
+    xml: pathlib.Path
+    result: dict
+    problems: list[str]
+    meter: "Meter"
+
+    @classmethod
+    def verified(cls, candidate: Candidate, *, xml: pathlib.Path, core: ov.Core, device: str,
+                 settings: EngineSettings, reference: verification.Reference, samples: SampleSet,
+                 options: InputOptions, gate) -> "Built":
+        """Verify `xml` on `device` at the candidate's inference precision, and compile its meter."""
+        properties = {} if candidate.hint == "auto" else {"INFERENCE_PRECISION_HINT": candidate.hint}
+        result = verification.verify(
+            artifact=verification.openvino_runner(str(xml), device=device, properties=properties),
+            reference=reference, samples=samples, options=options)
+        meter = Meter(core, xml, device=device, inputs=samples.samples[0],
+                      settings=dataclasses.replace(settings, inference_precision=candidate.hint))
+        return cls(candidate, xml, result, verification.gate_problems(result, **gate(result)), meter)
+
+    @property
+    def name(self) -> str:
+        return f"{self.candidate.precision}/{self.meter.inference_precision}"
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def measured_row(self) -> dict:
+        result = self.result
+        return {"name": self.name,
+                "sizeBytes": self.xml.stat().st_size + self.xml.with_suffix(".bin").stat().st_size,
+                **self.meter.numbers(), "top1Agreement": result["top1Agreement"],
+                "cosine": None if result["cosine"] is None else round(result["cosine"], 6),
+                **({"accuracyDrop": result["accuracyDrop"]} if "accuracyDrop" in result else {}),
+                "passed": self.passed, "note": "; ".join(self.problems)}
 
 
 def device_capabilities(core: ov.Core, device: str) -> list[str]:
@@ -172,35 +211,39 @@ def gate(args: argparse.Namespace, result: dict) -> dict:
             "min_cosine": DEFAULT_MIN_COSINE if args.min_cosine is None else args.min_cosine}
 
 
-def measure(core: ov.Core, xml: pathlib.Path, *, device: str, settings: EngineSettings,
-            inputs: dict[str, np.ndarray], seconds: float) -> dict:
-    """Throughput (inferences/s; a batch counts its rows) for half of `seconds`, then latency of
-    one request at a time for the other half, compiled as the serving engine compiles."""
-    compiled = core.compile_model(str(xml), device, settings.compile_properties())
-    effective = effective_precision(compiled)
-    rows = len(next(iter(inputs.values())))
-    optimal = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-    queue = ov.AsyncInferQueue(compiled, optimal * REQUESTS_PER_OPTIMAL)
-    queue.start_async(inputs)      # warm-up: the first inference allocates
-    queue.wait_all()
-    done, started = 0, time.perf_counter()
-    deadline = started + seconds / 2
-    while time.perf_counter() < deadline:
-        queue.start_async(inputs)   # blocks while every request is busy
-        done += 1
-    queue.wait_all()
-    per_second = done * rows / (time.perf_counter() - started)
+class Meter:
+    """One candidate compiled as the serving engine compiles it, measured a slice at a time."""
 
-    request = compiled.create_infer_request()
-    request.infer(inputs)
-    latencies, deadline = [], time.perf_counter() + seconds / 2
-    while time.perf_counter() < deadline:
-        began = time.perf_counter()
-        request.infer(inputs)
-        latencies.append(time.perf_counter() - began)
-    p50, p99 = (1000 * float(np.percentile(latencies, q)) for q in (50, 99))
-    return {"inferencePrecision": effective, "perSecond": round(per_second, 1), "p50Ms": round(p50, 3),
-            "p99Ms": round(p99, 3)}
+    def __init__(self, core: ov.Core, xml: pathlib.Path, *, device: str, settings: EngineSettings,
+                 inputs: dict[str, np.ndarray]) -> None:
+        self.compiled = core.compile_model(str(xml), device, settings.compile_properties())
+        self.inference_precision = effective_precision(self.compiled)
+        self.inputs, self.rows = inputs, len(next(iter(inputs.values())))
+        optimal = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self.queue = ov.AsyncInferQueue(self.compiled, optimal * REQUESTS_PER_OPTIMAL)
+        self.request = self.compiled.create_infer_request()
+        self.done, self.busy_seconds, self.latencies = 0, 0.0, []
+        self.request.infer(inputs)      # warm-up: the first inference allocates
+
+    def run(self, seconds: float) -> None:
+        """Half of `seconds` with every request busy (throughput), half one request at a time (latency)."""
+        started = time.perf_counter()
+        deadline = started + seconds / 2
+        while time.perf_counter() < deadline:
+            self.queue.start_async(self.inputs)     # blocks while every request is busy
+            self.done += 1
+        self.queue.wait_all()
+        self.busy_seconds += time.perf_counter() - started
+        deadline = time.perf_counter() + seconds / 2
+        while (began := time.perf_counter()) < deadline:
+            self.request.infer(self.inputs)
+            self.latencies.append(time.perf_counter() - began)
+
+    def numbers(self) -> dict:
+        """Inferences/s (a batch counts its rows) and latency percentiles in ms."""
+        p50, p99 = (1000 * float(np.percentile(self.latencies, q)) for q in (50, 99))
+        return {"perSecond": round(self.done * self.rows / self.busy_seconds, 1), "p50Ms": round(p50, 3),
+                "p99Ms": round(p99, 3)}
 
 
 def effective_precision(compiled: ov.CompiledModel) -> str:
@@ -213,16 +256,10 @@ def effective_precision(compiled: ov.CompiledModel) -> str:
     return name if name in SERVING_PRECISIONS else "auto"
 
 
-def size_of(xml: pathlib.Path) -> int:
-    return xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
-
-
 def pick(rows: list[dict], *, objective: str) -> tuple[dict, str]:
-    """The winner among the rows that passed the gate, and why, in one line."""
+    """The winner among the rows that passed the gate (one did), and why, in one line."""
     passed = [row for row in rows if row["passed"]]
     failed = "; ".join(f"{row['name']} failed the gate ({row['note']})" for row in rows if not row["passed"])
-    if not passed:
-        raise ConversionFailed(f"precision auto: no candidate passed the accuracy gate: {failed}")
     best = max if objective == "throughput" else min
     winner = best(passed, key=lambda row: row["perSecond"] if objective == "throughput" else row["p50Ms"])
     unit = (lambda row: f"{row['perSecond']:g}/s") if objective == "throughput" else \
@@ -234,14 +271,6 @@ def pick(rows: list[dict], *, objective: str) -> tuple[dict, str]:
         why = f"{winner['name']}: the best {objective} of the {len(passed)} candidates that passed the " \
               f"accuracy gate ({unit(winner)}; {others})"
     return winner, f"{why}; {failed}" if failed else why
-
-
-def describe(row: dict) -> str:
-    top1 = "-" if row["top1Agreement"] is None else f"{row['top1Agreement']:.4f}"
-    cosine = "-" if row["cosine"] is None else f"{row['cosine']:.5f}"
-    return (f"{megabytes(row)} MB, {row['perSecond']:g}/s, p50 {row['p50Ms']:g} ms, "
-            f"p99 {row['p99Ms']:g} ms, top-1 agreement {top1}, cosine {cosine}, "
-            f"{'passed' if row['passed'] else 'failed: ' + row['note']}")
 
 
 def megabytes(row: dict) -> str:

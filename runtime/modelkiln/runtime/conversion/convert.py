@@ -43,7 +43,8 @@ TERMINATION_LOG_LIMIT = 4096        # what Kubernetes keeps of a termination mes
 VERIFICATION_SAMPLES = 32           # rows compared when the samples carry no labels
 EXIT_PERMANENT, EXIT_TRANSIENT = 1, 3
 # What the summary keeps of each --precision auto candidate (modelkiln.json has every column).
-SUMMARY_COLUMNS = ("name", "sizeBytes", "perSecond", "p50Ms", "p99Ms", "top1Agreement", "cosine", "passed", "note")
+SUMMARY_COLUMNS = ("name", "sizeBytes", "perSecond", "p50Ms", "p99Ms", "top1Agreement", "accuracyDrop", "cosine",
+                   "passed", "note")
 
 
 class Parser(argparse.ArgumentParser):
