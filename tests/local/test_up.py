@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 import subprocess
@@ -133,3 +134,22 @@ def test_a_name_the_api_server_refuses_is_refused_with_its_message_and_nothing_w
             "alphanumeric character (e.g. 'example.com', regex used for validation is "
             r"'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')") in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.yaml"]
+
+
+def test_up_with_precision_auto_measures_here_prints_the_table_and_serves_the_choice(start_up, repository):
+    up = start_up("-f", str(DIGITS / "auto.yaml"), repository=repository)
+    try:
+        up.wait_for("Serving.")
+    finally:
+        assert up.stop() == 0, up.output
+    assert "modelkiln up: digits-auto: precision Auto measured on this machine:" in up.output
+    meta = json.loads((repository / "digits-auto" / "1" / "modelkiln.json").read_text())
+    chosen, rows = meta["auto"]["chosen"], meta["auto"]["candidates"]
+    assert f"  chosen: {meta['auto']['why']}" in up.output
+    for row in rows:        # every candidate on a line of its own, the chosen one marked
+        line = next(line for line in up.lines if line.startswith(f"  {row['name']} "))
+        assert line.rstrip().endswith("chosen") == (row["name"] == chosen)
+    # the server runs the inference precision Auto chose (the spec leaves it at auto)
+    assert "model digits-auto version 1 loaded in " in up.output
+    assert f"(inference precision {meta['inferencePrecision']}, " in up.output
+    assert chosen.endswith("/" + meta["inferencePrecision"])
