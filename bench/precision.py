@@ -8,8 +8,9 @@ IR FP16, IR INT8, ONNX Runtime FP32 (CPU; sequential calls, and one single-threa
 core at once) and torch eager on the same inputs, and how well INT8
 agrees with FP32 (cosine; top-1 on real photos for EfficientNet).
 
-With `--auto`, instead: what `modelkiln convert --precision auto` picks for each model (and for
-EfficientNet-Lite0 also calibrated on random inputs, where INT8 must lose), its throughput against
+With `--auto`, instead: what `modelkiln convert --precision auto` picks for each model (for
+EfficientNet-Lite0 with Auto's default gate, with the gate of its example (cosine >= 0.97, top-1
+not gated), and calibrated on random inputs with that gate, where INT8 must lose), its throughput against
 the plain FP32 artifact (OpenVINO's default execution and strict f32) and ONNX Runtime FP32
 measured side by side in one run, its agreement with strict FP32 on the held-out inputs, and the
 conversion time it costs against a plain FP32 conversion.
@@ -356,12 +357,18 @@ def bench(case: Case, *, repo: pathlib.Path, seconds: float, rounds: int) -> dic
     }
 
 
+# EfficientNet-Lite0's Auto variants: (what, extra `modelkiln convert` arguments).
+EXAMPLE_GATE = ("--min-cosine", "0.97", "--max-accuracy-drop", "1")
+AUTO_VARIANTS = {"efficientnet": [("photo calibration, Auto's default gate", ()),
+                                  ("photo calibration, the example's gate", EXAMPLE_GATE),
+                                  ("synthetic calibration, the example's gate", ("--synthetic-calibration", *EXAMPLE_GATE))]}
+
+
 def bench_auto(case: Case, *, repo: pathlib.Path, seconds: float, rounds: int, per_candidate: float,
-               synthetic: bool = False) -> dict:
+               variant: str = "", extra: tuple[str, ...] = ()) -> dict:
     """Auto's choice against plain FP32 and ONNX Runtime FP32, in interleaved rounds."""
     fp32 = convert(case, "FP32", repo)
-    extra = ("--seconds-per-candidate", str(per_candidate), *(("--synthetic-calibration",) if synthetic else ()))
-    auto = convert(case, "AUTO", repo, extra)
+    auto = convert(case, "AUTO", repo, ("--seconds-per-candidate", str(per_candidate), *extra))
     meta = json.loads((pathlib.Path(auto["path"]) / "modelkiln.json").read_text())
     chosen = {"INFERENCE_PRECISION_HINT": meta["inferencePrecision"]}
     xml_fp32, xml_auto = (str(pathlib.Path(a["path"]) / "model.xml") for a in (fp32, auto))
@@ -379,7 +386,7 @@ def bench_auto(case: Case, *, repo: pathlib.Path, seconds: float, rounds: int, p
     rows = {name: tuple(float(np.median(column)) for column in zip(*values)) for name, values in samples.items()}
     ours = rows[next(iter(rows))][1]
     return {
-        "model": case.name + (" (synthetic calibration)" if synthetic else ""),
+        "model": f"{case.name} ({variant})" if variant else case.name,
         "chosen": meta["auto"]["chosen"], "why": meta["auto"]["why"], "candidates": meta["auto"]["candidates"],
         "convertSeconds": {"auto": round(auto["seconds"], 1), "fp32": round(fp32["seconds"], 1)},
         "autoTimings": meta["timings"],
@@ -388,6 +395,7 @@ def bench_auto(case: Case, *, repo: pathlib.Path, seconds: float, rounds: int, p
         "vsFp32Strict": round(ours / rows["IR FP32 (strict f32)"][1], 2),
         "vsOrt": round(ours / rows["ONNX Runtime FP32"][1], 2),
         "accuracyVsFp32Strict": agreement(xml_fp32, xml_auto, case, chosen),
+        "loadAverage": round(os.getloadavg()[0], 1),     # the machine is shared: how busy it was
     }
 
 
@@ -407,6 +415,7 @@ def print_auto_report(result: dict) -> None:
         print(f"| {name} | {s['latencyMs']} | {s['perSecond']} |")
     print(f"Auto's choice / IR FP32 default: {result['vsFp32Default']}x, / strict f32: {result['vsFp32Strict']}x, "
           f"/ ONNX Runtime FP32: {result['vsOrt']}x")
+    print(f"load average after: {result['loadAverage']}")
     print(f"conversion: Auto {result['convertSeconds']['auto']} s, FP32 {result['convertSeconds']['fp32']} s "
           f"(Auto's timings: {result['autoTimings']})")
     for name, numbers in result["accuracyVsFp32Strict"].items():
@@ -447,7 +456,7 @@ def main() -> None:
     args = parser.parse_args()
     flags = {f for f in pathlib.Path("/proc/cpuinfo").read_text().split() if f.startswith(("avx512", "amx"))} \
         if pathlib.Path("/proc/cpuinfo").exists() else set()
-    print(f"# {cpu_model()}, {os.cpu_count()} cores, {' '.join(sorted(flags))}; "
+    print(f"# {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start, {' '.join(sorted(flags))}; "
           f"openvino {ov.get_version()}, onnxruntime {onnxruntime.__version__}")
     results = []
     with tempfile.TemporaryDirectory(prefix="modelkiln-bench-") as work:
@@ -462,10 +471,9 @@ def main() -> None:
                 results.append(bench(case, repo=repo, seconds=args.seconds, rounds=args.rounds))
                 print_report(results[-1])
                 continue
-            # EfficientNet-Lite0 calibrated on random inputs too: INT8 must lose there
-            for synthetic in (False, True) if key == "efficientnet" else (False,):
+            for variant, extra in AUTO_VARIANTS.get(key, [("", ())]):
                 results.append(bench_auto(case, repo=repo, seconds=args.seconds, rounds=args.rounds,
-                                          per_candidate=args.seconds_per_candidate, synthetic=synthetic))
+                                          per_candidate=args.seconds_per_candidate, variant=variant, extra=extra))
                 print_auto_report(results[-1])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

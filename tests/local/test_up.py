@@ -153,3 +153,19 @@ def test_up_with_precision_auto_measures_here_prints_the_table_and_serves_the_ch
     assert "model digits-auto version 1 loaded in " in up.output
     assert f"(inference precision {meta['inferencePrecision']}, " in up.output
     assert chosen.endswith("/" + meta["inferencePrecision"])
+
+
+def test_up_refuses_auto_input_the_api_server_refuses_with_its_messages(repository, tmp_path):
+    model = yaml.safe_load((DIGITS / "auto.yaml").read_text())
+    del model["spec"]["conversion"]["calibration"]      # keepFloat shapes an INT8 candidate it cannot build
+    model["spec"]["conversion"].update(keepFloat={"types": ["MatMul"]}, objective="speed")
+    shutil.copy(DIGITS / "model.onnx", tmp_path / "model.onnx")
+    result = up_until_it_ends(model, tmp_path, repository, timeout=120)
+    assert result.returncode == 1
+    assert ('spec.conversion.objective: Unsupported value: "speed": supported values: "throughput", "latency"'
+            in result.stderr)
+    model["spec"]["conversion"]["objective"] = "latency"
+    result = up_until_it_ends(model, tmp_path, repository, timeout=120)
+    assert ('spec.conversion: Invalid value: "object": keepFloat with precision Auto shapes its INT8 candidate, '
+            "which needs calibration: set calibration.uri, or calibration.synthetic: true") in result.stderr
+    assert not repository.exists() or not any(repository.iterdir())

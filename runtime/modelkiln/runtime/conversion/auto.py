@@ -235,7 +235,7 @@ class Meter:
     def __init__(self, core: ov.Core, xml: pathlib.Path, *, device: str, settings: EngineSettings,
                  inputs: dict[str, np.ndarray]) -> None:
         self.compiled = core.compile_model(str(xml), device, settings.compile_properties())
-        self.inference_precision = effective_precision(self.compiled)
+        self.inference_precision = effective_precision(self.compiled, asked=settings.inference_precision)
         self.inputs, self.rows = inputs, len(next(iter(inputs.values())))
         optimal = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self.queue = ov.AsyncInferQueue(self.compiled, optimal * REQUESTS_PER_OPTIMAL)
@@ -264,12 +264,12 @@ class Meter:
                 "p99Ms": round(p99, 3)}
 
 
-def effective_precision(compiled: ov.CompiledModel) -> str:
+def effective_precision(compiled: ov.CompiledModel, *, asked: str) -> str:
     """The inference precision the device settled on (its default resolved), as serving names it."""
     try:
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")
-    except RuntimeError:        # a device without the property
-        return "auto"
+    except RuntimeError:        # a device that does not tell (AUTO): what was asked
+        return asked
     name = hint.get_type_name() if isinstance(hint, ov.Type) else str(hint)
     return name if name in SERVING_PRECISIONS else "auto"
 
