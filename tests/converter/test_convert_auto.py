@@ -122,7 +122,9 @@ def test_int8_is_published_when_it_passes_and_measures_fastest(convert, repo, tm
 
     rows = table(result)
     assert [name for name, row in rows.items() if "perSecond" in row] == ["FP32/f32", "FP16/f32", "INT8/f32"]
-    assert rows["FP32/bf16"] == {"name": "FP32/bf16", "note": "not built: serving.inferencePrecision is f32"}
+    bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert [row for row in rows.values() if "perSecond" not in row] == \
+        ([{"name": "FP32/bf16", "note": "not built: serving.inferencePrecision is f32"}] if bf16 else [])
     assert result.summary["auto"]["chosen"] == "INT8/f32" and result.summary["precision"] == "INT8"
     assert rows["INT8/f32"]["perSecond"] > 3 * rows["FP32/f32"]["perSecond"]
     assert rows["INT8/f32"]["top1Agreement"] is None and rows["INT8/f32"]["cosine"] >= 0.99   # no classes: cosine

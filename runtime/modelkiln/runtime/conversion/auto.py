@@ -31,16 +31,13 @@ from modelkiln.runtime.conversion import verification
 from modelkiln.runtime.conversion.calibration import SampleSet, synthetic_samples
 from modelkiln.runtime.conversion.errors import ConversionFailed
 from modelkiln.runtime.conversion.preprocessing import InputOptions
-from modelkiln.runtime.engine import EngineSettings
+from modelkiln.runtime.engine import INFERENCE_PRECISIONS, REQUESTS_PER_OPTIMAL, EngineSettings
 
-OBJECTIVES = ("throughput", "latency")
 DEFAULT_SECONDS_PER_CANDIDATE = 10.0
 DEFAULT_MAX_ACCURACY_DROP = 0.01
 DEFAULT_MIN_COSINE = 0.99
 SYNTHETIC_VERIFICATION_ROWS = 32    # without data: enough rows that one flipped answer is 3 points
-REQUESTS_PER_OPTIMAL = 2            # as the serving engine keeps them (engine.REQUESTS_PER_OPTIMAL)
 ROUNDS = 3                          # measuring slices per candidate, interleaved with the others'
-SERVING_PRECISIONS = ("f32", "bf16", "f16")   # what `modelkiln serve --inference-precision` takes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +66,8 @@ def plan(*, capabilities: list[str], pinned: str, int8: str | None) -> tuple[lis
     """
     if pinned != "auto":
         floats = [Candidate("FP32", pinned), Candidate("FP16", pinned)]
-        skipped = [{"name": "FP32/bf16", "note": f"not built: serving.inferencePrecision is {pinned}"}]
+        skipped = [{"name": f"FP32/{other}", "note": f"not built: serving.inferencePrecision is {pinned}"}
+                   for other in ("f32", "bf16") if other != pinned and (other == "f32" or "BF16" in capabilities)]
     else:
         floats = [Candidate("FP32", "f32")]
         skipped = []
@@ -170,13 +168,12 @@ class Built:
     def verified(cls, candidate: Candidate, *, xml: pathlib.Path, core: ov.Core, device: str,
                  settings: EngineSettings, reference: verification.Reference, samples: SampleSet,
                  options: InputOptions, gate) -> "Built":
-        """Verify `xml` on `device` at the candidate's inference precision, and compile its meter."""
-        properties = {} if candidate.hint == "auto" else {"INFERENCE_PRECISION_HINT": candidate.hint}
-        result = verification.verify(
-            artifact=verification.openvino_runner(str(xml), device=device, properties=properties),
-            reference=reference, samples=samples, options=options)
+        """Compile `xml` as it will serve and verify it so: on `device`, at the candidate's inference precision."""
         meter = Meter(core, xml, device=device, inputs=samples.samples[0],
                       settings=dataclasses.replace(settings, inference_precision=candidate.hint))
+        result = verification.verify(
+            artifact=lambda inputs: [np.asarray(value) for value in meter.compiled(inputs).values()],
+            reference=reference, samples=samples, options=options)
         return cls(candidate, xml, result, verification.gate_problems(result, **gate(result)), meter)
 
     @property
@@ -271,7 +268,7 @@ def effective_precision(compiled: ov.CompiledModel, *, asked: str) -> str:
     except RuntimeError:        # a device that does not tell (AUTO): what was asked
         return asked
     name = hint.get_type_name() if isinstance(hint, ov.Type) else str(hint)
-    return name if name in SERVING_PRECISIONS else "auto"
+    return name if name in INFERENCE_PRECISIONS else "auto"
 
 
 def pick(rows: list[dict], *, objective: str) -> tuple[dict, str]:
