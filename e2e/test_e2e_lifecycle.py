@@ -79,6 +79,11 @@ def test_example_converts_then_serves_on_its_device_pool(cluster, namespace, exa
     if device in DEVICE_RESOURCE:
         assert all(c["resources"]["limits"][DEVICE_RESOURCE[device]] == "1"
                    for p in pods for c in p["spec"]["containers"]), [p["spec"]["containers"] for p in pods]
+    if doc["spec"]["conversion"]["precision"] == "Auto":     # measured on the serving pool, served as chosen
+        converters = cluster.items("pods", namespace=namespace, selector=f"job-name={job['metadata']['name']}")
+        assert pools_of(cluster, converters) == {POOL_OF_DEVICE[device]}
+        args = pods[0]["spec"]["containers"][0]["args"]
+        assert args[args.index("--inference-precision") + 1] == im["status"]["artifact"]["inferencePrecision"]
 
     table = cluster.run("get", "im", name, "-n", namespace).stdout.splitlines()
     assert table[0].split() == ["NAME", "DEVICE", "PRECISION", "CHOSEN", "PHASE", "READY", "AGE"]
