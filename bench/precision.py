@@ -408,8 +408,9 @@ def print_auto_report(result: dict) -> None:
             print(f"| {row['name']} | | | | | | {row['note']} |")
             continue
         verdict = "chosen" if row["note"] == "chosen" else ("passed" if row["passed"] else f"failed: {row['note']}")
+        top1 = "-" if row["top1Agreement"] is None else row["top1Agreement"]
         print(f"| {row['name']} | {row['sizeBytes'] / 2**20:.1f} | {row['perSecond']} | {row['p50Ms']} | "
-              f"{row['top1Agreement']} | {row['cosine']} | {verdict} |")
+              f"{top1} | {row['cosine']} | {verdict} |")
     print("| engine | p50 latency ms (batch 1) | throughput /s |\n| --- | --- | --- |")
     for name, s in result["speed"].items():
         print(f"| {name} | {s['latencyMs']} | {s['perSecond']} |")
