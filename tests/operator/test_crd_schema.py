@@ -41,7 +41,7 @@ def test_every_example_is_valid(path):
 
 def test_the_examples_cover_each_precision_and_device():
     specs = [schema.with_defaults(yaml.safe_load(p.read_text()))["spec"] for p in EXAMPLES]
-    assert {s["conversion"]["precision"] for s in specs} >= {"FP32", "FP16", "INT8"}
+    assert {s["conversion"]["precision"] for s in specs} >= {"FP32", "FP16", "INT8", "Auto"}
     assert {s["serving"]["device"] for s in specs} >= {"CPU", "GPU", "VPU"}
     assert any("calibration" in s["conversion"] for s in specs)
 
