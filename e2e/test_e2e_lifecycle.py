@@ -79,10 +79,17 @@ def test_example_converts_then_serves_on_its_device_pool(cluster, namespace, exa
     if device in DEVICE_RESOURCE:
         assert all(c["resources"]["limits"][DEVICE_RESOURCE[device]] == "1"
                    for p in pods for c in p["spec"]["containers"]), [p["spec"]["containers"] for p in pods]
+    if doc["spec"]["conversion"]["precision"] == "Auto":     # measured on the serving pool, served as chosen
+        converters = cluster.items("pods", namespace=namespace, selector=f"job-name={job['metadata']['name']}")
+        assert pools_of(cluster, converters) == {POOL_OF_DEVICE[device]}
+        args = pods[0]["spec"]["containers"][0]["args"]
+        assert args[args.index("--inference-precision") + 1] == im["status"]["artifact"]["inferencePrecision"]
 
     table = cluster.run("get", "im", name, "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "DEVICE", "PRECISION", "PHASE", "READY", "AGE"]
-    assert table[1].split()[:5] == [name, device, im["spec"]["conversion"]["precision"], "Ready", "True"]
+    assert table[0].split() == ["NAME", "DEVICE", "PRECISION", "CHOSEN", "PHASE", "READY", "AGE"]
+    chosen = [im["status"]["artifact"]["chosen"]] if "chosen" in im["status"]["artifact"] else []   # Auto only
+    assert table[1].split()[:5 + len(chosen)] == [name, device, im["spec"]["conversion"]["precision"], *chosen,
+                                                  "Ready", "True"]
 
 
 def test_conversion_change_converts_again_and_rolls_out(cluster, namespace):

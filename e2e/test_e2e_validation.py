@@ -53,6 +53,15 @@ INVALID = {
     "empty keepFloat": (
         _with("spec.conversion", {"precision": "INT8", "calibration": {"synthetic": True}, "keepFloat": {}}),
         "keepFloat needs at least one of types, names or patterns"),
+    "Auto keepFloat without calibration": (
+        _with("spec.conversion", {"precision": "Auto", "keepFloat": {"types": ["GroupConvolution"]}}),
+        "keepFloat with precision Auto shapes its INT8 candidate, which needs calibration"),
+    "unknown Auto objective": (
+        _with("spec.conversion", {"precision": "Auto", "objective": "speed"}),
+        'spec.conversion.objective: Unsupported value: "speed"'),
+    "objective without Auto": (
+        _with("spec.conversion", {"precision": "FP16", "objective": "latency"}),
+        "objective is only valid with precision Auto"),
     "INT8 without calibration": (
         _with("spec.conversion.precision", "INT8"), "precision INT8 needs calibration"),
     "minReplicas above maxReplicas": (

@@ -85,5 +85,5 @@ def test_keep_float_mistakes_fail_with_one_line_naming_them(convert, repo, tmp_p
 
     fp16 = convert("--source", source, "--output", repo / "m", "--precision", "FP16",
                    "--keep-float-type", "GroupConvolution")
-    assert fp16.cause == "--keep-float-* only applies to precision INT8 (got FP16)"
+    assert fp16.cause == "--keep-float-* only applies to precision INT8 or AUTO (got FP16)"
     assert version_dirs(repo / "m") == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import pathlib
 import shutil
@@ -197,3 +198,38 @@ def test_a_name_the_api_server_refuses_is_refused_with_its_message_and_nothing_w
             "alphanumeric character (e.g. 'example.com', regex used for validation is "
             r"'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')") in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.yaml"]
+
+
+def test_up_with_precision_auto_measures_here_prints_the_table_and_serves_the_choice(start_up, repository):
+    up = start_up("-f", str(DIGITS / "auto.yaml"), repository=repository)
+    try:
+        up.wait_for("Serving.")
+    finally:
+        assert up.stop() == 0, up.output
+    assert "modelkiln up: digits-auto: precision Auto measured on this machine:" in up.output
+    meta = json.loads((repository / "digits-auto" / "1" / "modelkiln.json").read_text())
+    chosen, rows = meta["auto"]["chosen"], meta["auto"]["candidates"]
+    assert f"  chosen: {meta['auto']['why']}" in up.output
+    for row in rows:        # every candidate on a line of its own, the chosen one marked
+        line = next(line for line in up.lines if line.startswith(f"  {row['name']} "))
+        assert line.rstrip().endswith("chosen") == (row["name"] == chosen)
+    # the server runs the inference precision Auto chose (the spec leaves it at auto)
+    assert "model digits-auto version 1 loaded in " in up.output
+    assert f"(inference precision {meta['inferencePrecision']}, " in up.output
+    assert chosen.endswith("/" + meta["inferencePrecision"])
+
+
+def test_up_refuses_auto_input_the_api_server_refuses_with_its_messages(repository, tmp_path):
+    model = yaml.safe_load((DIGITS / "auto.yaml").read_text())
+    del model["spec"]["conversion"]["calibration"]      # keepFloat shapes an INT8 candidate it cannot build
+    model["spec"]["conversion"].update(keepFloat={"types": ["MatMul"]}, objective="speed")
+    shutil.copy(DIGITS / "model.onnx", tmp_path / "model.onnx")
+    result = up_until_it_ends(model, tmp_path, repository, timeout=120)
+    assert result.returncode == 1
+    assert ('spec.conversion.objective: Unsupported value: "speed": supported values: "throughput", "latency"'
+            in result.stderr)
+    model["spec"]["conversion"]["objective"] = "latency"
+    result = up_until_it_ends(model, tmp_path, repository, timeout=120)
+    assert ('spec.conversion: Invalid value: "object": keepFloat with precision Auto shapes its INT8 candidate, '
+            "which needs calibration: set calibration.uri, or calibration.synthetic: true") in result.stderr
+    assert not repository.exists() or not any(repository.iterdir())

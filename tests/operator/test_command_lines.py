@@ -111,3 +111,41 @@ def test_local_mode_resolves_a_relative_archive_and_keeps_the_path_inside_it(tmp
     assert absolute_file_uri("s3://b/model.tar.gz#1/model.onnx", tmp_path) == "s3://b/model.tar.gz#1/model.onnx"
     # elsewhere '#' belongs to the file's name
     assert absolute_file_uri("model#2.onnx", tmp_path) == (tmp_path / "model#2.onnx").as_uri()
+
+
+AUTO = {"precision": "Auto"}
+
+
+def test_the_artifact_key_of_auto_covers_where_and_how_it_was_measured():
+    base = {"source": SOURCE, "conversion": AUTO}
+    keys = {artifact_key(base),
+            artifact_key({**base, "serving": {"device": "GPU"}}),
+            artifact_key({**base, "nodePool": "cpu-large"}),
+            artifact_key({**base, "serving": {"performanceHint": "LATENCY"}}),
+            artifact_key({**base, "serving": {"inferencePrecision": "f32"}}),
+            artifact_key({**base, "conversion": {**AUTO, "objective": "latency"}})}
+    assert len(keys) == 6
+    # ... but replicas are not measured, VPU is the NPU, and the documented defaults change nothing
+    assert artifact_key({**base, "serving": {"replicas": 4}}) == artifact_key(base)
+    assert artifact_key({**base, "serving": {"device": "VPU"}}) == artifact_key({**base, "serving": {"device": "NPU"}})
+    assert artifact_key({**base, "conversion": {**AUTO, "objective": "throughput", "secondsPerCandidate": 10}}) == \
+        artifact_key(base)
+
+
+def test_convert_args_for_auto_say_where_and_how_to_measure():
+    spec = {"source": SOURCE, "conversion": {**AUTO, "calibration": {"uri": "file://c.npz"}, "objective": "latency"},
+            "serving": {"device": "VPU", "performanceHint": "LATENCY"}}
+    args = convert_args(spec=spec, output="/m/d", artifact_key="k")
+    assert ("--calibration file://c.npz --calibration-samples 300 --objective latency --seconds-per-candidate 10 "
+            "--device NPU --performance-hint LATENCY --inference-precision auto --keep-versions 2") in " ".join(args)
+    assert "--precision Auto" in " ".join(args)
+
+
+def test_the_inference_precision_auto_chose_is_served_unless_the_spec_sets_one():
+    spec = {"source": SOURCE, "conversion": AUTO}
+    assert serving_options(spec=spec, chosen_precision="bf16")["inferencePrecision"] == "bf16"
+    args = serve_args(name="m", spec=spec, repository="/r", version=1, chosen_precision="f32")
+    assert args[args.index("--inference-precision") + 1] == "f32"
+    pinned = {**spec, "serving": {"inferencePrecision": "f16"}}
+    assert serving_options(spec=pinned, chosen_precision="bf16")["inferencePrecision"] == "f16"
+    assert serving_options(spec={"source": SOURCE})["inferencePrecision"] == "auto"

@@ -41,7 +41,7 @@ def test_every_example_is_valid(path):
 
 def test_the_examples_cover_each_precision_and_device():
     specs = [schema.with_defaults(yaml.safe_load(p.read_text()))["spec"] for p in EXAMPLES]
-    assert {s["conversion"]["precision"] for s in specs} >= {"FP32", "FP16", "INT8"}
+    assert {s["conversion"]["precision"] for s in specs} >= {"FP32", "FP16", "INT8", "Auto"}
     assert {s["serving"]["device"] for s in specs} >= {"CPU", "GPU", "VPU"}
     assert any("calibration" in s["conversion"] for s in specs)
 
@@ -82,11 +82,23 @@ def test_defaults_do_not_change_the_input_and_fill_nested_objects():
     (with_spec(serving={"device": "TPU"}),
      'spec.serving.device: Unsupported value: "TPU": supported values: "CPU", "GPU", "VPU", "NPU", "AUTO"'),
     (with_spec(conversion={"precision": "FP8"}),
-     'spec.conversion.precision: Unsupported value: "FP8": supported values: "FP32", "FP16", "INT8"'),
+     'spec.conversion.precision: Unsupported value: "FP8": supported values: "FP32", "FP16", "INT8", "Auto"'),
     (with_spec(conversion={"precision": "FP16", "calibration": {"uri": "file://c.npz"}}),
-     'spec.conversion: Invalid value: "object": calibration is only valid with precision INT8'),
+     'spec.conversion: Invalid value: "object": calibration is only valid with precision INT8 or Auto'),
     (with_spec(conversion={"precision": "FP16", "keepFloat": {"types": ["GroupConvolution"]}}),
-     'spec.conversion: Invalid value: "object": keepFloat is only valid with precision INT8'),
+     'spec.conversion: Invalid value: "object": keepFloat is only valid with precision INT8 or Auto'),
+    (with_spec(conversion={"precision": "Auto", "keepFloat": {"types": ["GroupConvolution"]}}),
+     'spec.conversion: Invalid value: "object": keepFloat with precision Auto shapes its INT8 candidate, which '
+     'needs calibration: set calibration.uri, or calibration.synthetic: true'),
+    (with_spec(conversion={"precision": "Auto", "objective": "speed"}),
+     'spec.conversion.objective: Unsupported value: "speed": supported values: "throughput", "latency"'),
+    (with_spec(conversion={"precision": "INT8", "calibration": {"synthetic": True}, "objective": "latency"}),
+     'spec.conversion: Invalid value: "object": objective is only valid with precision Auto'),
+    (with_spec(conversion={"precision": "FP32", "secondsPerCandidate": 5}),
+     'spec.conversion: Invalid value: "object": secondsPerCandidate is only valid with precision Auto'),
+    (with_spec(conversion={"precision": "Auto", "secondsPerCandidate": 0.5}),
+     "spec.conversion.secondsPerCandidate: Invalid value: 0.5: spec.conversion.secondsPerCandidate in body "
+     "should be greater than or equal to 1"),
     (with_spec(conversion={"precision": "INT8", "calibration": {"synthetic": True}, "keepFloat": {"names": []}}),
      'spec.conversion.keepFloat: Invalid value: "object": keepFloat needs at least one of types, names or patterns'),
     (with_spec(conversion={"precision": "INT8"}),
@@ -232,8 +244,21 @@ def test_the_crd_has_the_subresources_columns_and_short_name_kubectl_uses():
     assert version["subresources"]["scale"] == {"specReplicasPath": ".spec.serving.replicas",
                                                 "statusReplicasPath": ".status.replicas",
                                                 "labelSelectorPath": ".status.selector"}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Device", "Precision", "Phase",
-                                                                          "Ready", "Age"]
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert list(columns) == ["Device", "Precision", "Chosen", "Phase", "Ready", "Age"]
+    assert columns["Chosen"] == ".status.artifact.chosen"     # what precision Auto picked
+
+
+def test_auto_accepts_calibration_keep_float_and_its_own_fields():
+    obj = with_spec(conversion={"precision": "Auto", "calibration": {"uri": "https://x/c.npz"},
+                                "keepFloat": {"types": ["GroupConvolution"]}, "objective": "latency",
+                                "secondsPerCandidate": 5, "maxAccuracyDrop": 0.02, "minCosine": 0.995})
+    assert schema.validate(obj) == []
+    assert schema.validate(with_spec(conversion={"precision": "Auto"})) == []
+    # no CRD default for Auto's fields: a default would change every existing model's artifact key
+    # (keepVersions has one: it is left out of the key)
+    assert schema.with_defaults(with_spec(conversion={"precision": "Auto"}))["spec"]["conversion"] == \
+        {"precision": "Auto", "keepVersions": 2}
 
 
 def _spec_fields(node: dict, path: str):

@@ -15,7 +15,7 @@ import json
 import pytest
 import yaml
 
-from modelkiln.operator import flows, kube
+from modelkiln.operator import flows, kube, schema
 from modelkiln.operator.commands import artifact_key
 from modelkiln.operator.config import OperatorConfig
 
@@ -339,3 +339,81 @@ def test_a_failed_conversion_is_stalled_for_kstatus_with_the_cause(make_model, a
     stalled = next(c for c in model["status"]["conditions"] if c["type"] == "Stalled")
     assert stalled["message"] == "checksum mismatch: expected abc…, got def…"
     assert [reason for _, reason, _ in result.events] == ["ConversionFailed"]
+
+
+def auto_summary(model: dict) -> dict:
+    """What `modelkiln convert --precision auto` reports (tests/converter check it from the converter)."""
+    why = ("INT8/f16: the best throughput of the 2 candidates that passed the accuracy gate (900/s; FP32/f32 "
+           "300/s); FP16/f16 failed the gate (cosine 0.95 < --min-cosine 0.99)")
+    return {**summary(model, 4), "precision": "INT8", "inferencePrecision": "f16", "auto": {
+        "chosen": "INT8/f16", "why": why, "candidates": [
+            {"name": "FP32/f32", "sizeBytes": 40, "perSecond": 300.0, "p50Ms": 3.1, "p99Ms": 4.0,
+             "top1Agreement": None, "cosine": 1.0, "passed": True, "note": ""},
+            {"name": "FP32/bf16", "note": "not built: the device has no BF16 (it reports FP32, FP16, INT8)"},
+            {"name": "FP16/f16", "sizeBytes": 20, "perSecond": 700.0, "p50Ms": 1.2, "p99Ms": 2.0,
+             "top1Agreement": None, "cosine": 0.95, "passed": False, "note": "cosine 0.95 < --min-cosine 0.99"},
+            {"name": "INT8/f16", "sizeBytes": 10, "perSecond": 900.0, "p50Ms": 1.0, "p99Ms": 1.5,
+             "top1Agreement": None, "cosine": 0.995, "passed": True, "note": "chosen"}]}}
+
+
+def test_auto_converts_on_the_serving_devices_pool_and_serves_what_it_chose(make_model, api, pools):
+    model = make_model(conversion={"precision": "Auto"}, serving={"device": "GPU"})
+    reconcile(model, api)
+    job = api.objects["jobs", "vision", job_name(model)]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == pools["GPU"]["nodeSelector"] and pod["tolerations"] == pools["GPU"]["tolerations"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["gpu.intel.com/i915"] == 1
+    assert "--device GPU --performance-hint THROUGHPUT --inference-precision auto" in " ".join(container["args"])
+
+    api.finish_job(job_name(model), summary=auto_summary(model))
+    reconcile(model, api)
+    artifact = model["status"]["artifact"]
+    assert (artifact["precision"], artifact["chosen"], artifact["inferencePrecision"]) == ("INT8", "INT8/f16", "f16")
+    assert artifact["why"].startswith("INT8/f16: the best throughput") and len(artifact["candidates"]) == 4
+    assert "top1Agreement" not in artifact["candidates"][0]      # the status schema has no nulls
+    assert schema.validate(model) == []                          # the status fits the CRD
+    (converted,) = [c for c in model["status"]["conditions"] if c["type"] == "Converted"]
+    assert "precision Auto chose INT8/f16: the best throughput" in converted["message"]
+    args = api.objects["deployments", "vision", "digits"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--inference-precision") + 1] == "f16"
+
+
+def test_auto_serves_the_inference_precision_the_user_set(make_model, api):
+    model = make_model(conversion={"precision": "Auto"}, serving={"inferencePrecision": "f32"})
+    reconcile(model, api)
+    job_args = api.objects["jobs", "vision", job_name(model)]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert job_args[job_args.index("--inference-precision") + 1] == "f32"   # every candidate measured at it
+    api.finish_job(job_name(model), summary=auto_summary(model))
+    reconcile(model, api)
+    args = api.objects["deployments", "vision", "digits"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--inference-precision") + 1] == "f32"
+
+
+def test_auto_measures_with_the_serving_pods_cpu(make_model, api):
+    model = make_model(conversion={"precision": "Auto"},
+                       serving={"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "2", "memory": "1Gi"}}})
+    reconcile(model, api)
+    (container,) = api.objects["jobs", "vision", job_name(model)]["spec"]["template"]["spec"]["containers"]
+    assert container["resources"] == {"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}}
+    plain = make_model(serving={"device": "GPU", "resources": {"limits": {"cpu": "2"}}})
+    reconcile(plain, api)
+    (container,) = api.objects["jobs", "vision", job_name(plain)]["spec"]["template"]["spec"]["containers"]
+    assert container["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
+
+
+def test_auto_without_a_pool_for_its_device_starts_no_job_and_says_why(make_model, api, pools):
+    del pools["NPU"]
+    api.put(kube.CONFIGMAPS, {"metadata": {"namespace": "modelkiln-system", "name": "pools"},
+                              "data": {"devicePools": yaml.safe_dump(pools)}})
+    model = make_model(conversion={"precision": "Auto"}, serving={"device": "NPU"})
+    reconcile(model, api)
+    assert api.writes == []
+    (converted,) = [c for c in model["status"]["conditions"] if c["type"] == "Converted"]
+    assert converted["reason"] == "NoDevicePool" and model["status"]["phase"] == "Failed"
+    assert converted["message"].startswith("precision Auto measures on the serving device's pool: no device pool "
+                                           "'NPU' for device NPU")
+    plain = make_model(serving={"device": "NPU"})      # any other precision converts on the CPU pool
+    reconcile(plain, api)
+    job = api.objects["jobs", "vision", job_name(plain)]
+    assert job["spec"]["template"]["spec"]["nodeSelector"] == pools["CPU"]["nodeSelector"]

@@ -14,6 +14,10 @@ from modelkiln.operator.schema import with_defaults
 
 # VPU is the name people still use for Intel's NPU; OpenVINO and the device pools say NPU.
 DEVICE_ALIASES = {"VPU": "NPU"}
+AUTO = "Auto"
+# precision Auto's documented defaults (the converter's), written into the key so that spelling
+# them out changes nothing; not CRD defaults, which would change every existing model's key.
+AUTO_DEFAULTS = {"objective": "throughput", "secondsPerCandidate": 10}
 
 
 def defaulted_spec(spec: dict) -> dict:
@@ -30,10 +34,18 @@ def artifact_key(spec: dict) -> str:
 
     Two specs that differ only in serving (or in conversion.keepVersions, which decides what stays
     in the repository, not what the artifact is) share an artifact; writing a default out changes nothing.
+    With precision Auto the artifact is what measured fastest where it serves: the device, its
+    pool and the serving settings it was measured with are part of the key too.
     """
     spec = defaulted_spec(spec)
     conversion = {field: value for field, value in spec["conversion"].items() if field != "keepVersions"}
     decisive = {"source": spec["source"], "conversion": conversion}
+    if conversion["precision"] == AUTO:
+        serving = spec["serving"]
+        decisive["conversion"] = {**AUTO_DEFAULTS, **conversion}
+        decisive["measuredOn"] = {"device": canonical_device(serving["device"]), "nodePool": spec.get("nodePool"),
+                                  "performanceHint": serving["performanceHint"],
+                                  "inferencePrecision": serving["inferencePrecision"]}
     canonical = json.dumps(decisive, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -82,6 +94,12 @@ def convert_args(*, spec: dict, output: str, artifact_key: str, source_uri: str 
         args += ["--max-accuracy-drop", str(conversion["maxAccuracyDrop"])]
     if "minCosine" in conversion:
         args += ["--min-cosine", str(conversion["minCosine"])]
+    if conversion["precision"] == AUTO:
+        serving = spec["serving"]
+        measured = {**AUTO_DEFAULTS, **conversion}
+        args += ["--objective", measured["objective"], "--seconds-per-candidate", str(measured["secondsPerCandidate"]),
+                 "--device", canonical_device(serving["device"]), "--performance-hint", serving["performanceHint"],
+                 "--inference-precision", serving["inferencePrecision"]]
     args += ["--keep-versions", str(conversion["keepVersions"])]
     policy = spec["serving"].get("versionPolicy")
     if policy:
@@ -98,20 +116,24 @@ def version_policy(*, spec: dict, version: int | None = None) -> dict:
     return {"specific": [version]} if version is not None else {"latest": 1}
 
 
-def serving_options(*, spec: dict, version: int | None = None, device: str | None = None) -> dict:
+def serving_options(*, spec: dict, version: int | None = None, device: str | None = None,
+                    chosen_precision: str | None = None) -> dict:
     """One model's entry in `modelkiln serve --config` (docs/interfaces.md): how `spec` serves it.
 
-    `device` overrides the spec's (local mode's explicit --device-fallback)."""
+    `device` overrides the spec's (local mode's explicit --device-fallback); `chosen_precision`,
+    the inference precision that precision Auto chose, is used unless the spec sets one."""
     serving = defaulted_spec(spec)["serving"]
+    precision = serving["inferencePrecision"]
     return {"device": canonical_device(device or serving["device"]),
             "performanceHint": serving["performanceHint"],
-            "inferencePrecision": serving["inferencePrecision"],
+            "inferencePrecision": chosen_precision if precision == "auto" and chosen_precision else precision,
             "versionPolicy": version_policy(spec=spec, version=version)}
 
 
-def serve_args(*, name: str, spec: dict, repository: str, version: int | None = None) -> list[str]:
+def serve_args(*, name: str, spec: dict, repository: str, version: int | None = None,
+               chosen_precision: str | None = None) -> list[str]:
     """Arguments after `modelkiln serve` that serve model `name` of `repository` as `spec` says."""
-    options = serving_options(spec=spec, version=version)
+    options = serving_options(spec=spec, version=version, chosen_precision=chosen_precision)
     return ["--repository", repository, "--model", name, "--device", options["device"],
             "--performance-hint", options["performanceHint"],
             "--inference-precision", options["inferencePrecision"],

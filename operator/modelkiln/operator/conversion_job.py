@@ -16,7 +16,7 @@ from kubernetes.utils.quantity import parse_quantity
 
 from modelkiln.operator import objects
 from modelkiln.redaction import scrubbed
-from modelkiln.operator.commands import convert_args, defaulted_spec
+from modelkiln.operator.commands import AUTO, convert_args, defaulted_spec
 from modelkiln.operator.devicepools import DevicePool, pod_defaults
 
 CONTAINER = "convert"
@@ -137,7 +137,7 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
         "args": ["convert", *args],
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MODELKILN_PVC_ROOT", "value": PVC_ROOT},
                 *credential_env(source)],
-        "resources": defaults.get("resources", {}),
+        "resources": _resources(defaulted_spec(spec), pool, defaults),
         "volumeMounts": mounts,
         "securityContext": objects.container_security_context(),
         "terminationMessagePath": "/dev/termination-log",
@@ -183,6 +183,21 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
             },
         },
     }
+
+
+def _resources(spec: dict, pool: DevicePool, defaults: dict) -> dict:
+    """The converter's resources: the pool's conversion defaults; precision Auto measures as the
+    model will serve: with the serving pod's CPU where the spec sets it, and with the pool's device."""
+    resources = {kind: dict(values) for kind, values in defaults.get("resources", {}).items()}
+    if spec["conversion"]["precision"] != AUTO:
+        return resources
+    for kind in ("requests", "limits"):
+        cpu = spec["serving"].get("resources", {}).get(kind, {}).get("cpu")
+        if cpu is not None:
+            resources.setdefault(kind, {})["cpu"] = cpu
+    if pool.get("resource"):
+        resources.setdefault("limits", {})[pool["resource"]] = 1
+    return resources
 
 
 def _condition(job: dict, kind: str) -> dict | None:

@@ -15,7 +15,7 @@ import dataclasses
 
 from modelkiln.operator import conversion_job, kube, objects, serving
 from modelkiln.operator import status as st
-from modelkiln.operator.commands import artifact_key, defaulted_spec
+from modelkiln.operator.commands import AUTO, artifact_key, defaulted_spec
 from modelkiln.operator.config import OperatorConfig
 from modelkiln.operator.devicepools import (CONFIG_KEY, DevicePool, DevicePoolError, conversion_pool,
                                             parse_device_pools, pool_for)
@@ -37,8 +37,9 @@ def reconcile(*, model: dict, api: kube.Kube, config: OperatorConfig, now: str) 
     generation = model["metadata"].get("generation", 1)
     pools, pools_error = _device_pools(api=api, config=config)
 
+    pool, pool_error = _conversion_pool(spec=spec, pools=pools, pools_error=pools_error, config=config)
     converted, artifact, job = _converge_conversion(model=model, spec=spec, key=key, old=old, api=api,
-                                                     config=config, pool=conversion_pool(pools))
+                                                     config=config, pool=pool, pool_error=pool_error)
     if pools_error:
         ready, observed = st.condition(st.READY, False, reason="NoDevicePool", message=pools_error,
                                        generation=generation), _kept_serving_fields(old)
@@ -71,14 +72,30 @@ def _device_pools(*, api: kube.Kube, config: OperatorConfig) -> tuple[dict[str, 
         return {}, str(exc)
 
 
+def _conversion_pool(*, spec: dict, pools: dict[str, DevicePool], pools_error: str | None,
+                     config: OperatorConfig) -> tuple[DevicePool, str | None]:
+    """Where the conversion Job runs, or why it cannot: precision Auto measures the candidates
+    on the serving device's pool; any other conversion is CPU work for the CPU pool."""
+    if spec["conversion"]["precision"] != AUTO:
+        return conversion_pool(pools), None
+    if pools_error:
+        return {}, pools_error
+    try:
+        return pool_for(pools, device=spec["serving"]["device"], node_pool=spec.get("nodePool"),
+                        source=config.device_pools_source)[1], None
+    except DevicePoolError as exc:
+        return {}, f"precision Auto measures on the serving device's pool: {exc}"
+
+
 def _describe(artifact: dict) -> str:
     reused = ", reused" if artifact.get("reused") else ""
-    return (f"version {artifact['version']} ({artifact.get('precision')}, "
-            f"{artifact.get('sizeBytes', 0)} bytes{reused}) at {artifact.get('path')}")
+    described = (f"version {artifact['version']} ({artifact.get('precision')}, "
+                 f"{artifact.get('sizeBytes', 0)} bytes{reused}) at {artifact.get('path')}")
+    return f"{described}; precision Auto chose {artifact['why']}" if artifact.get("why") else described
 
 
-def _converge_conversion(*, model: dict, spec: dict, key: str, old: dict, api: kube.Kube,
-                         config: OperatorConfig, pool: DevicePool) -> tuple[st.Condition, dict | None, str]:
+def _converge_conversion(*, model: dict, spec: dict, key: str, old: dict, api: kube.Kube, config: OperatorConfig,
+                         pool: DevicePool, pool_error: str | None) -> tuple[st.Condition, dict | None, str]:
     """(Converted condition, artifact to serve, conversion Job name); starts the Job when needed.
 
     The artifact is the one converted from this spec when there is one, else the previous one,
@@ -97,6 +114,9 @@ def _converge_conversion(*, model: dict, spec: dict, key: str, old: dict, api: k
         if old.get("conversionJob") == job_name and before and before.get("reason") == "ConversionFailed":
             # The failed Job outlived its TTL; the failure stands until the spec changes.
             return st.condition(st.CONVERTED, False, reason="ConversionFailed", message=before["message"],
+                                generation=generation), artifact, job_name
+        if pool_error:
+            return st.condition(st.CONVERTED, False, reason="NoDevicePool", message=pool_error,
                                 generation=generation), artifact, job_name
         if api.get(kube.CLAIMS, namespace=namespace, name=config.repository_claim) is None:
             return st.condition(st.CONVERTED, False, reason="RepositoryMissing", generation=generation,
@@ -122,6 +142,11 @@ def _converge_conversion(*, model: dict, spec: dict, key: str, old: dict, api: k
                 "path": summary.get("path"), "reused": bool(summary.get("reused"))}
     if "retention" in summary:
         artifact["keptVersions"] = summary["retention"]["kept"]
+    if "auto" in summary:
+        auto = summary["auto"]
+        artifact.update(chosen=auto["chosen"], inferencePrecision=summary["inferencePrecision"], why=auto["why"],
+                        # the status schema has no nulls: a row without top-1 (an encoder) leaves it out
+                        candidates=[{k: v for k, v in row.items() if v is not None} for row in auto["candidates"]])
     return st.condition(st.CONVERTED, True, reason="ConversionSucceeded", message=_describe(artifact),
                         generation=generation), artifact, job_name
 

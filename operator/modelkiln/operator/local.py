@@ -224,11 +224,29 @@ def convert(name: str, spec: dict, repository: pathlib.Path) -> dict:
 
 # ---- serving ----------------------------------------------------------------------------------
 
-def serve_config(models: list[LocalModel], devices: dict[str, str],
-                 versions: dict[str, int]) -> dict:
-    """`modelkiln serve --config` for several models, each served as its spec says."""
+def print_candidates(name: str, summary: dict) -> None:
+    """Precision Auto's table, as measured on this machine, and its choice."""
+    print(f"modelkiln up: {name}: precision Auto measured on this machine:", file=sys.stderr)
+    print(f"  {'candidate':<11} {'size MB':>8} {'infer/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'top-1':>7} "
+          f"{'cosine':>8}  gate", file=sys.stderr)
+    for row in summary["auto"]["candidates"]:
+        if "perSecond" not in row:
+            print(f"  {row['name']:<11} {row['note']}", file=sys.stderr)
+            continue
+        numbers = [f"{row['sizeBytes'] / 2**20:>8.2f}", f"{row['perSecond']:>9g}", f"{row['p50Ms']:>8g}",
+                   f"{row['p99Ms']:>8g}", f"{'-' if row['top1Agreement'] is None else row['top1Agreement']:>7}",
+                   f"{'-' if row['cosine'] is None else round(row['cosine'], 5):>8}"]
+        verdict = row["note"] if row["passed"] and row["note"] else \
+            ("passed" if row["passed"] else f"failed: {row['note']}")
+        print(f"  {row['name']:<11} {' '.join(numbers)}  {verdict}", file=sys.stderr)
+    print(f"  chosen: {summary['auto']['why']}", file=sys.stderr)
+
+
+def serve_config(models: list[LocalModel], devices: dict[str, str], versions: dict[str, int],
+                 chosen: dict[str, str | None]) -> dict:
+    """`modelkiln serve --config` for several models, each served as its spec (and Auto's choice) says."""
     return {"models": {m.name: commands.serving_options(spec=m.spec, version=versions[m.name],
-                                                        device=devices[m.name])
+                                                        device=devices[m.name], chosen_precision=chosen[m.name])
                        for m in models}}
 
 
@@ -319,16 +337,21 @@ def run(args: argparse.Namespace) -> int:
     devices = {m.name: choose_device(m.name, m.spec["serving"]["device"], available,
                                      args.device_fallback) for m in models}
     args.repository.mkdir(parents=True, exist_ok=True)
-    versions = {}
+    versions, chosen = {}, {}
     for model in models:
-        summary = convert(model.name, localize(model), args.repository)
+        spec = localize(model)
+        spec["serving"]["device"] = devices[model.name]     # precision Auto measures where it serves
+        summary = convert(model.name, spec, args.repository)
         versions[model.name] = summary["version"]
+        chosen[model.name] = summary.get("inferencePrecision")
         state = "reused" if summary.get("reused") else "converted"
         print(f"modelkiln up: {model.name}: {state} version {summary['version']} "
               f"({summary['precision']}, {summary['sizeBytes']} bytes)", file=sys.stderr)
+        if "auto" in summary:
+            print_candidates(model.name, summary)
 
     with tempfile.NamedTemporaryFile("w", suffix=".json") as config:
-        json.dump(serve_config(models, devices, versions), config)
+        json.dump(serve_config(models, devices, versions, chosen), config)
         config.flush()
         command = [*modelkiln_command(), "serve", "--repository", str(args.repository),
                    "--config", config.name, "--host", args.host,

@@ -94,7 +94,8 @@ def build_deployment(*, model: dict, spec: dict, artifact: dict, image: str, rep
     """Deployment `<name>` serving `artifact` (from status.artifact) with the server image."""
     name = model["metadata"]["name"]
     serving = spec["serving"]
-    args = serve_args(name=name, spec=spec, repository=objects.REPOSITORY_PATH, version=artifact["version"])
+    args = serve_args(name=name, spec=spec, repository=objects.REPOSITORY_PATH, version=artifact["version"],
+                      chosen_precision=artifact.get("inferencePrecision"))
     # the CRD's default token key applied
     access_args, access_mounts, access_volumes = _access(defaulted_spec(spec)["serving"])
     tls = "tls" in serving

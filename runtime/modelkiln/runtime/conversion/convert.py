@@ -39,8 +39,9 @@ if TYPE_CHECKING:   # OpenVINO loads only when a conversion runs: `--help` stays
     from modelkiln.runtime.conversion.formats import ModelFile
     from modelkiln.runtime.conversion.preprocessing import InputOptions
     from modelkiln.runtime.conversion.sources import FetchedSource
+    from modelkiln.runtime.conversion.verification import Reference
 
-PRECISIONS = ("FP32", "FP16", "INT8")
+PRECISIONS = ("FP32", "FP16", "INT8", "AUTO")
 DEFAULT_TERMINATION_LOG = pathlib.Path("/dev/termination-log")
 TERMINATION_LOG_LIMIT = 4096        # what Kubernetes keeps of a termination message
 VERIFICATION_SAMPLES = 32           # rows compared when the samples carry no labels
@@ -48,6 +49,9 @@ EXIT_PERMANENT, EXIT_TRANSIENT = 1, 3
 # What does not shape the artifact: left out of the artifact key.
 NOT_IN_ARTIFACT_KEY = ("output", "artifact_key", "termination_log", "ca_file", "max_download_bytes",
                        "download_timeout", "allow_link_local", "scratch", *retention.OPTIONS)
+# What the summary keeps of each --precision auto candidate (modelkiln.json has every column).
+SUMMARY_COLUMNS = ("name", "sizeBytes", "perSecond", "p50Ms", "p99Ms", "top1Agreement", "accuracyDrop", "cosine",
+                   "passed", "note")
 
 
 class Parser(argparse.ArgumentParser):
@@ -62,8 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "file, a directory (a prefix) or a .tar.gz/.tgz/.tar/.zip archive (#path/inside)")
     parser.add_argument("--output", required=True, type=pathlib.Path, help="REPO/MODEL: versions go below it")
     parser.add_argument("--precision", required=True, type=str.upper, choices=PRECISIONS,
-                        help="FP32 (no weight compression), FP16 (weights compressed to half) or "
-                             "INT8 (NNCF post-training quantization; needs calibration data)")
+                        help="FP32 (no weight compression), FP16 (weights compressed to half), "
+                             "INT8 (NNCF post-training quantization; needs calibration data) or AUTO "
+                             "(build them all, verify and measure each on --device, publish the "
+                             "fastest that passes the accuracy gate)")
     parser.add_argument("--format", choices=("onnx", "tensorflow", "tflite", "paddle", "pytorch", "ir"),
                         help="source format (detected from the file when absent)")
     parser.add_argument("--sha256", help="expected sha256 of the source file")
@@ -112,6 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
                              "the share of changed top-1 answers); with labelled INT8 calibration data, "
                              "NNCF's accuracy-controlled quantization keeps the drop under X")
     parser.add_argument("--min-cosine", type=float, metavar="X", help="fail when the mean cosine similarity is below X")
+    auto = parser.add_argument_group("--precision auto", "measured where the model will serve; the gate "
+                                     "defaults to --max-accuracy-drop 0.01 (where top-1 applies) and "
+                                     "--min-cosine 0.99")
+    auto.add_argument("--objective", choices=("throughput", "latency"),
+                      help="which measurement decides: inferences/s with --performance-hint (default) "
+                           "or p50 latency of one request at a time")
+    auto.add_argument("--seconds-per-candidate", type=float, metavar="S",
+                      help="measuring time of each candidate, half throughput, half latency (default 10)")
+    auto.add_argument("--device", default="CPU", type=str.upper,
+                      help="the OpenVINO device the model will serve on (default CPU)")
+    auto.add_argument("--performance-hint", default="THROUGHPUT", type=str.upper, choices=("THROUGHPUT", "LATENCY"),
+                      help="the serving performance hint (default THROUGHPUT)")
+    auto.add_argument("--inference-precision", default="auto", choices=("auto", "f32", "bf16", "f16"),
+                      help="the serving inference precision when the user pinned it: every candidate "
+                           "runs at it (default auto: each candidate at its own)")
     parser.add_argument("--artifact-key", help="identity of this artifact (computed from the arguments when absent)")
     retention.add_arguments(parser)
     parser.add_argument("--termination-log", type=pathlib.Path,
@@ -250,10 +271,16 @@ def convert(args: argparse.Namespace) -> dict:
 
 def summary_of(metadata: dict, *, model_dir: pathlib.Path, reused: bool) -> dict:
     verification = {k: v for k, v in metadata.get("verification", {}).items() if k not in ("reference", "samples")}
-    return {"version": metadata["version"], "path": str(model_dir / str(metadata["version"])),
-            "artifactKey": metadata["artifactKey"], "precision": metadata["precision"],
-            "sha256": metadata["sha256"], "sizeBytes": metadata["sizeBytes"], "reused": reused,
-            "verification": verification}
+    summary = {"version": metadata["version"], "path": str(model_dir / str(metadata["version"])),
+               "artifactKey": metadata["artifactKey"], "precision": metadata["precision"],
+               "sha256": metadata["sha256"], "sizeBytes": metadata["sizeBytes"], "reused": reused,
+               "verification": verification}
+    if "auto" in metadata:      # the choice, compact: the summary must fit the termination log
+        auto = metadata["auto"]
+        summary["inferencePrecision"] = metadata["inferencePrecision"]
+        summary["auto"] = {"chosen": auto["chosen"], "why": auto["why"], "candidates": [
+            {key: value for key, value in row.items() if key in SUMMARY_COLUMNS} for row in auto["candidates"]]}
+    return summary
 
 
 def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, downloads: pathlib.Path,
@@ -277,36 +304,61 @@ def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, downloads
         calibration_data = sources.fetch_source(args.calibration, download_dir=downloads, tls=tls, limits=limits)
         samples = calibration.load_samples(calibration_data.path, model=model, limit=args.calibration_samples,
                                            layouts=options.layouts)
-    calibration_record = None
-    if args.precision == "INT8":
-        model, calibration_record, samples = quantize(args, model=model, samples=samples,
-                                                      calibration_data=calibration_data)
+    reference = verification.reference_for(model_file, source_model=reference_model)
     xml = staging / "model.xml"
-    save_ir(model, xml=xml, compress_to_fp16=args.precision == "FP16")
-    convert_seconds = time.monotonic() - started
+    if args.precision == "AUTO":
+        from modelkiln.runtime.conversion import auto
 
-    started = time.monotonic()
-    result = verification.verify(
-        artifact=verification.openvino_runner(str(xml)),
-        reference=verification.reference_for(model_file, source_model=reference_model),
-        samples=verification_samples(samples, model=model), options=options)
-    verify_seconds = time.monotonic() - started
-    print(f"verification: {json.dumps(result)}", flush=True)
-    verification.check_gate(result, max_accuracy_drop=args.max_accuracy_drop, min_cosine=args.min_cosine)
+        choice = auto.choose(args, model=model, reference=reference, samples=samples,
+                             calibration_data=calibration_data, options=options, staging=staging)
+        precision, calibration_record, result = choice.precision, choice.calibration, choice.verification
+        chosen = {"inferencePrecision": choice.inference_precision, "auto": choice.record}
+        # convertSeconds: everything but verifying and measuring, as for one precision
+        timings = {**choice.timings, "convertSeconds": round(time.monotonic() - started - choice.timings[
+            "verifySeconds"] - choice.timings["measureSeconds"], 3)}
+    else:
+        precision, calibration_record, result, timings = convert_one(
+            args, model=model, reference=reference, samples=samples, calibration_data=calibration_data,
+            options=options, xml=xml, started=started)
+        chosen = {}
 
     return {
-        "name": args.output.name, "version": None, "artifactKey": artifact_key, "precision": args.precision,
+        "name": args.output.name, "version": None, "artifactKey": artifact_key, "precision": precision,
         "source": {"uri": sources.redacted(args.source), "sha256": source.sha256, "format": model_file.format},
         **signatures(xml),
         "preprocessing": preprocessing_record(options),
         "sizeBytes": sum(p.stat().st_size for p in staging.iterdir() if p.is_file()),
         "sha256": sources.sha256_of(staging / "model.bin"),
         "convertedAt": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "timings": {"fetchSeconds": round(source.seconds, 3), "convertSeconds": round(convert_seconds, 3),
-                    "verifySeconds": round(verify_seconds, 3)},
+        "timings": {"fetchSeconds": round(source.seconds, 3), **timings},
         "calibration": calibration_record,
         "verification": result,
+        **chosen,
     }
+
+
+def convert_one(args: argparse.Namespace, *, model: ov.Model, reference: Reference,
+                samples: SampleSet | None, calibration_data: FetchedSource | None, options: InputOptions,
+                xml: pathlib.Path, started: float) -> tuple[str, dict | None, dict, dict]:
+    """The artifact at the one precision asked for, verified in strict FP32 and gated:
+    (precision, calibration record, verification, timings)."""
+    from modelkiln.runtime.conversion import verification
+
+    calibration_record = None
+    if args.precision == "INT8":
+        model, calibration_record, samples = quantize(args, model=model, samples=samples,
+                                                      calibration_data=calibration_data)
+    save_ir(model, xml=xml, compress_to_fp16=args.precision == "FP16")
+    convert_seconds = time.monotonic() - started
+
+    started = time.monotonic()
+    result = verification.verify(artifact=verification.openvino_runner(str(xml)), reference=reference,
+                                 samples=verification_samples(samples, model=model), options=options)
+    verify_seconds = time.monotonic() - started
+    print(f"verification: {json.dumps(result)}", flush=True)
+    verification.check_gate(result, max_accuracy_drop=args.max_accuracy_drop, min_cosine=args.min_cosine)
+    return args.precision, calibration_record, result, {"convertSeconds": round(convert_seconds, 3),
+                                                         "verifySeconds": round(verify_seconds, 3)}
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -320,8 +372,17 @@ def check_arguments(args: argparse.Namespace) -> None:
     if not args.download_timeout > 0:
         raise ConversionFailed(f"--download-timeout must be a number of seconds above 0 (got {args.download_timeout})")
     keep_float = args.keep_float_type or args.keep_float_name or args.keep_float_pattern
-    if keep_float and args.precision != "INT8":
-        raise ConversionFailed(f"--keep-float-* only applies to precision INT8 (got {args.precision})")
+    if keep_float and args.precision not in ("INT8", "AUTO"):
+        raise ConversionFailed(f"--keep-float-* only applies to precision INT8 or AUTO (got {args.precision})")
+    if keep_float and args.precision == "AUTO" and not (args.calibration or args.synthetic_calibration):
+        raise ConversionFailed("--keep-float-* with --precision auto shapes its INT8 candidate, which needs "
+                               "calibration data: pass --calibration URI or --synthetic-calibration")
+    measured = [flag for flag, value in (("--objective", args.objective),
+                                         ("--seconds-per-candidate", args.seconds_per_candidate)) if value]
+    if measured and args.precision != "AUTO":
+        raise ConversionFailed(f"{', '.join(measured)} only applies to --precision auto (got {args.precision})")
+    if args.seconds_per_candidate is not None and args.seconds_per_candidate <= 0:
+        raise ConversionFailed(f"--seconds-per-candidate must be positive (got {args.seconds_per_candidate})")
     for pattern in args.keep_float_pattern:
         try:
             re.compile(pattern)

@@ -134,6 +134,14 @@ def check_gate(result: dict, *, max_accuracy_drop: float | None, min_cosine: flo
     """Fail with the measured numbers when the artifact is worse than allowed."""
     numbers = ", ".join(f"{key} {value:.6g}" for key, value in result.items()
                         if isinstance(value, float) and key != "samples")
+    problems = gate_problems(result, max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine)
+    if problems:
+        raise ConversionFailed(f"accuracy gate failed: {'; '.join(problems)} "
+                               f"(against {result['reference']} on {result['samples']} samples: {numbers})")
+
+
+def gate_problems(result: dict, *, max_accuracy_drop: float | None, min_cosine: float | None) -> list[str]:
+    """How `result` misses the gate, one phrase per bound (none when it passes)."""
     problems = []
     if min_cosine is not None and (result["cosine"] is None or result["cosine"] < min_cosine):
         problems.append(f"cosine {result['cosine']} < --min-cosine {min_cosine}")
@@ -141,9 +149,7 @@ def check_gate(result: dict, *, max_accuracy_drop: float | None, min_cosine: flo
         drop = accuracy_drop(result)
         if drop > max_accuracy_drop:
             problems.append(f"accuracy drop {drop:.6g} > --max-accuracy-drop {max_accuracy_drop}")
-    if problems:
-        raise ConversionFailed(f"accuracy gate failed: {'; '.join(problems)} "
-                               f"(against {result['reference']} on {result['samples']} samples: {numbers})")
+    return problems
 
 
 def accuracy_drop(result: dict) -> float:

@@ -267,9 +267,9 @@ class Repository:
         served.state = State.AVAILABLE
         self.metrics.load_duration.labels(served.model, served.label).observe(seconds)
         self.metrics.model_ready.labels(served.model, served.label).set(1)
-        log.info("model %s version %s loaded in %.2fs on %s (%d infer requests)", served.model,
-                 served.version, seconds, settings.engine.openvino_device,
-                 served.compiled.infer_requests)
+        log.info("model %s version %s loaded in %.2fs on %s (inference precision %s, %d infer requests)",
+                 served.model, served.version, seconds, settings.engine.openvino_device,
+                 settings.engine.inference_precision, served.compiled.infer_requests)
 
     def _retire_unwanted(self, model: ServedModel, wanted: set[int]) -> None:
         settled = all(model.versions[n].state in (State.AVAILABLE, State.FAILED)
