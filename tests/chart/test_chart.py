@@ -192,6 +192,11 @@ def test_every_operator_value_reaches_the_operators_parser_and_settings(helm):
     assert settings.converter_image == "registry.example.com/modelkiln/converter:0.1.1"
     assert settings.repository_claim == "kiln-models"
     assert settings.resync_seconds == 30
+    assert settings.scaling == config.ScalingConfig(
+        prometheus_url="http://prometheus-server.observability.svc:9090",
+        inflight_query='max(modelkiln_inflight_requests{ns="$namespace",model="$model"})',
+        rate_query='sum(rate(modelkiln_requests_total{ns="$namespace",model="$model"}[30s]))', polling_seconds=5,
+        http_scaler="http-scaler.keda-system:9090", interceptor="http-interceptor.keda-system.svc.cluster.local")
     assert settings.device_pools_configmap == one(rendered, "ConfigMap")["metadata"]["name"]
     assert one(rendered, "ClusterKopfPeering")["metadata"]["name"] == parsed.peering
     assert container(deployment)["image"] == "registry.example.com/modelkiln/operator:0.1.1"
@@ -318,7 +323,9 @@ def test_model_servers_admit_their_namespace_prometheus_and_the_callers_named(he
     prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
                   "podSelector": {"matchLabels": {"app": "prometheus-server"}}}  # the default label dropped
     own_namespace, monitoring = model_policy["spec"]["ingress"]
-    assert own_namespace == {"from": [{"podSelector": {}}, *values["from"]],
+    interceptor = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda-system"}},
+                   "podSelector": {"matchLabels": {"app": "http-interceptor"}}}  # the default labels dropped
+    assert own_namespace == {"from": [{"podSelector": {}}, *values["from"], interceptor],
                              "ports": [{"port": serving.HTTP_PORT, "protocol": "TCP"},
                                        {"port": serving.GRPC_PORT, "protocol": "TCP"}]}
     assert monitoring == {"from": [prometheus], "ports": [{"port": serving.HTTP_PORT, "protocol": "TCP"}]}

@@ -80,6 +80,7 @@ def ready(ok: bool, reason: str, *, generation: int = 1) -> st.Condition:
 
 READY_DEPLOYMENT = {"metadata": {"generation": 2}, "status": {"observedGeneration": 2, "updatedReplicas": 2,
                                                              "availableReplicas": 2}}
+AT_ZERO_DEPLOYMENT = {"metadata": {"generation": 4}, "spec": {"replicas": 0}, "status": {"observedGeneration": 4}}
 ROLLING_DEPLOYMENT = {"metadata": {"generation": 3}, "status": {"observedGeneration": 2, "updatedReplicas": 2,
                                                                "availableReplicas": 2}}
 
@@ -95,6 +96,16 @@ CASES = [
     ("ready",
      model(conditions=[converted(True, "ConversionSucceeded"),
                        st.ready_from_deployment(READY_DEPLOYMENT, wanted=2, generation=1)]),
+     "Ready", "Current", "Healthy"),
+    ("scaled to zero: no pod, requests wait for one",
+     model(conditions=[converted(True, "ConversionSucceeded"),
+                       st.ready_from_deployment(AT_ZERO_DEPLOYMENT, wanted=0, generation=1),
+                       st.condition(st.AUTOSCALING, True, reason="KEDAHTTPAddOn", message="0-2 pods", generation=1)]),
+     "Idle", "Current", "Healthy"),
+    ("ready, its autoscaler missing (it serves unscaled)",
+     model(conditions=[converted(True, "ConversionSucceeded"),
+                       st.ready_from_deployment(READY_DEPLOYMENT, wanted=2, generation=1),
+                       st.condition(st.AUTOSCALING, False, reason="KEDAMissing", message="no KEDA", generation=1)]),
      "Ready", "Current", "Healthy"),
     ("failed: conversion",
      model(conditions=[converted(False, "ConversionFailed"), ready(False, "ConversionFailed")]),

@@ -1,4 +1,5 @@
-"""Spec to Kubernetes objects: the conversion Job and the serving Deployment, Services, HPA, PDB."""
+"""Spec to Kubernetes objects: the conversion Job and the serving Deployment, Services, PDB
+(autoscalers: test_scaling_objects.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from modelkiln.operator import conversion_job
 from modelkiln.operator.commands import artifact_key, defaulted_spec
 from modelkiln.operator.conversion_job import build_job, job_name
 from modelkiln.operator.devicepools import conversion_pool
-from modelkiln.operator.serving import build_deployment, build_hpa, build_pdb, build_service, endpoints
+from modelkiln.operator.serving import build_deployment, build_pdb, build_service, endpoints
 
 CONVERTER_IMAGE = "registry.example.com/modelkiln/converter:1"
 SERVER_IMAGE = "registry.example.com/modelkiln/server:1"
@@ -20,9 +21,9 @@ def job_for(model, pools, key=None):
                      repository_claim="models", pool=conversion_pool(pools))
 
 
-def deployment_for(model, pool):
+def deployment_for(model, pool, replicas=1):
     return build_deployment(model=model, spec=model["spec"], artifact=ARTIFACT, image=SERVER_IMAGE,
-                            repository_claim="models", pool=pool)
+                            repository_claim="models", pool=pool, replicas=replicas)
 
 
 def container(obj):
@@ -247,7 +248,7 @@ def test_the_deployment_lands_on_the_device_pool(make_model, pools, device, pool
 
 
 def test_the_deployment_serves_the_artifact_with_probes_on_the_model(make_model, pools):
-    deployment = deployment_for(make_model(serving={"replicas": 3}), pools["CPU"])
+    deployment = deployment_for(make_model(), pools["CPU"])
     runtime = container(deployment)
     assert runtime["args"][:5] == ["serve", "--repository", "/models", "--model", "digits"]
     assert runtime["args"][runtime["args"].index("--version-policy") + 1] == '{"specific":[4]}'
@@ -257,7 +258,6 @@ def test_the_deployment_serves_the_artifact_with_probes_on_the_model(make_model,
     assert {p["containerPort"] for p in runtime["ports"]} == {8080, 8081}
     assert {"name": "repository", "mountPath": "/models/digits", "subPath": "digits", "readOnly": True} in \
         runtime["volumeMounts"]
-    assert deployment["spec"]["replicas"] == 3
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["modelkiln.io/artifact-version"] == "4"  # a new artifact rolls the pods
 
@@ -312,11 +312,6 @@ def test_a_stopping_server_leaves_the_service_before_it_stops_listening(make_mod
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > pause + drain
 
 
-def test_with_autoscaling_the_deployment_leaves_replicas_to_the_hpa(make_model, pools):
-    model = make_model(serving={"autoscaling": {"minReplicas": 2, "maxReplicas": 5, "targetCPUUtilization": 60}})
-    assert "replicas" not in deployment_for(model, pools["CPU"])["spec"]
-
-
 def test_the_service_and_its_headless_twin_select_only_serving_pods(make_model, pools):
     model = make_model()
     service, headless = build_service(model=model), build_service(model=model, headless=True)
@@ -328,19 +323,6 @@ def test_the_service_and_its_headless_twin_select_only_serving_pods(make_model, 
     selector = service["spec"]["selector"]
     assert selector.items() <= pod_labels.items()
     assert not selector.items() <= job_labels.items()
-
-
-def test_the_hpa_scales_on_cpu_or_on_in_flight_requests(make_model):
-    model = make_model()
-    cpu = build_hpa(model=model, autoscaling={"minReplicas": 1, "maxReplicas": 5, "targetCPUUtilization": 70})
-    assert cpu["apiVersion"] == "autoscaling/v2"
-    assert cpu["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "digits"}
-    assert cpu["spec"]["metrics"] == [{"type": "Resource", "resource": {
-        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
-    inflight = build_hpa(model=model, autoscaling={"minReplicas": 2, "maxReplicas": 9, "targetInflightRequests": 8})
-    assert (inflight["spec"]["minReplicas"], inflight["spec"]["maxReplicas"]) == (2, 9)
-    assert inflight["spec"]["metrics"] == [{"type": "Pods", "pods": {
-        "metric": {"name": "modelkiln_inflight_requests"}, "target": {"type": "AverageValue", "averageValue": "8"}}}]
 
 
 def test_the_pdb_keeps_all_but_one_serving_pod(make_model):

@@ -111,13 +111,24 @@ def test_defaults_do_not_change_the_input_and_fill_nested_objects():
      'autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas'),
     (with_spec(serving={"autoscaling": {"maxReplicas": 2}}),
      'spec.serving.autoscaling: Invalid value: "object": '
-     'autoscaling needs exactly one target, targetCPUUtilization or targetInflightRequests'),
+     'autoscaling needs exactly one target, targetCPUUtilization, targetInflightRequests or targetRequestsPerSecond'),
     (with_spec(serving={"autoscaling": {"maxReplicas": 2, "targetCPUUtilization": 50,
                                         "targetInflightRequests": 4}}),
      'spec.serving.autoscaling: Invalid value: "object": '
-     'autoscaling needs exactly one target, targetCPUUtilization or targetInflightRequests'),
+     'autoscaling needs exactly one target, targetCPUUtilization, targetInflightRequests or targetRequestsPerSecond'),
     (with_spec(serving={"replicas": 2, "autoscaling": {"maxReplicas": 4, "targetCPUUtilization": 50}}),
      'spec.serving: Invalid value: "object": set either replicas or autoscaling, not both'),
+    (with_spec(serving={"autoscaling": {"minReplicas": 0, "maxReplicas": 4, "targetCPUUtilization": 50}}),
+     'spec.serving.autoscaling.minReplicas: Invalid value: "object": autoscaling.minReplicas 0 (scale to zero) '
+     'needs targetInflightRequests or targetRequestsPerSecond: a model with no pod uses no CPU, so a CPU target '
+     'could never wake it'),
+    (with_spec(serving={"autoscaling": {"maxReplicas": 4, "targetInflightRequests": 4, "idleSeconds": 60}}),
+     'spec.serving.autoscaling.idleSeconds: Invalid value: "object": '
+     'autoscaling.idleSeconds is only valid with minReplicas 0 (scale to zero)'),
+    (with_spec(serving={"tls": {"secretName": "t"},
+                        "autoscaling": {"minReplicas": 0, "maxReplicas": 4, "targetRequestsPerSecond": 20}}),
+     'spec.serving.tls: Invalid value: "object": tls cannot be used with autoscaling.minReplicas 0: requests to '
+     "a model scaled to zero pass through KEDA's HTTP add-on, which routes them by their cleartext Host header"),
     (with_spec(serving={"replicas": -1}),
      "spec.serving.replicas: Invalid value: -1: spec.serving.replicas in body should be greater than or equal to 0"),
     (with_spec(serving={"replicas": "two"}),

@@ -1,6 +1,6 @@
 """One reconcile's decisions: which objects it creates, when it leaves things alone, what status says.
 
-The API server is played by `RecordingApi`, an in-memory store with the five calls of
+The API server is played by `RecordingApi`, an in-memory store with the six calls of
 `modelkiln.operator.kube.Kube` that records every write request it gets (an apply that changes
 nothing and a delete of an absent object included: the API server handles those too); the real
 API server runs in e2e/. Each test drives the flow through the states a user sees (converting,
@@ -10,6 +10,7 @@ converted, deployed, changed) and checks what a user would see: the objects and 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -17,7 +18,7 @@ import yaml
 
 from modelkiln.operator import flows, kube, schema
 from modelkiln.operator.commands import artifact_key
-from modelkiln.operator.config import OperatorConfig
+from modelkiln.operator.config import OperatorConfig, ScalingConfig
 
 CONFIG = OperatorConfig(namespace="modelkiln-system", device_pools_configmap="pools",
                         server_image="server:1", converter_image="converter:1", repository_claim="models",
@@ -30,6 +31,7 @@ class RecordingApi:
     def __init__(self, pools: dict) -> None:
         self.objects: dict[tuple[str, str | None, str], dict] = {}
         self.writes: list[tuple[str, str, str]] = []
+        self.served: set[kube.Resource] = set()  # the optional resources (KEDA's) this cluster has
         self.put(kube.CONFIGMAPS, {"metadata": {"namespace": "modelkiln-system", "name": "pools"},
                                    "data": {"devicePools": yaml.safe_dump(pools)}})
         self.put(kube.CLAIMS, {"metadata": {"namespace": "vision", "name": "models"}})
@@ -37,6 +39,9 @@ class RecordingApi:
     def put(self, resource: kube.Resource, obj: dict) -> None:
         meta = obj["metadata"]
         self.objects[resource.plural, meta.get("namespace"), meta["name"]] = obj
+
+    def serves(self, resource):
+        return resource in self.served
 
     def get(self, resource, *, namespace, name, fresh=False):
         found = self.objects.get((resource.plural, namespace, name))
@@ -417,3 +422,107 @@ def test_auto_without_a_pool_for_its_device_starts_no_job_and_says_why(make_mode
     reconcile(plain, api)
     job = api.objects["jobs", "vision", job_name(plain)]
     assert job["spec"]["template"]["spec"]["nodeSelector"] == pools["CPU"]["nodeSelector"]
+
+
+# --- autoscaling: the HPA, KEDA when the cluster has it, scale to zero ------------------------------
+
+KEDA_CONFIG = dataclasses.replace(CONFIG, scaling=ScalingConfig(prometheus_url="http://prometheus:9090"))
+BY_REQUESTS = {"minReplicas": 1, "maxReplicas": 4, "targetInflightRequests": 2}
+TO_ZERO = {"minReplicas": 0, "maxReplicas": 4, "targetInflightRequests": 2, "idleSeconds": 60}
+
+
+def reconcile_with(model: dict, api: RecordingApi, config: OperatorConfig) -> flows.Result:
+    result = flows.reconcile(model=model, api=api, config=config, now="2026-11-26T00:00:00Z")
+    model["status"] = result.status
+    return result
+
+
+def served_with(make_model, api, autoscaling: dict, *, served=(), config=KEDA_CONFIG) -> dict:
+    """A converted model with `autoscaling`, on a cluster serving `served` (KEDA's resources), rolled out."""
+    api.served = set(served)
+    model = make_model(serving={"autoscaling": autoscaling})
+    reconcile_with(model, api, config)
+    api.finish_job(job_name(model), summary=summary(model, 1))
+    reconcile_with(model, api, config)
+    api.roll_out("digits")
+    reconcile_with(model, api, config)
+    return model
+
+
+def test_an_hpa_leaves_the_replica_count_to_itself(make_model, api):
+    model = served_with(make_model, api, {"minReplicas": 2, "maxReplicas": 5, "targetCPUUtilization": 60})
+    assert "replicas" not in api.objects["deployments", "vision", "digits"]["spec"]
+    assert condition(model, "Autoscaling") == ("True", "HorizontalPodAutoscaler")
+    assert ("poddisruptionbudgets", "vision", "digits") in api.objects
+
+
+def test_request_scaling_is_a_scaled_object_when_keda_is_installed_and_no_hpa_of_ours(make_model, api):
+    model = served_with(make_model, api, BY_REQUESTS, served={kube.SCALED_OBJECTS})
+    scaled = api.objects["scaledobjects", "vision", "digits"]
+    assert scaled["spec"]["triggers"][0]["type"] == "prometheus"
+    assert ("horizontalpodautoscalers", "vision", "digits") not in api.objects
+    assert "replicas" not in api.objects["deployments", "vision", "digits"]["spec"]
+    assert condition(model, "Autoscaling") == ("True", "KEDA") and model["status"]["phase"] == "Ready"
+    api.writes.clear()
+    assert reconcile_with(model, api, KEDA_CONFIG).events == [] and api.writes == []  # steady: no write
+
+
+def test_without_keda_request_scaling_serves_min_replicas_and_warns_once(make_model, api):
+    model = served_with(make_model, api, {**BY_REQUESTS, "minReplicas": 2})
+    assert api.objects["deployments", "vision", "digits"]["spec"]["replicas"] == 2
+    assert not {("scaledobjects", "vision", "digits"), ("horizontalpodautoscalers", "vision", "digits")} \
+        & api.objects.keys()
+    assert condition(model, "Autoscaling") == ("False", "KEDAMissing")
+    assert condition(model, "Ready") == ("True", "MinimumReplicasAvailable")  # it serves: not Stalled
+    assert not any(c["type"] in ("Stalled", "Reconciling") for c in model["status"]["conditions"])
+    # KEDA installed later: the next reconcile hands the count over and says so in one Event
+    api.served = {kube.SCALED_OBJECTS}
+    result = reconcile_with(model, api, KEDA_CONFIG)
+    assert ("scaledobjects", "vision", "digits") in api.objects
+    assert [(kind, reason) for kind, reason, _ in result.events if reason.startswith("KEDA")] == [("Normal", "KEDA")]
+
+
+def test_the_missing_component_is_a_warning_event(make_model, api):
+    api.served = set()
+    model = make_model(serving={"autoscaling": TO_ZERO})
+    reconcile_with(model, api, KEDA_CONFIG)
+    api.finish_job(job_name(model), summary=summary(model, 1))
+    events = reconcile_with(model, api, KEDA_CONFIG).events
+    (warning,) = [e for e in events if e[1] == "KEDAMissing"]
+    assert warning[0] == "Warning" and "ScaledObject CRD (keda.sh/v1alpha1) is not installed" in warning[2]
+
+
+def test_scale_to_zero_routes_the_models_name_through_the_interceptor_and_shows_idle(make_model, api):
+    served = {kube.SCALED_OBJECTS, kube.INTERCEPTOR_ROUTES}
+    model = served_with(make_model, api, TO_ZERO, served=served)
+    assert api.objects["services", "vision", "digits"]["spec"]["type"] == "ExternalName"
+    assert ("services", "vision", "digits-pods") in api.objects
+    assert {("interceptorroutes", "vision", "digits"), ("interceptorroutes", "vision", "digits-grpc")} \
+        <= api.objects.keys()
+    assert api.objects["scaledobjects", "vision", "digits"]["spec"]["minReplicaCount"] == 0
+    assert model["status"]["endpoints"] == {"rest": "http://digits.vision.svc:8080", "grpc": "digits.vision.svc:8080"}
+    assert ("poddisruptionbudgets", "vision", "digits") not in api.objects
+    # KEDA scales the Deployment to zero after idleSeconds
+    deployment = api.objects["deployments", "vision", "digits"]
+    deployment["spec"]["replicas"] = 0
+    deployment["status"] = {"observedGeneration": deployment["metadata"]["generation"]}
+    reconcile_with(model, api, KEDA_CONFIG)
+    assert condition(model, "Ready") == ("True", "ScaledToZero")
+    assert model["status"]["phase"] == "Idle" and model["status"]["replicas"] == 0
+    # the first request: KEDA asks for a pod, which loads the model while the request waits
+    deployment["spec"]["replicas"] = 1
+    reconcile_with(model, api, KEDA_CONFIG)
+    assert condition(model, "Ready") == ("True", "ScalingFromZero")
+
+
+def test_leaving_scale_to_zero_gives_the_model_its_service_back_and_removes_keda_objects(make_model, api):
+    served = {kube.SCALED_OBJECTS, kube.INTERCEPTOR_ROUTES}
+    model = served_with(make_model, api, TO_ZERO, served=served)
+    model["spec"]["serving"] = {"device": "CPU", "autoscaling": {"minReplicas": 1, "maxReplicas": 3,
+                                                                 "targetCPUUtilization": 50}}
+    api.writes.clear()
+    reconcile_with(model, api, KEDA_CONFIG)
+    assert "type" not in api.objects["services", "vision", "digits"]["spec"]  # a ClusterIP Service again
+    assert {("delete", "scaledobjects", "digits"), ("delete", "interceptorroutes", "digits"),
+            ("delete", "interceptorroutes", "digits-grpc"), ("delete", "services", "digits-pods")} <= set(api.writes)
+    assert ("horizontalpodautoscalers", "vision", "digits") in api.objects

@@ -107,19 +107,26 @@ operator.watchNamespaces in a Role of each watched namespace. */}}
   resources: [persistentvolumeclaims]
   verbs: [get]
 # Serving: watched (kopf keeps our objects in memory; a Deployment's changes reconcile the
-# model), read, then server-side apply (create + patch) only what differs; the autoscaler and
-# budget also go away.
+# model), read, then server-side apply (create + patch) only what differs; the autoscaler,
+# budget and the -pods Service of a model scaled to zero also go away.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
+# KEDA (request-based scaling and scale to zero), where it is installed.
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [http.keda.sh]
+  resources: [interceptorroutes]
   verbs: [get, list, watch, create, patch, delete]
 # kopf: Events on InferenceModels.
 - apiGroups: [""]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from modelkiln.operator import conversion_job, kube, objects, serving
+from modelkiln.operator import conversion_job, kube, objects, scaling, serving
 from modelkiln.operator import status as st
 from modelkiln.operator.commands import AUTO, artifact_key, defaulted_spec
 from modelkiln.operator.config import OperatorConfig
@@ -41,13 +41,13 @@ def reconcile(*, model: dict, api: kube.Kube, config: OperatorConfig, now: str) 
     converted, artifact, job = _converge_conversion(model=model, spec=spec, key=key, old=old, api=api,
                                                      config=config, pool=pool, pool_error=pool_error)
     if pools_error:
-        ready, observed = st.condition(st.READY, False, reason="NoDevicePool", message=pools_error,
-                                       generation=generation), _kept_serving_fields(old)
+        serving_conditions, observed = [st.condition(st.READY, False, reason="NoDevicePool", message=pools_error,
+                                                     generation=generation)], _kept_serving_fields(old)
     else:
-        ready, observed = _converge_serving(model=model, spec=spec, artifact=artifact, converted=converted,
-                                            pools=pools, api=api, config=config)
+        serving_conditions, observed = _converge_serving(model=model, spec=spec, artifact=artifact,
+                                                         converted=converted, pools=pools, api=api, config=config)
     old_conditions = old.get("conditions", [])
-    conditions = st.merge_conditions(old_conditions, st.summarize(converted, ready), now=now)
+    conditions = st.merge_conditions(old_conditions, st.summarize(converted, *serving_conditions), now=now)
     status = {"observedGeneration": generation, "phase": st.phase(conditions), "conditions": conditions,
               "conversionJob": job, **observed}
     if artifact:
@@ -55,8 +55,11 @@ def reconcile(*, model: dict, api: kube.Kube, config: OperatorConfig, now: str) 
     # Ready repeats Converted's reason while there is nothing (new) to serve: one Event says it.
     # Reconciling and Stalled repeat them for kstatus: no Event of their own.
     changed = [c for c in st.transitions(old_conditions, conditions)
-               if c["type"] == st.CONVERTED or (c["type"] == st.READY and c["reason"] != converted["reason"])]
-    events = [("Normal" if c["status"] == "True" or c["reason"] not in st.FAILURE_REASONS else "Warning",
+               if c["type"] in (st.CONVERTED, st.AUTOSCALING)
+               or (c["type"] == st.READY and c["reason"] != converted["reason"])]
+    # an autoscaler that cannot run is worth a warning, though the model serves
+    events = [("Warning" if c["status"] == "False" and (c["reason"] in st.FAILURE_REASONS
+                                                        or c["type"] == st.AUTOSCALING) else "Normal",
                c["reason"], c["message"]) for c in changed]
     return Result(status=status, events=events)
 
@@ -167,31 +170,33 @@ def _kept_serving_fields(old: dict) -> dict:
 
 def _converge_serving(*, model: dict, spec: dict, artifact: dict | None, converted: st.Condition,
                       pools: dict[str, DevicePool], api: kube.Kube,
-                      config: OperatorConfig) -> tuple[st.Condition, dict]:
-    """(Ready condition, observed serving status); applies the serving objects when there is an artifact."""
+                      config: OperatorConfig) -> tuple[list[st.Condition], dict]:
+    """([Ready, and Autoscaling when asked for], observed serving status); applies the serving
+    objects when there is an artifact."""
     meta = model["metadata"]
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation", 1)
     if artifact is None:
-        return st.condition(st.READY, False, reason=converted["reason"], generation=generation,
-                            message=f"nothing to serve yet: {converted['message']}"), {}
+        return [st.condition(st.READY, False, reason=converted["reason"], generation=generation,
+                             message=f"nothing to serve yet: {converted['message']}")], {}
     serving_spec = spec["serving"]
     try:
         _, pool = pool_for(pools, device=serving_spec["device"], node_pool=spec.get("nodePool"),
                            source=config.device_pools_source)
     except DevicePoolError as exc:
-        return st.condition(st.READY, False, reason="NoDevicePool", message=str(exc),
-                            generation=generation), {}
+        return [st.condition(st.READY, False, reason="NoDevicePool", message=str(exc), generation=generation)], {}
+    autoscaling = serving_spec.get("autoscaling")
+    keda = api.serves(kube.SCALED_OBJECTS)
+    plan = scaling.plan(autoscaling, keda=keda, http_add_on=keda and api.serves(kube.INTERCEPTOR_ROUTES),
+                        prometheus_url=config.scaling.prometheus_url)
+    replicas = (None if plan.autoscaler else
+                scaling.fixed_replicas(autoscaling) if autoscaling else serving.min_replicas(serving_spec))
     deployment = _apply(api, kube.DEPLOYMENTS, serving.build_deployment(
         model=model, spec=spec, artifact=artifact, image=config.server_image,
-        repository_claim=config.repository_claim, pool=pool))
+        repository_claim=config.repository_claim, pool=pool, replicas=replicas))
     tls = "tls" in serving_spec
-    _apply(api, kube.SERVICES, serving.build_service(model=model, tls=tls))
-    _apply(api, kube.SERVICES, serving.build_service(model=model, headless=True, tls=tls))
-    if "autoscaling" in serving_spec:
-        _apply(api, kube.AUTOSCALERS, serving.build_hpa(model=model, autoscaling=serving_spec["autoscaling"]))
-    else:
-        _remove(api, kube.AUTOSCALERS, namespace=namespace, name=name)
-    wanted = serving.min_replicas(serving_spec)
+    _converge_services(api, model=model, tls=tls, plan=plan, config=config)
+    _converge_autoscaler(api, model=model, autoscaling=autoscaling, plan=plan, config=config)
+    wanted = serving.min_replicas(serving_spec) if plan.autoscaler else replicas
     if wanted > 1:
         _apply(api, kube.DISRUPTION_BUDGETS, serving.build_pdb(model=model))
     else:
@@ -205,10 +210,53 @@ def _converge_serving(*, model: dict, spec: dict, artifact: dict | None, convert
         ready = st.condition(st.READY, False, reason=converted["reason"], generation=generation,
                              message=f"serving version {artifact['version']} of an earlier spec; "
                                      f"{converted['message']}")
+    conditions = [ready]
+    if plan.condition:
+        ok, reason, message = plan.condition
+        conditions.append(st.condition(st.AUTOSCALING, ok, reason=reason, message=message, generation=generation))
     observed = deployment.get("status", {})
-    return ready, {"endpoints": serving.endpoints(name=name, namespace=namespace, tls=tls),
-                   "replicas": observed.get("replicas", 0), "readyReplicas": observed.get("readyReplicas", 0),
-                   "selector": objects.selector_string(deployment["spec"]["selector"]["matchLabels"])}
+    return conditions, {
+        "endpoints": serving.endpoints(name=name, namespace=namespace, tls=tls,
+                                       through_interceptor=plan.through_interceptor),
+        "replicas": observed.get("replicas", 0), "readyReplicas": observed.get("readyReplicas", 0),
+        "selector": objects.selector_string(deployment["spec"]["selector"]["matchLabels"])}
+
+
+def _converge_services(api: kube.Kube, *, model: dict, tls: bool, plan: scaling.Plan,
+                       config: OperatorConfig) -> None:
+    """The model's Service (to its pods, or a name for the interceptor), its headless twin, and the
+    interceptor's `-pods` Service while the model scales to zero."""
+    name, namespace = model["metadata"]["name"], model["metadata"]["namespace"]
+    if plan.through_interceptor:
+        _apply(api, kube.SERVICES, serving.build_service(model=model, pods=True))
+        _apply(api, kube.SERVICES, serving.build_interceptor_service(model=model,
+                                                                     interceptor=config.scaling.interceptor))
+    else:
+        _apply(api, kube.SERVICES, serving.build_service(model=model, tls=tls))
+        _remove(api, kube.SERVICES, namespace=namespace, name=serving.pods_name(name))
+    _apply(api, kube.SERVICES, serving.build_service(model=model, headless=True, tls=tls))
+
+
+def _converge_autoscaler(api: kube.Kube, *, model: dict, autoscaling: dict | None, plan: scaling.Plan,
+                         config: OperatorConfig) -> None:
+    """The plan's autoscaler and routes; whatever an earlier spec had and this one does not, removed."""
+    name, namespace = model["metadata"]["name"], model["metadata"]["namespace"]
+    if plan.autoscaler == scaling.HPA:
+        _apply(api, kube.AUTOSCALERS, scaling.build_hpa(model=model, autoscaling=autoscaling))
+    else:  # KEDA makes its own HPA for a ScaledObject: ours would fight it
+        _remove(api, kube.AUTOSCALERS, namespace=namespace, name=name)
+    if plan.autoscaler == scaling.SCALED_OBJECT:
+        _apply(api, kube.SCALED_OBJECTS, scaling.build_scaled_object(
+            model=model, autoscaling=autoscaling, config=config.scaling, to_zero=plan.through_interceptor))
+    else:
+        _remove(api, kube.SCALED_OBJECTS, namespace=namespace, name=name)
+    if plan.through_interceptor:
+        for route in scaling.build_interceptor_routes(model=model, autoscaling=autoscaling,
+                                                      pods_service=serving.pods_name(name)):
+            _apply(api, kube.INTERCEPTOR_ROUTES, route)
+    else:
+        for route in scaling.route_names(name):
+            _remove(api, kube.INTERCEPTOR_ROUTES, namespace=namespace, name=route)
 
 
 def _explain_waiting(api: kube.Kube, ready: st.Condition, deployment: dict) -> st.Condition:

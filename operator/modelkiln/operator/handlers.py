@@ -43,7 +43,9 @@ LOG = logging.getLogger("modelkiln.operator")
 
 # Children kopf watches (ours only, by label) and keeps in indexes: reads of them are answered
 # from memory. A change of a Deployment, conversion Job or Service also reconciles its model.
-WATCHED_CHILDREN = (kube.DEPLOYMENTS, kube.JOBS, kube.SERVICES, kube.AUTOSCALERS, kube.DISRUPTION_BUDGETS)
+# KEDA's objects are watched only where its CRDs are installed (kopf watches what discovery lists).
+WATCHED_CHILDREN = (kube.DEPLOYMENTS, kube.JOBS, kube.SERVICES, kube.AUTOSCALERS, kube.DISRUPTION_BUDGETS,
+                    kube.SCALED_OBJECTS, kube.INTERCEPTOR_ROUTES)
 TRIGGERING_CHILDREN = (kube.DEPLOYMENTS, kube.JOBS, kube.SERVICES)
 # kopf's index of the InferenceModels (keys only): what the resync task goes through.
 MODELS_INDEX = PLURAL

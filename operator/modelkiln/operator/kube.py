@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
 
@@ -51,6 +53,9 @@ DISRUPTION_BUDGETS = Resource("policy", "v1", "poddisruptionbudgets")
 CLAIMS = Resource("", "v1", "persistentvolumeclaims")
 CONFIGMAPS = Resource("", "v1", "configmaps")
 PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings", namespaced=False)
+# KEDA's and its HTTP add-on's, when the cluster has them (`Kube.serves`)
+SCALED_OBJECTS = Resource("keda.sh", "v1alpha1", "scaledobjects")
+INTERCEPTOR_ROUTES = Resource("http.keda.sh", "v1beta1", "interceptorroutes")
 
 # Read before write; server-side apply may create the object: the API server asks for `create`
 # and `patch` then.
@@ -61,8 +66,10 @@ PERMISSIONS: dict[Resource, frozenset[str]] = {
     JOBS: frozenset({"get", "create"}),
     PODS: frozenset({"list"}),
     DEPLOYMENTS: _APPLY,
-    SERVICES: _APPLY,
+    SERVICES: _APPLY | {"delete"},  # a model back from scale to zero drops its -pods Service
     AUTOSCALERS: _APPLY | {"delete"},
+    SCALED_OBJECTS: _APPLY | {"delete"},
+    INTERCEPTOR_ROUTES: _APPLY | {"delete"},
     DISRUPTION_BUDGETS: _APPLY | {"delete"},
     CLAIMS: frozenset({"get"}),
     PEERINGS: frozenset({"create", "get"}),  # the operator makes sure its peering object exists
@@ -82,6 +89,28 @@ class KubeError(Exception):
 # Objects by (namespace, name), each a collection of (at most one) object: kopf's indexes.
 Known = Mapping[tuple[str, str], Iterable[dict]]
 
+DISCOVERY_SECONDS = 60.0  # how long an answer of API discovery is trusted (CRDs come and go rarely)
+
+
+class Discovery:
+    """Which optional resources (KEDA's) the API server serves, asked at most once a minute: a
+    model's reconcile must not cost a discovery request each time."""
+
+    def __init__(self) -> None:
+        self._answers: dict[Resource, tuple[float, bool]] = {}
+        self._lock = threading.Lock()
+
+    def serves(self, kube: Kube, resource: Resource) -> bool:
+        with self._lock:
+            known = self._answers.get(resource)
+        if known is not None and time.monotonic() - known[0] < DISCOVERY_SECONDS:
+            return known[1]
+        # GET /apis/GROUP/VERSION lists the group version's resources (any user may ask: system:discovery)
+        found = kube.discover(resource)
+        with self._lock:
+            self._answers[resource] = (time.monotonic(), found)
+        return found
+
 
 class Kube:
     """Requests to the API server through a configured `kubernetes.client.ApiClient`.
@@ -90,13 +119,25 @@ class Kube:
     them: `get` answers from there instead of asking the API server again.
     """
 
-    def __init__(self, client: kubernetes.client.ApiClient, *, known: Mapping[Resource, Known] | None = None) -> None:
+    def __init__(self, client: kubernetes.client.ApiClient, *, known: Mapping[Resource, Known] | None = None,
+                 discovery: Discovery | None = None) -> None:
         self.client = client
         self.known = dict(known or {})
+        self.discovery = discovery or Discovery()
 
     def knowing(self, known: Mapping[Resource, Known]) -> Kube:
         """This client, answering `get` from `known` for the resources it has."""
-        return Kube(self.client, known=known)
+        return Kube(self.client, known=known, discovery=self.discovery)
+
+    def serves(self, resource: Resource) -> bool:
+        """Whether the API server serves `resource` (its CRD is installed), from a recent answer."""
+        return self.discovery.serves(self, resource)
+
+    def discover(self, resource: Resource) -> bool:
+        plural = resource.plural.partition("/")[0]
+        base = f"/api/{resource.version}" if not resource.group else f"/apis/{resource.group}/{resource.version}"
+        found = self._call("GET", base, missing_ok=True)
+        return any(r.get("name") == plural for r in (found or {}).get("resources", []))
 
     @classmethod
     def from_environment(cls) -> Kube:
@@ -150,6 +191,12 @@ class Kube:
         allowed = PERMISSIONS.get(resource, frozenset()) | NAMESPACED_PERMISSIONS.get(resource, frozenset())
         if verb not in allowed:
             raise PermissionError(f"{verb} {resource.plural} is not in kube.PERMISSIONS (nor in the RBAC rules)")
+        return self._call(method, path, body=body, query=query, content_type=content_type, missing_ok=missing_ok,
+                          exists_ok=exists_ok)
+
+    def _call(self, method: str, path: str, *, body: dict | None = None, query: dict | None = None,
+              content_type: str = "application/json", missing_ok: bool = False,
+              exists_ok: bool = False) -> dict | None:
         if query:
             path += "?" + urllib.parse.urlencode(query)
         headers = {"Accept": "application/json", "Content-Type": content_type}

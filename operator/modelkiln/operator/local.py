@@ -168,6 +168,18 @@ def refuse_cluster_only(models: list[LocalModel]) -> None:
         raise UpError("\n".join(problems))
 
 
+def note_one_process(models: list[LocalModel]) -> None:
+    """One line for a model whose spec asks for several pods or for autoscaling: here each model
+    is one process that is always up (the same YAML scales in a cluster)."""
+    for model in models:
+        serving = model.spec["serving"]
+        field = "autoscaling" if "autoscaling" in serving else "replicas" if serving.get("replicas", 1) > 1 else None
+        if field:
+            print(f"modelkiln up: {model.name}: spec.serving.{field} is ignored: modelkiln up serves each "
+                  f"model from one process that never scales (in a cluster the same YAML scales)",
+                  file=sys.stderr)
+
+
 # ---- devices ----------------------------------------------------------------------------------
 
 def machine_devices() -> set[str]:
@@ -333,6 +345,7 @@ def print_predictions(base_url: str, name: str, samples: pathlib.Path) -> None:
 def run(args: argparse.Namespace) -> int:
     models = read_models(args.filename)
     refuse_cluster_only(models)
+    note_one_process(models)
     available = machine_devices()
     devices = {m.name: choose_device(m.name, m.spec["serving"]["device"], available,
                                      args.device_fallback) for m in models}

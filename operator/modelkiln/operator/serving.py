@@ -1,4 +1,5 @@
-"""The serving objects of an InferenceModel: Deployment, Services, autoscaler, disruption budget.
+"""The serving objects of an InferenceModel: Deployment, Services, disruption budget (its
+autoscaler: scaling.py).
 
 Pure builders: the spec, the artifact to serve and the device pool in, new dicts out. The
 operator applies them with server-side apply, so a field dropped here (say the GPU's extended
@@ -19,7 +20,6 @@ DRAIN_SECONDS = 30
 # Before SIGTERM: the Service's endpoints drop the pod first (kube-proxy, client-side balancers),
 # so no new connection reaches a server that has stopped listening.
 PRESTOP_SECONDS = 5
-INFLIGHT_METRIC = "modelkiln_inflight_requests"
 TLS_DIR = "/etc/modelkiln/tls"
 TOKEN_DIR = "/etc/modelkiln/auth"
 TOKEN_FILE = "tokens"
@@ -37,9 +37,17 @@ def headless_name(name: str) -> str:
     return f"{name}-headless"
 
 
-def endpoints(*, name: str, namespace: str, tls: bool = False) -> dict[str, str]:
+def pods_name(name: str) -> str:
+    """The Service straight to the pods of a model whose own Service names the interceptor."""
+    return f"{name}-pods"
+
+
+def endpoints(*, name: str, namespace: str, tls: bool = False, through_interceptor: bool = False) -> dict[str, str]:
+    """What clients call. Through the HTTP add-on's interceptor (scale to zero), gRPC shares its one
+    port with REST (HTTP/2 and HTTP/1.1 on 8080)."""
     host = f"{name}.{namespace}.svc"
-    return {"rest": f"{'https' if tls else 'http'}://{host}:{HTTP_PORT}", "grpc": f"{host}:{GRPC_PORT}"}
+    return {"rest": f"{'https' if tls else 'http'}://{host}:{HTTP_PORT}",
+            "grpc": f"{host}:{HTTP_PORT if through_interceptor else GRPC_PORT}"}
 
 
 def _probe(path: str, *, period: int, failures: int, tls: bool) -> dict:
@@ -90,8 +98,9 @@ def _rollout(pool: DevicePool) -> dict:
 
 
 def build_deployment(*, model: dict, spec: dict, artifact: dict, image: str, repository_claim: str,
-                     pool: DevicePool) -> dict:
-    """Deployment `<name>` serving `artifact` (from status.artifact) with the server image."""
+                     pool: DevicePool, replicas: int | None) -> dict:
+    """Deployment `<name>` serving `artifact` (from status.artifact) with the server image; `replicas`
+    None leaves the count to an autoscaler."""
     name = model["metadata"]["name"]
     serving = spec["serving"]
     args = serve_args(name=name, spec=spec, repository=objects.REPOSITORY_PATH, version=artifact["version"],
@@ -151,47 +160,43 @@ def build_deployment(*, model: dict, spec: dict, artifact: dict, image: str, rep
                 pool=pool, terminationGracePeriodSeconds=PRESTOP_SECONDS + DRAIN_SECONDS + 15),
         },
     }
-    if "autoscaling" not in serving:
-        # With an autoscaler the replica count is the HPA's: leaving it out hands the field over.
-        deployment_spec["replicas"] = min_replicas(serving)
+    if replicas is not None:
+        # With an autoscaler the replica count is the autoscaler's: leaving it out hands the field over.
+        deployment_spec["replicas"] = replicas
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": objects.metadata(model=model, name=name, component=COMPONENT),
             "spec": deployment_spec}
 
 
-def build_service(*, model: dict, headless: bool = False, tls: bool = False) -> dict:
-    """Service `<name>` (load-balanced), or its headless twin for client-side gRPC balancing."""
+def build_service(*, model: dict, headless: bool = False, tls: bool = False, pods: bool = False) -> dict:
+    """Service `<name>` (load-balanced), its headless twin for client-side gRPC balancing, or (`pods`)
+    `<name>-pods`, the interceptor's way to the pods of a model scaled to zero."""
     name = model["metadata"]["name"]
     spec = {
         "selector": objects.selector_labels(name=name, component=COMPONENT),
         "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP",
                    "appProtocol": "https" if tls else "http"},
+                  # the HTTP add-on speaks HTTP/2 to a backend only on a port marked h2c
                   {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",
-                   "appProtocol": "grpc"}],
+                   "appProtocol": "kubernetes.io/h2c" if pods else "grpc"}],
     }
     if headless:
         # DNS returns the ready pods' addresses; gRPC clients balance over them themselves.
         spec["clusterIP"] = "None"
+    service_name = headless_name(name) if headless else pods_name(name) if pods else name
     return {"apiVersion": "v1", "kind": "Service",
-            "metadata": objects.metadata(model=model, name=headless_name(name) if headless else name,
-                                         component=COMPONENT),
+            "metadata": objects.metadata(model=model, name=service_name, component=COMPONENT),
             "spec": spec}
 
 
-def build_hpa(*, model: dict, autoscaling: dict) -> dict:
-    """An autoscaling/v2 HPA on the Deployment: CPU utilization or in-flight requests per pod."""
+def build_interceptor_service(*, model: dict, interceptor: str) -> dict:
+    """Service `<name>` of a model scaled to zero: a DNS name (CNAME) for the HTTP add-on's
+    interceptor, which routes by the Host clients send and holds requests while no pod is Ready."""
     name = model["metadata"]["name"]
-    if "targetCPUUtilization" in autoscaling:
-        metric = {"type": "Resource", "resource": {"name": "cpu", "target": {
-            "type": "Utilization", "averageUtilization": autoscaling["targetCPUUtilization"]}}}
-    else:
-        metric = {"type": "Pods", "pods": {"metric": {"name": INFLIGHT_METRIC}, "target": {
-            "type": "AverageValue", "averageValue": str(autoscaling["targetInflightRequests"])}}}
-    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+    return {"apiVersion": "v1", "kind": "Service",
             "metadata": objects.metadata(model=model, name=name, component=COMPONENT),
-            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-                     "minReplicas": autoscaling["minReplicas"], "maxReplicas": autoscaling["maxReplicas"],
-                     "metrics": [metric]}}
+            "spec": {"type": "ExternalName", "externalName": interceptor,
+                     "ports": [{"name": "http", "port": HTTP_PORT, "protocol": "TCP", "appProtocol": "http"}]}}
 
 
 def build_pdb(*, model: dict) -> dict:

@@ -11,6 +11,9 @@ from typing import Literal, TypedDict
 
 CONVERTED = "Converted"
 READY = "Ready"
+# Present with spec.serving.autoscaling: what scales the model, or why nothing can (it still serves).
+AUTOSCALING = "Autoscaling"
+SCALED_TO_ZERO = "ScaledToZero"
 # kstatus' "abnormal-true" conditions, present only while they hold: Flux (kstatus) reads them,
 # not Ready, to tell work in progress from a failure that waits for a person.
 RECONCILING = "Reconciling"
@@ -46,11 +49,12 @@ def merge_conditions(old: list[Condition], new: list[Condition], *, now: str) ->
     return merged
 
 
-def summarize(converted: Condition, ready: Condition) -> list[Condition]:
-    """The status conditions: Converted and Ready, plus Stalled while a failure needs a person
-    (a spec or configuration change) or Reconciling while conversion or rollout is under way."""
-    conditions = [converted, ready]
-    failure = next((c for c in conditions
+def summarize(converted: Condition, ready: Condition, *others: Condition) -> list[Condition]:
+    """The status conditions: Converted, Ready and `others` (Autoscaling), plus Stalled while a
+    failure needs a person (a spec or configuration change) or Reconciling while conversion or
+    rollout is under way."""
+    conditions = [converted, ready, *others]
+    failure = next((c for c in (converted, ready)
                     if c["status"] == "False" and c["reason"] in FAILURE_REASONS), None)
     if failure is not None:
         conditions.append(condition(STALLED, True, reason=failure["reason"],
@@ -70,7 +74,7 @@ def phase(conditions: list[Condition]) -> str:
     if any(c.get("status") == "False" and c.get("reason") in FAILURE_REASONS for c in conditions):
         return "Failed"
     if ready and ready.get("status") == "True":
-        return "Ready"
+        return "Idle" if ready.get("reason") == SCALED_TO_ZERO else "Ready"
     if converted and converted.get("status") == "True":
         return "Deploying"
     if converted:
@@ -87,6 +91,8 @@ def ready_from_deployment(deployment: dict, *, wanted: int, generation: int) -> 
     status = deployment.get("status", {})
     updated = status.get("updatedReplicas", 0)
     available = status.get("availableReplicas", 0)
+    if wanted == 0:
+        return ready_at_zero(deployment, generation=generation)
     if status.get("observedGeneration", 0) < deployment["metadata"].get("generation", 0) or updated < wanted:
         return condition(READY, False, reason="RollingOut", generation=generation,
                          message=f"{updated} of {wanted} replicas run the current spec")
@@ -95,6 +101,22 @@ def ready_from_deployment(deployment: dict, *, wanted: int, generation: int) -> 
                          message=f"{available} of {wanted} replicas have the model loaded")
     return condition(READY, True, reason="MinimumReplicasAvailable", generation=generation,
                      message=f"{available} of {wanted} replicas have the model loaded")
+
+
+def ready_at_zero(deployment: dict, *, generation: int) -> Condition:
+    """Ready for a model that scales to zero: at zero pods it answers too (the interceptor holds a
+    request while a pod starts), so Argo CD and Flux see it healthy; the reason tells the two apart."""
+    pods = deployment["spec"].get("replicas", 1)
+    available = deployment.get("status", {}).get("availableReplicas", 0)
+    if pods == 0:
+        return condition(READY, True, reason=SCALED_TO_ZERO, generation=generation,
+                         message="no pod: no request came for the idle time; the next request starts one "
+                                 "and waits for it")
+    if available == 0:
+        return condition(READY, True, reason="ScalingFromZero", generation=generation,
+                         message=f"0 of {pods} replicas have the model loaded; requests wait for the first")
+    return condition(READY, True, reason="MinimumReplicasAvailable", generation=generation,
+                     message=f"{available} of {pods} replicas have the model loaded")
 
 
 def transitions(old: list[Condition], new: list[Condition]) -> list[Condition]:
