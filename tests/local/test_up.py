@@ -127,6 +127,18 @@ def test_a_ca_config_map_is_noted_as_cluster_only(repository, tmp_path):
             "(and SSL_CERT_FILE) are trusted") in result.stderr.splitlines()
 
 
+def test_autoscaling_is_noted_in_one_line_as_what_one_process_does_not_do(repository, tmp_path):
+    model = yaml.safe_load((DIGITS / "fp32.yaml").read_text())
+    del model["spec"]["serving"]["replicas"]
+    model["spec"]["serving"]["autoscaling"] = {"minReplicas": 0, "maxReplicas": 4, "targetInflightRequests": 2,
+                                               "idleSeconds": 60}
+    (tmp_path / "model.onnx").write_bytes((DIGITS / "model.onnx").read_bytes()[:200])  # fails fast
+    result = up_until_it_ends(model, tmp_path, repository)
+    noted = [line for line in result.stderr.splitlines() if "spec.serving.autoscaling" in line]
+    assert noted == ["modelkiln up: digits: spec.serving.autoscaling is ignored: modelkiln up serves each model from "
+                     "one process that never scales (in a cluster the same YAML scales)"]
+
+
 def test_download_limits_apply_and_credentials_in_the_uri_are_never_shown(repository, tmp_path):
     served = tmp_path / "served"
     served.mkdir()
