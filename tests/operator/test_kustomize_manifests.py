@@ -140,7 +140,7 @@ def test_the_shipped_configuration_matches_the_operators_defaults(rendered):
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
-def test_model_servers_admit_only_their_namespace_and_prometheus(rendered):
+def test_model_servers_admit_only_their_namespace_the_interceptor_and_prometheus(rendered):
     policies = {p["metadata"]["name"]: p for p in rendered["NetworkPolicy"]}
     policy = policies["modelkiln-serving"]
     (claim,) = rendered["PersistentVolumeClaim"]
@@ -149,7 +149,10 @@ def test_model_servers_admit_only_their_namespace_and_prometheus(rendered):
                                                                                   component=serving.COMPONENT).items()
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     own_namespace, monitoring = policy["spec"]["ingress"]
-    assert own_namespace == {"from": [{"podSelector": {}}],
+    interceptor = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}},
+                   "podSelector": {"matchLabels": {"app.kubernetes.io/instance": "interceptor",
+                                                   "app.kubernetes.io/part-of": "keda"}}}  # scale to zero
+    assert own_namespace == {"from": [{"podSelector": {}}, interceptor],
                              "ports": [{"port": serving.HTTP_PORT, "protocol": "TCP"},
                                        {"port": serving.GRPC_PORT, "protocol": "TCP"}]}
     assert monitoring == {"from": [PROMETHEUS], "ports": [{"port": serving.HTTP_PORT, "protocol": "TCP"}]}
