@@ -116,7 +116,7 @@ def test_int8_is_published_when_it_passes_and_measures_fastest(convert, repo, tm
     np.savez(tmp_path / "calibration.npz",
              x=np.random.default_rng(1).standard_normal((16, 32, 56, 56)).astype(np.float32))
     # serving.inferencePrecision f32 set by the user: every candidate runs at it, and the convolutions
-    # run >10x faster in INT8 than in f32 on this CPU
+    # run faster in INT8 than in f32 (>10x with VNNI or AMX, about 2x with AVX2 alone)
     result = convert("--source", model, "--output", repo / "convs", "--precision", "auto",
                      "--calibration", tmp_path / "calibration.npz", "--inference-precision", "f32", *FAST)
 
@@ -126,7 +126,7 @@ def test_int8_is_published_when_it_passes_and_measures_fastest(convert, repo, tm
     assert [row for row in rows.values() if "perSecond" not in row] == \
         ([{"name": "FP32/bf16", "note": "not built: serving.inferencePrecision is f32"}] if bf16 else [])
     assert result.summary["auto"]["chosen"] == "INT8/f32" and result.summary["precision"] == "INT8"
-    assert rows["INT8/f32"]["perSecond"] > 3 * rows["FP32/f32"]["perSecond"]
+    assert best_passing(rows) == "INT8/f32"      # chosen because it measured fastest
     assert rows["INT8/f32"]["top1Agreement"] is None and rows["INT8/f32"]["cosine"] >= 0.99   # no classes: cosine
     meta = metadata(result.summary["path"])
     assert meta["auto"]["gate"] == {"maxAccuracyDrop": None, "minCosine": 0.99, "samples": 16, "syntheticSamples": False}

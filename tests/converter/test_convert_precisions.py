@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
+import pytest
+
+from modelkiln.runtime.conversion.quantization import cpu_has_vnni
 
 from conftest import DIGITS, digits_accuracy, metadata, run_ir, version_dirs
 
@@ -77,7 +82,26 @@ def test_synthetic_calibration_is_opt_in_and_recorded(convert, repo):
                        "--synthetic-calibration", "--calibration-samples", "50")
     meta = metadata(accepted.summary["path"])
     assert meta["calibration"] == {"source": "synthetic", "samples": 50, "synthetic": True,
-                                   "accuracyControl": False, "modelType": "default"}
+                                   "accuracyControl": False, "modelType": "default",
+                                   "overflowFix": "disable" if vnni_in_cpuinfo() else "enable"}
+
+
+def vnni_in_cpuinfo() -> bool:
+    return any(flag in pathlib.Path("/proc/cpuinfo").read_text() for flag in ("vnni", "amx_int8"))
+
+
+@pytest.mark.parametrize(("flags", "vnni"), [
+    ("fpu sse2 avx2 fma", False),                       # AMD EPYC (Zen 2/3), Intel Haswell..Skylake: saturates
+    ("avx2 avx512f avx512bw", False),                   # AVX-512 without VNNI: saturates too
+    ("avx2 avx512f avx512_vnni", True),                 # Cascade Lake and later
+    ("avx2 avx_vnni", True),                            # Alder Lake and later client cores
+    ("avx512f amx_bf16 amx_tile amx_int8", True),       # Sapphire Rapids
+])
+def test_the_overflow_fix_follows_the_cpus_8_bit_dot_products(tmp_path, flags, vnni):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert cpu_has_vnni(cpuinfo) is vnni
+    assert cpu_has_vnni(tmp_path / "absent") is False
 
 
 def test_ir_source_is_re_precisioned(convert, repo):

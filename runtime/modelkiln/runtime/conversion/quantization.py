@@ -13,9 +13,17 @@ agreement on 300 held-out photo crops from 94.7% to 97.0%, for 5% less throughpu
 When the calibration data carries labels and a `--max-accuracy-drop` is set, NNCF's
 accuracy-aware variant measures top-1 accuracy and keeps the layers that cost most accuracy in
 floating point until the drop is within bounds.
+
+CPUs without VNNI (AVX2 and plain AVX-512) multiply u8 by s8 into 16-bit sums that saturate
+(NNCF's "overflow issue"). NNCF's default fixes only the first layer; on such a CPU every layer
+gets the fix (7-bit weights): EfficientNet-Lite0's INT8-vs-ONNX cosine on an AMD EPYC with AVX2
+went from 0.912 (failing the 0.97 gate) to 0.993. With VNNI or AMX nothing saturates and the
+fix would only cost precision, so it is left off.
 """
 
 from __future__ import annotations
+
+import pathlib
 
 import numpy as np
 import openvino as ov
@@ -40,18 +48,21 @@ def quantize_int8(model: ov.Model, *, calibration: SampleSet, max_accuracy_drop:
     # top-1 agreement on held-out photos from 81% to 90%, but lowered MiniLM's embedding cosine
     # from 0.997 to 0.977, so transformers keep NNCF's fast one.
     scheme = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {"fast_bias_correction": False}
-    record = {"modelType": "transformer" if transformer else "default", "accuracyControl": False}
+    overflow_fix = nncf.OverflowFix.DISABLE if cpu_has_vnni() else nncf.OverflowFix.ENABLE
+    advanced = nncf.AdvancedQuantizationParameters(overflow_fix=overflow_fix)
+    record = {"modelType": "transformer" if transformer else "default", "accuracyControl": False,
+              "overflowFix": overflow_fix.value}
     if keep_float:
         scheme["ignored_scope"] = nncf.IgnoredScope(**keep_float)
         record["keepFloat"] = keep_float
     try:
         if calibration.labels is None or max_accuracy_drop is None:
-            return nncf.quantize(model, dataset, subset_size=subset, **scheme), record
+            return nncf.quantize(model, dataset, subset_size=subset, advanced_parameters=advanced, **scheme), record
         validation = nncf.Dataset(list(zip(calibration.samples, label_batches(calibration))), lambda item: item[0])
         quantized = nncf.quantize_with_accuracy_control(
             model, calibration_dataset=dataset, validation_dataset=validation,
             validation_fn=top1_accuracy, max_drop=max_accuracy_drop, drop_type=nncf.DropType.ABSOLUTE,
-            subset_size=subset, **scheme)
+            subset_size=subset, advanced_quantization_parameters=advanced, **scheme)
         return quantized, {**record, "accuracyControl": True}
     except (ValueError, RuntimeError, nncf.ValidationError) as error:
         cause = str(error).strip().splitlines()[-1]
@@ -59,6 +70,16 @@ def quantize_int8(model: ov.Model, *, calibration: SampleSet, max_accuracy_drop:
             raise ConversionFailed(f"keep-float: {cause} (operation types in this model: "
                                    f"{', '.join(op_types(model))})") from error
         raise ConversionFailed(f"INT8 quantization failed: {cause}") from error
+
+
+def cpu_has_vnni(cpuinfo: pathlib.Path = pathlib.Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU has 8-bit dot products that do not saturate (AVX-VNNI, AVX512-VNNI, AMX)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False        # unknown: the fix is safe everywhere, only slightly less precise
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return not {"avx_vnni", "avx512_vnni", "amx_int8"}.isdisjoint(flags)
 
 
 def op_types(model: ov.Model) -> list[str]:
