@@ -8,7 +8,6 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 from onnx import TensorProto, helper
 
 from conftest import DIGITS, FIXTURES, save_onnx, version_dirs, wide_linear
@@ -105,20 +104,8 @@ def test_bad_arguments_fail_with_one_line(convert, repo):
     assert result.cause.startswith("argument --precision: invalid choice: 'INT4'")
 
 
-@pytest.fixture
-def tiny_filesystem(tmp_path):
-    """A 256 KiB tmpfs (needs root and a kernel that lets this container mount)."""
-    mountpoint = tmp_path / "tiny"
-    mountpoint.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mountpoint)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill up here: {mounted.stderr.strip()}")
-    yield mountpoint
-    subprocess.run(["umount", str(mountpoint)], check=True)
-
-
-def test_no_space_left_is_transient_and_leaves_nothing(convert, tmp_path, tiny_filesystem):
+def test_no_space_left_is_transient_and_leaves_nothing(convert, tmp_path, small_filesystem):
+    tiny_filesystem = small_filesystem("256k")
     source = wide_linear(tmp_path / "wide.onnx")       # 512 KiB of weights for a 256 KiB disk
     result = convert("--source", source, "--output", tiny_filesystem / "wide", "--precision", "FP32")
 
