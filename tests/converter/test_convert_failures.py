@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -130,3 +133,31 @@ def test_a_forked_child_terminated_at_exit_ends_quietly():
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (result.stdout.strip(), result.stderr) == ("143", "")
+
+
+def file_digests(directory: pathlib.Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def test_a_full_repository_publishes_nothing_keeps_the_served_version_and_a_retry_succeeds(convert, tmp_path,
+                                                                                           small_filesystem):
+    repository = small_filesystem("2m")
+    served = convert("--source", DIGITS / "model.onnx", "--output", repository / "m", "--precision", "FP32").summary
+    before = file_digests(repository / "m" / "1")
+    filler = repository / "filler"      # another model's versions, say: 128 KiB stay free
+    filler.write_bytes(bytes(shutil.disk_usage(repository).free - (128 << 10)))
+    args = ("--source", wide_linear(tmp_path / "wide.onnx"), "--output", repository / "m", "--precision", "FP32")
+
+    full = convert(*args)
+    assert full.returncode == 3     # transient: the Job tries again
+    assert re.fullmatch(rf"no space left on device writing {re.escape(str(repository))}/m/\.tmp-\w+\S*: the model "
+                        rf"repository is full; nothing was published and the versions of "
+                        rf"{re.escape(str(repository))}/m are untouched; free space on it and convert again",
+                        full.cause), full.cause
+    assert version_dirs(repository / "m") == ["1"]      # no half-published version, no staging left
+    assert file_digests(repository / "m" / "1") == before
+
+    filler.unlink()
+    retried = convert(*args).summary
+    assert (served["version"], retried["version"]) == (1, 2)
+    assert file_digests(repository / "m" / "1") == before

@@ -20,6 +20,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -27,6 +28,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Iterator
 
+from modelkiln import extras
 from modelkiln.redaction import scrubbed
 from modelkiln.runtime.conversion import retention
 from modelkiln.runtime.conversion.errors import ConversionFailed
@@ -44,6 +46,7 @@ if TYPE_CHECKING:   # OpenVINO loads only when a conversion runs: `--help` stays
 PRECISIONS = ("FP32", "FP16", "INT8", "AUTO")
 DEFAULT_TERMINATION_LOG = pathlib.Path("/dev/termination-log")
 TERMINATION_LOG_LIMIT = 4096        # what Kubernetes keeps of a termination message
+FULL_BELOW_BYTES = 1 << 20          # a disk with less free is what a write ran out of
 VERIFICATION_SAMPLES = 32           # rows compared when the samples carry no labels
 EXIT_PERMANENT, EXIT_TRANSIENT = 1, 3
 # What does not shape the artifact: left out of the artifact key.
@@ -155,15 +158,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     with stderr_sent_to_stdout() as stderr, sigterm_raises():
         termination_log = termination_log_of(argv)
+        args = None
         try:
             args = build_parser().parse_args(argv)
             summary = convert(args)
         except ConversionFailed as failure:
             return fail(str(failure), transient=failure.transient, stderr=stderr, termination_log=termination_log)
         except OSError as error:
-            return fail(describe_os_error(error), transient=error.errno in (errno.ENOSPC, errno.EDQUOT),
-                        stderr=stderr, termination_log=termination_log)
+            return fail(describe_os_error(error, output=args and args.output),
+                        transient=error.errno in (errno.ENOSPC, errno.EDQUOT), stderr=stderr,
+                        termination_log=termination_log)
         except Exception as error:  # noqa: BLE001 - a bug still owes the operator its one line
+            extra = extras.extra_for(error, command="convert")
+            if extra:
+                return fail(extras.needs("modelkiln convert", extra), transient=False, stderr=stderr,
+                            termination_log=termination_log)
             print(scrubbed(traceback.format_exc()), file=sys.stdout)
             lines = str(error).strip().splitlines()
             return fail(f"unexpected {type(error).__name__}: {lines[0] if lines else ''}", transient=False,
@@ -195,11 +204,25 @@ def fail(cause: str, *, transient: bool, stderr, termination_log: pathlib.Path |
     return EXIT_TRANSIENT if transient else EXIT_PERMANENT
 
 
-def describe_os_error(error: OSError) -> str:
+def describe_os_error(error: OSError, *, output: pathlib.Path | None) -> str:
     where = f" writing {error.filename}" if error.filename else ""
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left on device{where}"
-    return f"{error.strerror or error}{where}"
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return f"{error.strerror or error}{where}"
+    if output is not None and repository_full(output, filename=error.filename):
+        return (f"no space left on device{where}: the model repository is full; nothing was published and "
+                f"the versions of {output} are untouched; free space on it and convert again")
+    return f"no space left on device{where}"
+
+
+def repository_full(output: pathlib.Path, *, filename: str | None) -> bool:
+    """Whether the disk that filled up is the repository's (else the scratch space's): the file
+    written says so, or, when the error names none (a buffered write), the repository's free space."""
+    if filename:
+        return pathlib.Path(filename).resolve().is_relative_to(output.resolve())
+    try:
+        return shutil.disk_usage(output).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
 
 
 def write_termination_log(path: pathlib.Path | None, text: str) -> None:

@@ -31,6 +31,7 @@ import urllib.parse
 import urllib.request
 from typing import TextIO
 
+from modelkiln import extras
 from modelkiln.redaction import redacted
 from modelkiln.runtime.conversion import archives
 from modelkiln.runtime.conversion.downloads import (BACKOFF_SECONDS, CHUNK_BYTES, RETRIES, DownloadLimits,
@@ -98,7 +99,12 @@ def fetch_source(uri: str, *, download_dir: pathlib.Path, expected_sha256: str |
         path = download(uri, destination=download_dir / download_name(parsed.path), tls=tls,
                         limits=limits or DownloadLimits(), progress=progress)
     elif parsed.scheme in ("s3", "gs", "az"):
-        from modelkiln.runtime.conversion import object_store    # obstore: the converter image's
+        try:
+            from modelkiln.runtime.conversion import object_store    # obstore: the converter image's
+        except ModuleNotFoundError as error:
+            if extras.extra_for(error, command="convert") != "storage":
+                raise
+            raise ConversionFailed(extras.needs(f"reading {parsed.scheme}:// sources", "storage")) from None
 
         path = object_store.download(uri, download_dir=download_dir, limits=limits or DownloadLimits(),
                                      progress=progress)
