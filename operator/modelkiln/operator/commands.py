@@ -75,6 +75,8 @@ def convert_args(*, spec: dict, output: str, artifact_key: str, source_uri: str 
         args += ["--sha256", source["sha256"]]
     if "maxBytes" in source:
         args += ["--max-download-bytes", str(source["maxBytes"])]
+    if "maxCompressionRatio" in source:
+        args += ["--max-compression-ratio", str(source["maxCompressionRatio"])]
     if "timeoutSeconds" in source:
         args += ["--download-timeout", str(source["timeoutSeconds"])]
     if source.get("allowLinkLocal"):

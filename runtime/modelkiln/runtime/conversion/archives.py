@@ -4,7 +4,7 @@ The archive is unpacked into the download directory (the Job's scratch space) an
 found inside as in a directory source, or named by a `#path/inside` fragment of the URI; with
 one, only the members under that path are unpacked. An archive is untrusted input: a member with
 an absolute path or a '..' segment, a link that leaves the archive, a device file or pipe, more
-files or bytes than the budget, and a member that unpacks to more than MAX_RATIO times its
+files or bytes than the budget, and a member that unpacks to more than max_ratio times its
 compressed size (an archive bomb) are each refused with a one-line cause, and the partly unpacked
 tree is removed. The byte budget is the scratch space left (Scratch): what a Job's scratch volume
 has, or the disk's free space, so that a bomb is stopped by a cause rather than by the kubelet
@@ -37,7 +37,7 @@ MAX_BYTES = int(os.environ["MODELKILN_ARCHIVE_MAX_BYTES"]) if os.environ.get("MO
 MAX_FILES = int(os.environ.get("MODELKILN_ARCHIVE_MAX_FILES", "10000"))
 # Weights hardly compress (float noise: about 1.1:1), text (configs, vocabularies, protobuf) 5 to
 # 20:1; zeros compress about 1000:1, which is what an archive bomb holds.
-MAX_RATIO = float(os.environ.get("MODELKILN_ARCHIVE_MAX_RATIO", "200"))
+MAX_RATIO = 200
 # A member is judged on its ratio once it has unpacked this much: a small file that compresses
 # well (a padded header, an empty table) costs no disk worth refusing.
 RATIO_GRACE_BYTES = 1 << 20
@@ -94,14 +94,15 @@ def used_bytes(root: pathlib.Path) -> int:
 
 
 def model_in(archive: pathlib.Path, *, scratch: pathlib.Path, inside: str | None,
-             space: Scratch | None = None) -> pathlib.Path:
+             space: Scratch | None = None, max_ratio: float = MAX_RATIO) -> pathlib.Path:
     """Unpack `archive` into a new directory under `scratch`, within `space` (default: the free
-    space of `scratch`); the model's file or directory in it."""
+    space of `scratch`), no member unpacking to more than `max_ratio` times its compressed size;
+    the model's file or directory in it."""
     inside = checked_inside(inside, archive=archive.name) if inside else None
     destination = scratch / (archive.name + ".d")
     shutil.rmtree(destination, ignore_errors=True)
     destination.mkdir(parents=True)
-    budget = Budget(archive.name, room=(space or Scratch(scratch)).room())
+    budget = Budget(archive.name, room=(space or Scratch(scratch)).room(), max_ratio=max_ratio)
     try:
         if archive.name.lower().endswith(".zip"):
             names = unpack_zip(archive, destination, budget=budget, inside=inside)
@@ -140,18 +141,12 @@ def check_member(name: str, *, archive: str) -> None:
         raise ConversionFailed(f"archive {archive} is refused: member {name!r} has a '..' path segment")
 
 
-def check_ratio(*, archive: str, member: str, unpacked: int, compressed: int) -> None:
-    if unpacked > RATIO_GRACE_BYTES and unpacked > MAX_RATIO * max(compressed, 1):
-        raise ConversionFailed(f"archive {archive} is refused: member {member!r} unpacks to more than "
-                               f"{MAX_RATIO:g} times its compressed size ({unpacked} bytes from {compressed}), "
-                               "as an archive bomb does (MODELKILN_ARCHIVE_MAX_RATIO)")
-
-
 class Budget:
-    """The files and bytes an archive may unpack to: MAX_FILES, and MAX_BYTES or the room left."""
+    """What an archive may unpack to: MAX_FILES files, MAX_BYTES or the room left, and no member
+    more than `max_ratio` times its compressed size."""
 
-    def __init__(self, archive: str, *, room: tuple[int, str]) -> None:
-        self.archive, self.files, self.bytes = archive, 0, 0
+    def __init__(self, archive: str, *, room: tuple[int, str], max_ratio: float) -> None:
+        self.archive, self.files, self.bytes, self.max_ratio = archive, 0, 0, max_ratio
         left, origin = room
         if MAX_BYTES is not None and MAX_BYTES <= left:
             self.max_bytes, self.origin = MAX_BYTES, " (MODELKILN_ARCHIVE_MAX_BYTES)"
@@ -168,14 +163,21 @@ class Budget:
             raise ConversionFailed(f"archive {self.archive} is refused: it unpacks to more than {self.max_bytes} "
                                    f"bytes{self.origin}")
 
+    def check_ratio(self, member: str, *, unpacked: int, compressed: int) -> None:
+        if unpacked > RATIO_GRACE_BYTES and unpacked > self.max_ratio * max(compressed, 1):
+            raise ConversionFailed(f"archive {self.archive} is refused: member {member!r} unpacks to more than "
+                                   f"{self.max_ratio:g} times its compressed size ({unpacked} bytes from "
+                                   f"{compressed}), as an archive bomb does; if it is not one, raise the limit with "
+                                   "--max-compression-ratio R (in a cluster, spec.source.maxCompressionRatio)")
+
 
 class Inflating(io.RawIOBase):
     """The decompressed bytes of a gzip stream, counting what goes in and what comes out, so that
-    the member being unpacked is refused the moment it passes MAX_RATIO (tarfile's own gzip
-    reading cannot tell how much compressed input each member took)."""
+    the member being unpacked is refused the moment it passes the budget's ratio (tarfile's own
+    gzip reading cannot tell how much compressed input each member took)."""
 
-    def __init__(self, raw: io.BufferedReader, *, archive: str) -> None:
-        self.raw, self.archive = raw, archive
+    def __init__(self, raw: io.BufferedReader, *, budget: Budget) -> None:
+        self.raw, self.budget = raw, budget
         self.inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
         self.pending = b""              # compressed bytes read, not yet decompressed
         self.consumed = self.produced = 0
@@ -208,8 +210,8 @@ class Inflating(io.RawIOBase):
             if data:
                 self.produced += len(data)
                 buffer[:len(data)] = data
-                check_ratio(archive=self.archive, member=self.member, unpacked=self.produced - self.start[1],
-                            compressed=self.consumed - self.start[0])
+                self.budget.check_ratio(self.member, unpacked=self.produced - self.start[1],
+                                        compressed=self.consumed - self.start[0])
                 return len(data)
 
 
@@ -221,7 +223,7 @@ def unpack_tar(archive: pathlib.Path, destination: pathlib.Path, *, budget: Budg
     try:
         with archive.open("rb") as raw:
             compressed = raw.peek(2)[:2] == GZIP_MAGIC
-            stream = Inflating(raw, archive=archive.name) if compressed else raw
+            stream = Inflating(raw, budget=budget) if compressed else raw
             # Streaming mode: a .tar.gz is decompressed once, member by member, never held whole.
             with tarfile.open(fileobj=stream, mode="r|", bufsize=TAR_READ_BYTES) as tar:
                 for member in tar:
@@ -278,8 +280,7 @@ def unpack_zip(archive: pathlib.Path, destination: pathlib.Path, *, budget: Budg
             for member in members:      # every check before the first byte is written
                 check_member(member.filename, archive=archive.name)
                 # zipfile never writes more than the declared size, nor reads more than declared
-                check_ratio(archive=archive.name, member=member.filename, unpacked=member.file_size,
-                            compressed=member.compress_size)
+                budget.check_ratio(member.filename, unpacked=member.file_size, compressed=member.compress_size)
                 mode = member.external_attr >> 16
                 if stat.S_ISLNK(mode):
                     raise ConversionFailed(f"archive {archive.name} is refused: member {member.filename!r} is a "

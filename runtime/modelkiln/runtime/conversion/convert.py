@@ -32,6 +32,7 @@ from modelkiln import extras
 from modelkiln.redaction import scrubbed
 from modelkiln.runtime.conversion import retention
 from modelkiln.runtime.conversion.errors import ConversionFailed
+from modelkiln.runtime.conversion.archives import MAX_RATIO as ARCHIVE_MAX_RATIO
 from modelkiln.runtime.conversion.downloads import DOWNLOAD_TIMEOUT_SECONDS, MAX_DOWNLOAD_BYTES, DownloadLimits
 
 if TYPE_CHECKING:   # OpenVINO loads only when a conversion runs: `--help` stays instant
@@ -51,7 +52,8 @@ VERIFICATION_SAMPLES = 32           # rows compared when the samples carry no la
 EXIT_PERMANENT, EXIT_TRANSIENT = 1, 3
 # What does not shape the artifact: left out of the artifact key.
 NOT_IN_ARTIFACT_KEY = ("output", "artifact_key", "termination_log", "ca_file", "max_download_bytes",
-                       "download_timeout", "allow_link_local", "scratch", "scratch_bytes", *retention.OPTIONS)
+                       "download_timeout", "allow_link_local", "scratch", "scratch_bytes", "max_compression_ratio",
+                       *retention.OPTIONS)
 # What the summary keeps of each --precision auto candidate (modelkiln.json has every column).
 SUMMARY_COLUMNS = ("name", "sizeBytes", "perSecond", "p50Ms", "p99Ms", "top1Agreement", "accuracyDrop", "cosine",
                    "passed", "note")
@@ -92,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scratch", type=pathlib.Path, metavar="DIR",
                         help="where downloads are kept while converting, in a directory removed at the end "
                              "(default: $TMPDIR or /tmp); only the finished version goes to --output")
+    parser.add_argument("--max-compression-ratio", type=float, default=ARCHIVE_MAX_RATIO, metavar="R",
+                        help="refuse an archive (source or calibration data) with a member that unpacks to "
+                             "more than R times its compressed size, as an archive bomb does, while it unpacks "
+                             f"(default {ARCHIVE_MAX_RATIO})")
     parser.add_argument("--scratch-bytes", type=int, metavar="N",
                         help="the space downloads and unpacked archives may take in the scratch directory (a "
                              "conversion Job's: its scratch volume's size less room for temporary files); an "
@@ -324,7 +330,7 @@ def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, downloads
     scratch = archives.Scratch(downloads.parent, size_bytes=args.scratch_bytes,
                                reserved_bytes=args.max_download_bytes if args.calibration else 0)
     source = sources.fetch_source(args.source, download_dir=downloads, expected_sha256=args.sha256, tls=tls,
-                                  limits=limits, scratch=scratch)
+                                  limits=limits, scratch=scratch, max_ratio=args.max_compression_ratio)
     model_file = formats.detect_format(source.path, declared=args.format)
     print(f"converting {model_file.format} model {model_file.path.name} to {args.precision}", flush=True)
 
@@ -333,7 +339,8 @@ def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, downloads
     samples, calibration_data = None, None      # real inputs: for calibration and verification
     if args.calibration:
         calibration_data = sources.fetch_source(args.calibration, download_dir=downloads, tls=tls, limits=limits,
-                                                scratch=dataclasses.replace(scratch, reserved_bytes=0))
+                                                scratch=dataclasses.replace(scratch, reserved_bytes=0),
+                                                max_ratio=args.max_compression_ratio)
         samples = calibration.load_samples(calibration_data.path, model=model, limit=args.calibration_samples,
                                            layouts=options.layouts)
     reference = verification.reference_for(model_file, source_model=reference_model)
@@ -402,6 +409,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     for flag, value in (("--max-download-bytes", args.max_download_bytes), ("--scratch-bytes", args.scratch_bytes)):
         if value is not None and value < 1:
             raise ConversionFailed(f"{flag} must be at least 1 (got {value})")
+    if not args.max_compression_ratio >= 1:
+        raise ConversionFailed(f"--max-compression-ratio must be at least 1 (got {args.max_compression_ratio:g})")
     if not args.download_timeout > 0:
         raise ConversionFailed(f"--download-timeout must be a number of seconds above 0 (got {args.download_timeout})")
     keep_float = args.keep_float_type or args.keep_float_name or args.keep_float_pattern

@@ -88,10 +88,12 @@ def pvc_path(uri: str, *, claim: str, path: str) -> pathlib.Path:
 
 def fetch_source(uri: str, *, download_dir: pathlib.Path, expected_sha256: str | None = None,
                  tls: ssl.SSLContext | None = None, limits: DownloadLimits | None = None,
-                 scratch: archives.Scratch | None = None, progress: TextIO = sys.stdout) -> FetchedSource:
+                 scratch: archives.Scratch | None = None, max_ratio: float = archives.MAX_RATIO,
+                 progress: TextIO = sys.stdout) -> FetchedSource:
     """Make the source at `uri` available as a local path and check its sha256; `tls` is the
     trust for https:// (tls_context); downloads go to `download_dir` within `limits`, and an
-    archive is unpacked there within `scratch` (default: the free space of `download_dir`)."""
+    archive is unpacked there within `scratch` (default: the free space of `download_dir`) and
+    `max_ratio` (archives.model_in)."""
     started = time.monotonic()
     uri, inside = archives.split_inside(uri)
     parsed = urllib.parse.urlsplit(uri)
@@ -124,7 +126,7 @@ def fetch_source(uri: str, *, download_dir: pathlib.Path, expected_sha256: str |
         raise ConversionFailed(f"checksum mismatch for {redacted(uri)}: expected sha256 {expected_sha256.lower()}, "
                                f"got {digest}")
     if path.is_file() and archives.is_archive(path.name):
-        path = archives.model_in(path, scratch=download_dir, inside=inside, space=scratch)
+        path = archives.model_in(path, scratch=download_dir, inside=inside, space=scratch, max_ratio=max_ratio)
     elif inside:
         raise ConversionFailed(f"#{inside} names a path inside an archive, but {path.name} is not one "
                                f"(expected a name ending in {', '.join(archives.SUFFIXES)})")
