@@ -9,6 +9,7 @@ file larger than 16 MiB (RLIMIT_FSIZE): a refusal that came after unpacking woul
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import pathlib
@@ -168,3 +169,12 @@ def test_locally_the_budget_is_the_scratch_disks_free_space(convert, repo, tmp_p
     assert re.fullmatch(rf"archive model\.tar\.gz is refused: it unpacks to more than \d+ bytes, the free space of "
                         rf"{re.escape(str(scratch))}", result.cause), result.cause
     assert list(scratch.iterdir()) == []
+
+
+def test_a_gzip_of_several_members_and_padding_still_unpacks(convert, repo, tmp_path):
+    # concatenated gzip members (pigz, `cat a.gz b.gz`) and zero padding after them, as gzip reads them
+    plain = tar_gz(tmp_path / "plain.tar.gz", {"model.onnx": MODEL_BYTES})
+    tar = gzip.decompress(plain.read_bytes())
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(gzip.compress(tar[:len(tar) // 2]) + gzip.compress(tar[len(tar) // 2:]) + bytes(512))
+    assert convert("--source", archive, "--output", repo / "m", "--precision", "FP32").summary["version"] == 1

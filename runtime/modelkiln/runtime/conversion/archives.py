@@ -18,7 +18,6 @@ decompressed (tar.gz, while each member is unpacked) or declared (zip, before an
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import io
 import os
 import pathlib
@@ -240,7 +239,7 @@ def unpack_tar(archive: pathlib.Path, destination: pathlib.Path, *, budget: Budg
                         tar.extract(member, destination, **DATA_FILTER)
                     except FILTER_ERRORS as error:
                         raise ConversionFailed(f"archive {archive.name} is refused: {error}") from None
-    except (tarfile.ReadError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+    except (tarfile.ReadError, EOFError, zlib.error) as error:
         raise ConversionFailed(f"archive {archive.name} cannot be read: {error}") from None
     return names
 
