@@ -25,7 +25,7 @@ import time
 import urllib.request
 from typing import Callable
 
-from modelkiln.runtime.conversion import sources
+from modelkiln.runtime.conversion import downloads, sources
 
 SERVER = """
 import functools, http.server, ssl, sys
@@ -43,12 +43,12 @@ server.serve_forever()
 
 def urllib_loop(url: str, destination: pathlib.Path, tls: ssl.SSLContext) -> None:
     with urllib.request.urlopen(url, context=tls) as response, destination.open("wb") as out:
-        while chunk := response.read(sources.CHUNK_BYTES):
+        while chunk := response.read(downloads.CHUNK_BYTES):
             out.write(chunk)
 
 
 def bounded(url: str, destination: pathlib.Path, tls: ssl.SSLContext) -> None:
-    sources.download(url, destination=destination, tls=tls, limits=sources.DownloadLimits(), progress=io.StringIO())
+    sources.download(url, destination=destination, tls=tls, limits=downloads.DownloadLimits(), progress=io.StringIO())
 
 
 def serve(directory: pathlib.Path, scheme: str) -> tuple[subprocess.Popen, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from modelkiln import telemetry
+from modelkiln import extras, telemetry
 
 # name -> (module with `main(argv) -> int`, one-line summary)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -41,8 +41,14 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     telemetry.off()  # before a subcommand imports openvino or nncf
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    return module.main(rest)
+    try:
+        return importlib.import_module(SUBCOMMANDS[name][0]).main(rest)
+    except ModuleNotFoundError as error:
+        extra = extras.extra_for(error, command=name)
+        if extra is None:
+            raise
+        print(extras.needs(f"modelkiln {name}", extra), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

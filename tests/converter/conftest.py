@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import resource
 import subprocess
 import sys
 
@@ -57,11 +58,14 @@ def convert(tmp_path):
     """Run `modelkiln convert ARGS...` in a subprocess, with a termination log in tmp_path."""
     counter = iter(range(1000))
 
-    def run(*args: str | os.PathLike, env: dict | None = None) -> Conversion:
+    def run(*args: str | os.PathLike, env: dict | None = None, max_file_bytes: int | None = None) -> Conversion:
+        """`max_file_bytes`: the largest file the converter may write (RLIMIT_FSIZE); past it, EFBIG."""
         log = tmp_path / f"termination-log-{next(counter)}"
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))) \
+            if max_file_bytes else None
         result = subprocess.run(
             [sys.executable, "-m", "modelkiln.cli", "convert", *map(str, args), "--termination-log", str(log)],
-            capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+            capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300, preexec_fn=limit)
         return Conversion(result.returncode, result.stdout, result.stderr,
                           log.read_text() if log.exists() else "")
 
@@ -81,6 +85,32 @@ def self_signed(tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(certificate)], check=True, capture_output=True)
     return certificate, key
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """Mounts a tmpfs of the size asked for (mount(8)'s size=, e.g. "256k") and returns its
+    directory; needs root (CI has it: there the test must run, not skip)."""
+    mounted = []
+
+    def mount(size: str) -> pathlib.Path:
+        mountpoint = tmp_path / f"tmpfs-{len(mounted)}"
+        mountpoint.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            why = f"cannot mount a small tmpfs to fill up here: {result.stderr.strip()}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"{why} (CI runs as root, where this must work)")
+            pytest.skip(why)
+        mounted.append(mountpoint)
+        return mountpoint
+
+    try:
+        yield mount
+    finally:
+        for mountpoint in mounted:
+            subprocess.run(["umount", str(mountpoint)], check=True)
 
 
 def version_dirs(model_dir: pathlib.Path) -> list[str]:

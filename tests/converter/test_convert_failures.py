@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
-import pytest
 from onnx import TensorProto, helper
 
 from conftest import DIGITS, FIXTURES, save_onnx, version_dirs, wide_linear
@@ -105,20 +107,8 @@ def test_bad_arguments_fail_with_one_line(convert, repo):
     assert result.cause.startswith("argument --precision: invalid choice: 'INT4'")
 
 
-@pytest.fixture
-def tiny_filesystem(tmp_path):
-    """A 256 KiB tmpfs (needs root and a kernel that lets this container mount)."""
-    mountpoint = tmp_path / "tiny"
-    mountpoint.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mountpoint)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill up here: {mounted.stderr.strip()}")
-    yield mountpoint
-    subprocess.run(["umount", str(mountpoint)], check=True)
-
-
-def test_no_space_left_is_transient_and_leaves_nothing(convert, tmp_path, tiny_filesystem):
+def test_no_space_left_is_transient_and_leaves_nothing(convert, tmp_path, small_filesystem):
+    tiny_filesystem = small_filesystem("256k")
     source = wide_linear(tmp_path / "wide.onnx")       # 512 KiB of weights for a 256 KiB disk
     result = convert("--source", source, "--output", tiny_filesystem / "wide", "--precision", "FP32")
 
@@ -143,3 +133,31 @@ def test_a_forked_child_terminated_at_exit_ends_quietly():
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (result.stdout.strip(), result.stderr) == ("143", "")
+
+
+def file_digests(directory: pathlib.Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def test_a_full_repository_publishes_nothing_keeps_the_served_version_and_a_retry_succeeds(convert, tmp_path,
+                                                                                           small_filesystem):
+    repository = small_filesystem("2m")
+    served = convert("--source", DIGITS / "model.onnx", "--output", repository / "m", "--precision", "FP32").summary
+    before = file_digests(repository / "m" / "1")
+    filler = repository / "filler"      # another model's versions, say: 128 KiB stay free
+    filler.write_bytes(bytes(shutil.disk_usage(repository).free - (128 << 10)))
+    args = ("--source", wide_linear(tmp_path / "wide.onnx"), "--output", repository / "m", "--precision", "FP32")
+
+    full = convert(*args)
+    assert full.returncode == 3     # transient: the Job tries again
+    assert re.fullmatch(rf"no space left on device writing {re.escape(str(repository))}/m/\.tmp-\w+\S*: the model "
+                        rf"repository is full; nothing was published and the versions of "
+                        rf"{re.escape(str(repository))}/m are untouched; free space on it and convert again",
+                        full.cause), full.cause
+    assert version_dirs(repository / "m") == ["1"]      # no half-published version, no staging left
+    assert file_digests(repository / "m" / "1") == before
+
+    filler.unlink()
+    retried = convert(*args).summary
+    assert (served["version"], retried["version"]) == (1, 2)
+    assert file_digests(repository / "m" / "1") == before

@@ -77,7 +77,7 @@ def test_pytorch_source_without_torch_says_how_to_install_it(convert, repo, tmp_
         archive.writestr("model/constants.pkl", b"")
         archive.writestr("model/data.pkl", b"")
     result = convert("--source", source, "--output", repo / "m", "--precision", "FP32")
-    assert result.cause == "reading a PyTorch model needs torch: pip install 'modelkiln[torch]'"
+    assert result.cause == "reading a PyTorch model needs the torch extra: pip install 'modelkiln[torch]'"
 
 
 @needs_torch

@@ -154,8 +154,9 @@ def test_the_converter_writes_only_its_models_directory_created_first_as_its_use
 
 def test_downloads_are_staged_in_a_scratch_volume_sized_from_the_download_cap_and_the_pool(make_model, pools):
     default = job_for(make_model(source={"uri": "https://models.example.com/digits.onnx"}), pools)
-    assert container(default)["args"][-2:] == ["--scratch", "/tmp"]
-    # room for the source and the calibration data at the default 20 GiB cap each, plus 2 GiB
+    # room for the source and the calibration data at the default 20 GiB cap each, plus 2 GiB; the
+    # converter may fill all but those 2 GiB of temporary files
+    assert container(default)["args"][-4:] == ["--scratch", "/tmp", "--scratch-bytes", str(40 * 2**30)]
     assert {"name": "scratch", "emptyDir": {"sizeLimit": "43008Mi"}} in default["spec"]["template"]["spec"]["volumes"]
     assert default["spec"]["activeDeadlineSeconds"] == 7200     # an hour of downloads, an hour converting
     for flag in ("--max-download-bytes", "--download-timeout", "--allow-link-local"):
@@ -170,16 +171,26 @@ def test_downloads_are_staged_in_a_scratch_volume_sized_from_the_download_cap_an
     # 2 x 1 GiB + 2 GiB fits in the CPU pool's default budget, which stays the limit
     assert {"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}} in job["spec"]["template"]["spec"]["volumes"]
     assert job["spec"]["activeDeadlineSeconds"] == 3600 + 600
+    assert args[-1] == str(18 * 2**30)      # of the pool's 20 GiB
     # raising a limit after a refusal is a new attempt; a spec without them keeps its key
     assert artifact_key(limited["spec"]) != artifact_key(make_model()["spec"])
     assert "maxBytes" not in defaulted_spec(make_model()["spec"])["source"]
 
 
+@pytest.mark.parametrize("uri", ["s3://models/resnet/model.tar.gz", "https://models.example.com/m.zip?sig=x",
+                                 "pvc://uploads/model.tgz#1/model.onnx"])
+def test_an_archive_sources_scratch_volume_holds_it_unpacked_too(make_model, pools, uri):
+    job = job_for(make_model(source={"uri": uri, "maxBytes": 10 * 2**30}), pools)
+    # the archive, its members and the calibration data at the 10 GiB cap each, plus 2 GiB
+    assert empty_dirs(job) == {"scratch": {"sizeLimit": "32768Mi"}}
+    assert container(job)["args"][-2:] == ["--scratch-bytes", str(30 * 2**30)]
+
+
 def test_the_operators_download_defaults_are_the_converters():
-    from modelkiln.runtime.conversion import sources
+    from modelkiln.runtime.conversion import downloads
 
     assert (conversion_job.MAX_DOWNLOAD_BYTES, conversion_job.DOWNLOAD_TIMEOUT_SECONDS) == \
-        (sources.MAX_DOWNLOAD_BYTES, sources.DOWNLOAD_TIMEOUT_SECONDS)
+        (downloads.MAX_DOWNLOAD_BYTES, downloads.DOWNLOAD_TIMEOUT_SECONDS)
 
 
 def test_source_credentials_reach_the_converter_as_standard_variables_from_the_secret_unread(make_model, pools):
@@ -374,6 +385,23 @@ def test_conversion_jobs_get_the_cpu_pools_conversion_defaults(make_model, pools
     job = job_for(make_model(), pools)
     assert container(job)["resources"] == CONVERSION_DEFAULTS["resources"]
     assert empty_dirs(job) == {"scratch": {"sizeLimit": "100Gi"}}
+
+
+def test_a_models_conversion_resources_win_whole_over_its_pools_and_start_a_new_conversion(make_model, pools):
+    pools["CPU"]["conversion"] = CONVERSION_DEFAULTS
+    model = make_model(conversion={"precision": "FP16", "resources": {"limits": {"memory": "48Gi"}}})
+    assert container(job_for(model, pools))["resources"] == {"limits": {"memory": "48Gi"}}
+    # raised after an OOMKilled conversion, it is a new attempt; a spec without it keeps its key
+    assert artifact_key(model["spec"]) != artifact_key(make_model(conversion={"precision": "FP16"})["spec"])
+    assert "resources" not in defaulted_spec(make_model()["spec"])["conversion"]
+
+
+def test_precision_auto_measures_with_the_serving_cpu_over_the_conversion_resources(make_model, pools):
+    model = make_model(conversion={"precision": "Auto", "resources": {"requests": {"cpu": "1", "memory": "6Gi"},
+                                                                      "limits": {"memory": "12Gi"}}},
+                       serving={"resources": {"requests": {"cpu": "3"}}})
+    assert container(job_for(model, pools))["resources"] == {"requests": {"cpu": "3", "memory": "6Gi"},
+                                                             "limits": {"memory": "12Gi"}}
 
 
 @pytest.mark.parametrize("build", ["job", "deployment"])

@@ -33,6 +33,15 @@ def test_convert_args_for_fp32_name_source_output_precision_and_key():
                     "--artifact-key", "k1", "--format", "onnx", "--keep-versions", "2"]
 
 
+def test_an_archives_compression_ratio_limit_reaches_the_converter_and_a_raised_one_is_a_new_attempt():
+    archive = {"uri": "s3://models/resnet/model.tar.gz"}
+    raised = {"source": {**archive, "maxCompressionRatio": 2000}}
+    args = convert_args(spec=raised, output="/models/resnet", artifact_key="k1")
+    assert args[args.index("--max-compression-ratio") + 1] == "2000"
+    assert "--max-compression-ratio" not in convert_args(spec={"source": archive}, output="/m", artifact_key="k1")
+    assert artifact_key(raised) != artifact_key({"source": archive})
+
+
 def test_convert_args_for_int8_carry_calibration_and_accuracy_bounds():
     spec = {"source": SOURCE, "conversion": {"precision": "INT8", "calibration": {"uri": "file://calib.npz"},
                                              "maxAccuracyDrop": 0.02, "minCosine": 0.98}}

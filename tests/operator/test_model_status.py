@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from modelkiln.operator import status as st
-from modelkiln.operator.conversion_job import conversion_outcome
+from modelkiln.operator.commands import artifact_key
+from modelkiln.operator.conversion_job import build_job, conversion_outcome
+from modelkiln.operator.devicepools import conversion_pool
 
 SUMMARY = {"version": 3, "path": "/models/digits/3", "artifactKey": "abc", "precision": "INT8",
            "sha256": "e" * 64, "sizeBytes": 5120, "reused": False,
@@ -152,6 +156,35 @@ def test_kstatus_conditions_tell_work_in_progress_from_a_failure_that_needs_a_pe
     ready = st.summarize(*conds((True, "ConversionSucceeded"), (True, "MinimumReplicasAvailable")))
     assert kstatus_conditions(ready) == {}
     assert st.phase(failed) == "Failed" and st.phase(ready) == "Ready"
+
+
+def oom_killed(pod_spec: dict) -> dict:
+    """A conversion pod of `pod_spec` whose converter the kernel killed at its memory limit."""
+    return {"metadata": {"creationTimestamp": "t"}, "spec": pod_spec, "status": {"containerStatuses": [
+        {"name": "convert", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                                                     "message": "quantizing to INT8 on 300 calibration samples\n"}}}]}}
+
+
+@pytest.mark.parametrize("conversion, limit", [({"precision": "FP32"}, "8Gi"),
+                                               ({"precision": "FP32", "resources": {"limits": {"memory": "3Gi"}}},
+                                                "3Gi")])
+def test_an_oom_killed_conversion_says_so_with_its_limit_and_the_field_that_raises_it(make_model, pools, conversion,
+                                                                                     limit):
+    model = make_model(conversion=conversion)
+    built = build_job(model=model, spec=model["spec"], key=artifact_key(model["spec"]), image="converter:1",
+                      repository_claim="models", pool=conversion_pool(pools))
+    outcome = conversion_outcome(job=job("Failed"), pods=[oom_killed(built["spec"]["template"]["spec"])])
+    assert outcome == {"state": "failed", "summary": None, "transient": False,
+                       "message": f"the converter ran out of memory (OOMKilled at its limit of {limit}); raise "
+                                  "spec.conversion.resources.limits.memory"}
+
+
+def test_an_oom_killed_conversion_without_a_limit_names_the_request_to_set():
+    pod_spec = {"containers": [{"name": "convert", "resources": {"requests": {"cpu": "1"}}}]}
+    outcome = conversion_outcome(job=job("Failed"), pods=[oom_killed(pod_spec)])
+    assert outcome["message"] == ("the converter was killed for lack of memory (OOMKilled) with no memory limit of "
+                                  "its own: its node ran out; set spec.conversion.resources.requests.memory to what "
+                                  "the conversion needs")
 
 
 def test_credentials_and_signatures_in_a_cause_never_reach_the_status():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import urllib.parse
 
 from modelkiln.operator.schema import with_defaults
 
@@ -18,11 +19,18 @@ AUTO = "Auto"
 # precision Auto's documented defaults (the converter's), written into the key so that spelling
 # them out changes nothing; not CRD defaults, which would change every existing model's key.
 AUTO_DEFAULTS = {"objective": "throughput", "secondsPerCandidate": 10}
+# What the converter unpacks (runtime/modelkiln/runtime/conversion/archives.py).
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
 def defaulted_spec(spec: dict) -> dict:
     """`spec` with the CRD's defaults applied (an API server has done this already; a file has not)."""
     return with_defaults({"spec": spec})["spec"]
+
+
+def is_archive(uri: str) -> bool:
+    """Whether the converter unpacks the source at `uri` (a #path/inside may follow)."""
+    return urllib.parse.urlsplit(uri).path.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def canonical_device(device: str) -> str:
@@ -67,6 +75,8 @@ def convert_args(*, spec: dict, output: str, artifact_key: str, source_uri: str 
         args += ["--sha256", source["sha256"]]
     if "maxBytes" in source:
         args += ["--max-download-bytes", str(source["maxBytes"])]
+    if "maxCompressionRatio" in source:
+        args += ["--max-compression-ratio", str(source["maxCompressionRatio"])]
     if "timeoutSeconds" in source:
         args += ["--download-timeout", str(source["timeoutSeconds"])]
     if source.get("allowLinkLocal"):

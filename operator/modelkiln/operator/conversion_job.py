@@ -16,7 +16,7 @@ from kubernetes.utils.quantity import parse_quantity
 
 from modelkiln.operator import objects
 from modelkiln.redaction import scrubbed
-from modelkiln.operator.commands import AUTO, convert_args, defaulted_spec
+from modelkiln.operator.commands import AUTO, convert_args, defaulted_spec, is_archive
 from modelkiln.operator.devicepools import DevicePool, pod_defaults
 
 CONTAINER = "convert"
@@ -33,8 +33,10 @@ MAX_DOWNLOAD_BYTES = 20 * 2**30
 DOWNLOAD_TIMEOUT_SECONDS = 3600
 # Converting after the downloads: the Job's deadline is this plus the downloads' own.
 CONVERSION_SECONDS = 3600
-# Downloads (the source and the calibration data, each up to the cap), HOME and TMPDIR share the
-# scratch volume; this is on top of the two downloads, for the libraries' temporary files.
+# Downloads (the source and the calibration data, each up to the cap), an archive's unpacked
+# members (up to the cap again), HOME and TMPDIR share the scratch volume; this is on top, for the
+# libraries' temporary files. The converter is told the rest (--scratch-bytes): an archive bomb is
+# then refused with a cause before the kubelet would evict the pod for filling the volume.
 SCRATCH = "/tmp"
 SCRATCH_HEADROOM_BYTES = 2 * 2**30
 # pvc://CLAIM/path is read by the converter from $MODELKILN_PVC_ROOT/CLAIM/path (docs/interfaces.md).
@@ -71,10 +73,11 @@ def source_claims(spec: dict) -> list[str]:
     return sorted({uri.removeprefix("pvc://").partition("/")[0] for uri in uris if uri.startswith("pvc://")})
 
 
-def scratch_limit(defaults: dict, max_bytes: int) -> str:
+def scratch_limit(defaults: dict, max_bytes: int, *, archive: bool) -> str:
     """The scratch volume's sizeLimit: the pool's budget, raised to what the download cap needs
-    (the source and the calibration data at the cap, plus temporary files)."""
-    needed = 2 * max_bytes + SCRATCH_HEADROOM_BYTES
+    (the source, unpacked too when it is an archive, and the calibration data at the cap, plus
+    temporary files)."""
+    needed = (3 if archive else 2) * max_bytes + SCRATCH_HEADROOM_BYTES
     budget = int(parse_quantity(defaults["emptyDirSizeLimit"]))
     return defaults["emptyDirSizeLimit"] if budget >= needed else f"{-(-needed // 2**20)}Mi"
 
@@ -105,7 +108,10 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
     output = f"{objects.REPOSITORY_PATH}/{name}"
     source = defaulted_spec(spec)["source"]
     defaults = pod_defaults(pool, "conversion")  # the CPU pool's (devicepools.conversion_pool)
-    args = convert_args(spec=spec, output=output, artifact_key=key) + ["--scratch", SCRATCH]
+    max_bytes = source.get("maxBytes", MAX_DOWNLOAD_BYTES)
+    scratch = scratch_limit(defaults, max_bytes, archive=is_archive(source["uri"]))
+    args = convert_args(spec=spec, output=output, artifact_key=key) + [
+        "--scratch", SCRATCH, "--scratch-bytes", str(int(parse_quantity(scratch)) - SCRATCH_HEADROOM_BYTES)]
     served = (model.get("status") or {}).get("artifact", {}).get("version")
     if served is not None:     # its pods keep serving it while this Job runs: retention keeps it
         args += ["--keep-version", str(served)]
@@ -119,9 +125,8 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
               {"name": "scratch", "mountPath": SCRATCH}]
     mounts += [{"name": volume_of[claim], "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
                for claim in claims]
-    max_bytes = source.get("maxBytes", MAX_DOWNLOAD_BYTES)
     volumes = [objects.repository_volume(claim=repository_claim, read_only=False),
-               objects.scratch_volume("scratch", size_limit=scratch_limit(defaults, max_bytes))]
+               objects.scratch_volume("scratch", size_limit=scratch)]
     volumes += [{"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
                 for claim, volume in volume_of.items() if claim != repository_claim]
     ca = source.get("caConfigMap")  # the CRD's default key applied
@@ -186,9 +191,12 @@ def build_job(*, model: dict, spec: dict, key: str, image: str, repository_claim
 
 
 def _resources(spec: dict, pool: DevicePool, defaults: dict) -> dict:
-    """The converter's resources: the pool's conversion defaults; precision Auto measures as the
-    model will serve: with the serving pod's CPU where the spec sets it, and with the pool's device."""
-    resources = {kind: dict(values) for kind, values in defaults.get("resources", {}).items()}
+    """The converter's resources: spec.conversion.resources, else the pool's conversion defaults
+    (whole, not merged: a pool's limit under the model's request would be refused); precision Auto
+    measures as the model will serve: with the serving pod's CPU where the spec sets it, and with
+    the pool's device."""
+    chosen = spec["conversion"].get("resources") or defaults.get("resources", {})
+    resources = {kind: dict(values) for kind, values in chosen.items()}
     if spec["conversion"]["precision"] != AUTO:
         return resources
     for kind in ("requests", "limits"):
@@ -207,10 +215,14 @@ def _condition(job: dict, kind: str) -> dict | None:
     return None
 
 
+def _newest_first(pods: list[dict]) -> list[dict]:
+    return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True)
+
+
 def _last_termination(pods: list[dict]) -> dict | None:
     """The `terminated` state of the converter, or of the step before it when that failed, in
     the most recently started pod that has one."""
-    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True):
+    for pod in _newest_first(pods):
         status = pod.get("status", {})
         for init in status.get("initContainerStatuses", []):
             terminated = init.get("state", {}).get("terminated")
@@ -221,8 +233,23 @@ def _last_termination(pods: list[dict]) -> dict | None:
         for container in status.get("containerStatuses", []):
             terminated = container.get("state", {}).get("terminated")
             if container.get("name") == CONTAINER and terminated:
+                if terminated.get("reason") == "OOMKilled":
+                    return {**terminated, "message": out_of_memory(pod)}
                 return terminated
     return None
+
+
+def out_of_memory(pod: dict) -> str:
+    """Why an OOMKilled converter stopped, with its memory limit and the field that raises it.
+    Its log's tail (FallbackToLogsOnError) says only what it was doing when killed."""
+    containers = pod.get("spec", {}).get("containers", [])
+    limit = next((c.get("resources", {}).get("limits", {}).get("memory") for c in containers
+                  if c.get("name") == CONTAINER), None)
+    if limit is None:
+        return ("the converter was killed for lack of memory (OOMKilled) with no memory limit of its own: its "
+                "node ran out; set spec.conversion.resources.requests.memory to what the conversion needs")
+    return (f"the converter ran out of memory (OOMKilled at its limit of {limit}); raise "
+            "spec.conversion.resources.limits.memory")
 
 
 def conversion_outcome(*, job: dict, pods: list[dict]) -> Outcome:

@@ -30,7 +30,6 @@ from modelkiln.redaction import redacted
 
 ALWAYS_PRESENT_DEVICES = {"CPU", "AUTO"}
 SHOWN_PREDICTIONS = 10
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")     # what the converter unpacks
 
 
 class UpError(Exception):
@@ -134,7 +133,7 @@ def absolute_file_uri(uri: str, base: pathlib.Path) -> str:
         return uri
     # A #path/inside after an archive's name stays a fragment; elsewhere '#' is part of the name.
     archive, hash_sign, inside = uri.rpartition("#")
-    if hash_sign and archive.lower().endswith(ARCHIVE_SUFFIXES):
+    if hash_sign and archive.lower().endswith(commands.ARCHIVE_SUFFIXES):
         return absolute_file_uri(archive, base) + hash_sign + inside
     raw = urllib.parse.unquote(parsed.netloc + parsed.path) if parsed.scheme else uri
     return (base / raw).resolve().as_uri()
@@ -221,6 +220,9 @@ def convert(name: str, spec: dict, repository: pathlib.Path) -> dict:
         if "caConfigMap" in spec["source"]:
             print(f"modelkiln up: {name}: source.caConfigMap is a cluster ConfigMap; here the "
                   f"machine's CAs (and SSL_CERT_FILE) are trusted", file=sys.stderr)
+        if "resources" in spec["conversion"]:
+            print(f"modelkiln up: {name}: conversion.resources sizes the cluster's conversion Job; here the "
+                  f"converter has this machine's memory and CPUs", file=sys.stderr)
         if "credentials" in spec["source"] or "serviceAccountName" in spec["source"]:
             print(f"modelkiln up: {name}: source.credentials and serviceAccountName are cluster objects; "
                   f"here the standard variables of this environment are used (AWS_*, GOOGLE_*, AZURE_*)",

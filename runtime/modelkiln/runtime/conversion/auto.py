@@ -31,6 +31,7 @@ import openvino as ov
 from modelkiln.runtime.conversion import verification
 from modelkiln.runtime.conversion.calibration import SampleSet, synthetic_samples
 from modelkiln.runtime.conversion.errors import ConversionFailed
+from modelkiln.runtime.conversion.ir import quantize, save_ir
 from modelkiln.runtime.conversion.preprocessing import InputOptions
 from modelkiln.runtime.engine import INFERENCE_PRECISIONS, REQUESTS_PER_OPTIMAL, EngineSettings
 
@@ -87,8 +88,6 @@ def choose(args: argparse.Namespace, *, model: ov.Model, reference: verification
            samples: SampleSet | None, calibration_data, options: InputOptions, staging: pathlib.Path) -> Choice:
     """Build, verify and measure every candidate in `staging/candidates`; move the winner's IR into
     `staging` and return it, or fail naming every candidate when none passes the gate."""
-    from modelkiln.runtime.conversion.convert import quantize, save_ir
-
     settings = EngineSettings(device=args.device, performance_hint=args.performance_hint)
     device = settings.openvino_device
     core = ov.Core()

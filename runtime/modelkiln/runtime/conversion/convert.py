@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import datetime
 import errno
 import hashlib
@@ -27,10 +28,12 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Iterator
 
+from modelkiln import extras
 from modelkiln.redaction import scrubbed
 from modelkiln.runtime.conversion import retention
 from modelkiln.runtime.conversion.errors import ConversionFailed
-from modelkiln.runtime.conversion.sources import DOWNLOAD_TIMEOUT_SECONDS, MAX_DOWNLOAD_BYTES
+from modelkiln.runtime.conversion.archives import MAX_RATIO as ARCHIVE_MAX_RATIO
+from modelkiln.runtime.conversion.downloads import DOWNLOAD_TIMEOUT_SECONDS, MAX_DOWNLOAD_BYTES, DownloadLimits
 
 if TYPE_CHECKING:   # OpenVINO loads only when a conversion runs: `--help` stays instant
     import openvino as ov
@@ -44,11 +47,13 @@ if TYPE_CHECKING:   # OpenVINO loads only when a conversion runs: `--help` stays
 PRECISIONS = ("FP32", "FP16", "INT8", "AUTO")
 DEFAULT_TERMINATION_LOG = pathlib.Path("/dev/termination-log")
 TERMINATION_LOG_LIMIT = 4096        # what Kubernetes keeps of a termination message
+FULL_BELOW_BYTES = 1 << 20          # a disk with less free is what a write ran out of
 VERIFICATION_SAMPLES = 32           # rows compared when the samples carry no labels
 EXIT_PERMANENT, EXIT_TRANSIENT = 1, 3
 # What does not shape the artifact: left out of the artifact key.
 NOT_IN_ARTIFACT_KEY = ("output", "artifact_key", "termination_log", "ca_file", "max_download_bytes",
-                       "download_timeout", "allow_link_local", "scratch", *retention.OPTIONS)
+                       "download_timeout", "allow_link_local", "scratch", "scratch_bytes", "max_compression_ratio",
+                       *retention.OPTIONS)
 # What the summary keeps of each --precision auto candidate (modelkiln.json has every column).
 SUMMARY_COLUMNS = ("name", "sizeBytes", "perSecond", "p50Ms", "p99Ms", "top1Agreement", "accuracyDrop", "cosine",
                    "passed", "note")
@@ -89,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scratch", type=pathlib.Path, metavar="DIR",
                         help="where downloads are kept while converting, in a directory removed at the end "
                              "(default: $TMPDIR or /tmp); only the finished version goes to --output")
+    parser.add_argument("--max-compression-ratio", type=float, default=ARCHIVE_MAX_RATIO, metavar="R",
+                        help="refuse an archive (source or calibration data) with a member that unpacks to "
+                             "more than R times its compressed size, as an archive bomb does, while it unpacks "
+                             f"(default {ARCHIVE_MAX_RATIO})")
+    parser.add_argument("--scratch-bytes", type=int, metavar="N",
+                        help="the space downloads and unpacked archives may take in the scratch directory (a "
+                             "conversion Job's: its scratch volume's size less room for temporary files); an "
+                             "archive unpacks within what is left of it, keeping --max-download-bytes for "
+                             "calibration data still to come (default: the scratch disk's free space)")
     parser.add_argument("--input-shape", action="append", default=[], metavar="[NAME=]D,D,...",
                         help="input shape; -1 or ? for a dynamic dimension (repeat per input)")
     parser.add_argument("--layout", action="append", default=[], metavar="[NAME=]NCHW", help="input layout")
@@ -150,15 +164,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     with stderr_sent_to_stdout() as stderr, sigterm_raises():
         termination_log = termination_log_of(argv)
+        args = None
         try:
             args = build_parser().parse_args(argv)
             summary = convert(args)
         except ConversionFailed as failure:
             return fail(str(failure), transient=failure.transient, stderr=stderr, termination_log=termination_log)
         except OSError as error:
-            return fail(describe_os_error(error), transient=error.errno in (errno.ENOSPC, errno.EDQUOT),
-                        stderr=stderr, termination_log=termination_log)
+            return fail(describe_os_error(error, output=args and args.output),
+                        transient=error.errno in (errno.ENOSPC, errno.EDQUOT), stderr=stderr,
+                        termination_log=termination_log)
         except Exception as error:  # noqa: BLE001 - a bug still owes the operator its one line
+            extra = extras.extra_for(error, command="convert")
+            if extra:
+                return fail(extras.needs("modelkiln convert", extra), transient=False, stderr=stderr,
+                            termination_log=termination_log)
             print(scrubbed(traceback.format_exc()), file=sys.stdout)
             lines = str(error).strip().splitlines()
             return fail(f"unexpected {type(error).__name__}: {lines[0] if lines else ''}", transient=False,
@@ -190,11 +210,25 @@ def fail(cause: str, *, transient: bool, stderr, termination_log: pathlib.Path |
     return EXIT_TRANSIENT if transient else EXIT_PERMANENT
 
 
-def describe_os_error(error: OSError) -> str:
+def describe_os_error(error: OSError, *, output: pathlib.Path | None) -> str:
     where = f" writing {error.filename}" if error.filename else ""
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left on device{where}"
-    return f"{error.strerror or error}{where}"
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return f"{error.strerror or error}{where}"
+    if output is not None and repository_full(output, filename=error.filename):
+        return (f"no space left on device{where}: the model repository is full; nothing was published and "
+                f"the versions of {output} are untouched; free space on it and convert again")
+    return f"no space left on device{where}"
+
+
+def repository_full(output: pathlib.Path, *, filename: str | None) -> bool:
+    """Whether the disk that filled up is the repository's (else the scratch space's): the file
+    written says so, or, when the error names none (a buffered write), the repository's free space."""
+    if filename:
+        return pathlib.Path(filename).resolve().is_relative_to(output.resolve())
+    try:
+        return shutil.disk_usage(output).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
 
 
 def write_termination_log(path: pathlib.Path | None, text: str) -> None:
@@ -286,14 +320,17 @@ def summary_of(metadata: dict, *, model_dir: pathlib.Path, reused: bool) -> dict
 def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, downloads: pathlib.Path,
                    artifact_key: str) -> dict:
     """Fetch into `downloads`, convert, quantize, save into `staging` and verify; returns the metadata."""
-    from modelkiln.runtime.conversion import calibration, formats, sources, verification
+    from modelkiln.runtime.conversion import archives, calibration, formats, ir, sources, verification
 
     check_arguments(args)
     tls = sources.tls_context(args.ca_file)
-    limits = sources.DownloadLimits(max_bytes=args.max_download_bytes, timeout_seconds=args.download_timeout,
+    limits = DownloadLimits(max_bytes=args.max_download_bytes, timeout_seconds=args.download_timeout,
                                     allow_link_local=args.allow_link_local)
+    # Calibration data comes after the source: on a scratch volume, room for it stays free.
+    scratch = archives.Scratch(downloads.parent, size_bytes=args.scratch_bytes,
+                               reserved_bytes=args.max_download_bytes if args.calibration else 0)
     source = sources.fetch_source(args.source, download_dir=downloads, expected_sha256=args.sha256, tls=tls,
-                                  limits=limits)
+                                  limits=limits, scratch=scratch, max_ratio=args.max_compression_ratio)
     model_file = formats.detect_format(source.path, declared=args.format)
     print(f"converting {model_file.format} model {model_file.path.name} to {args.precision}", flush=True)
 
@@ -301,7 +338,9 @@ def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, downloads
     model, reference_model, options = prepare_model(args, model_file=model_file)
     samples, calibration_data = None, None      # real inputs: for calibration and verification
     if args.calibration:
-        calibration_data = sources.fetch_source(args.calibration, download_dir=downloads, tls=tls, limits=limits)
+        calibration_data = sources.fetch_source(args.calibration, download_dir=downloads, tls=tls, limits=limits,
+                                                scratch=dataclasses.replace(scratch, reserved_bytes=0),
+                                                max_ratio=args.max_compression_ratio)
         samples = calibration.load_samples(calibration_data.path, model=model, limit=args.calibration_samples,
                                            layouts=options.layouts)
     reference = verification.reference_for(model_file, source_model=reference_model)
@@ -325,7 +364,7 @@ def build_artifact(args: argparse.Namespace, *, staging: pathlib.Path, downloads
     return {
         "name": args.output.name, "version": None, "artifactKey": artifact_key, "precision": precision,
         "source": {"uri": sources.redacted(args.source), "sha256": source.sha256, "format": model_file.format},
-        **signatures(xml),
+        **ir.signatures(xml),
         "preprocessing": preprocessing_record(options),
         "sizeBytes": sum(p.stat().st_size for p in staging.iterdir() if p.is_file()),
         "sha256": sources.sha256_of(staging / "model.bin"),
@@ -342,13 +381,13 @@ def convert_one(args: argparse.Namespace, *, model: ov.Model, reference: Referen
                 xml: pathlib.Path, started: float) -> tuple[str, dict | None, dict, dict]:
     """The artifact at the one precision asked for, verified in strict FP32 and gated:
     (precision, calibration record, verification, timings)."""
-    from modelkiln.runtime.conversion import verification
+    from modelkiln.runtime.conversion import ir, verification
 
     calibration_record = None
     if args.precision == "INT8":
-        model, calibration_record, samples = quantize(args, model=model, samples=samples,
-                                                      calibration_data=calibration_data)
-    save_ir(model, xml=xml, compress_to_fp16=args.precision == "FP16")
+        model, calibration_record, samples = ir.quantize(args, model=model, samples=samples,
+                                                         calibration_data=calibration_data)
+    ir.save_ir(model, xml=xml, compress_to_fp16=args.precision == "FP16")
     convert_seconds = time.monotonic() - started
 
     started = time.monotonic()
@@ -367,8 +406,11 @@ def check_arguments(args: argparse.Namespace) -> None:
                                "directory of images), or --synthetic-calibration to accept random inputs")
     if args.calibration_samples < 1:
         raise ConversionFailed(f"--calibration-samples must be at least 1 (got {args.calibration_samples})")
-    if args.max_download_bytes < 1:
-        raise ConversionFailed(f"--max-download-bytes must be at least 1 (got {args.max_download_bytes})")
+    for flag, value in (("--max-download-bytes", args.max_download_bytes), ("--scratch-bytes", args.scratch_bytes)):
+        if value is not None and value < 1:
+            raise ConversionFailed(f"{flag} must be at least 1 (got {value})")
+    if not args.max_compression_ratio >= 1:
+        raise ConversionFailed(f"--max-compression-ratio must be at least 1 (got {args.max_compression_ratio:g})")
     if not args.download_timeout > 0:
         raise ConversionFailed(f"--download-timeout must be a number of seconds above 0 (got {args.download_timeout})")
     keep_float = args.keep_float_type or args.keep_float_name or args.keep_float_pattern
@@ -405,27 +447,6 @@ def prepare_model(args: argparse.Namespace, *, model_file: ModelFile) -> tuple[o
     return preprocessing.embed_preprocessing(model, options), reference_model, options
 
 
-def quantize(args: argparse.Namespace, *, model: ov.Model, samples: SampleSet | None,
-             calibration_data: FetchedSource | None) -> tuple[ov.Model, dict, SampleSet]:
-    """INT8 model, its calibration record, and the samples to verify on (real ones when given)."""
-    from modelkiln.runtime.conversion import calibration, sources
-    from modelkiln.runtime.conversion.quantization import quantize_int8
-
-    if args.synthetic_calibration:
-        calibration_set = calibration.synthetic_samples(model, count=args.calibration_samples)
-        record = {"source": "synthetic", "samples": calibration_set.rows(), "synthetic": True}
-    else:
-        calibration_set = samples
-        record = {"source": sources.redacted(args.calibration), "sha256": calibration_data.sha256,
-                  "samples": samples.rows(), "synthetic": False}
-    print(f"quantizing to INT8 on {calibration_set.rows()} calibration samples", flush=True)
-    keep_float = {kind: values for kind, values in (("types", args.keep_float_type), ("names", args.keep_float_name),
-                                                    ("patterns", args.keep_float_pattern)) if values}
-    model, how = quantize_int8(model, calibration=calibration_set, max_accuracy_drop=args.max_accuracy_drop,
-                               keep_float=keep_float)
-    return model, {**record, **how}, samples if samples is not None else calibration_set
-
-
 def verification_samples(samples: SampleSet | None, *, model: ov.Model) -> SampleSet:
     """Labelled data is checked in full (it measures accuracy); otherwise a few rows suffice."""
     from modelkiln.runtime.conversion.calibration import SampleSet, synthetic_samples
@@ -441,36 +462,6 @@ def verification_samples(samples: SampleSet | None, *, model: ov.Model) -> Sampl
         kept.append(sample)
         rows += len(next(iter(sample.values())))
     return SampleSet(samples=kept, synthetic=samples.synthetic)
-
-
-def save_ir(model: ov.Model, *, xml: pathlib.Path, compress_to_fp16: bool) -> None:
-    import openvino as ov
-
-    try:
-        ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
-    except RuntimeError as error:
-        # OpenVINO reports a full disk as a generic write error: make it say so.
-        if shutil.disk_usage(xml.parent).free < (1 << 20):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(xml.parent)) from error
-        raise ConversionFailed(f"cannot save the IR: {str(error).strip().splitlines()[-1]}") from error
-
-
-def signatures(xml: pathlib.Path) -> dict:
-    import openvino as ov
-
-    saved = ov.Core().read_model(str(xml))
-    return {"inputs": signature(saved.inputs), "outputs": signature(saved.outputs)}
-
-
-def signature(ports: list[ov.Output]) -> list[dict]:
-    from openvino import Type
-
-    names = {Type.f32: "FP32", Type.f16: "FP16", Type.f64: "FP64", Type.i64: "INT64", Type.i32: "INT32",
-             Type.i8: "INT8", Type.u8: "UINT8", Type.boolean: "BOOL", Type.i16: "INT16", Type.u16: "UINT16",
-             Type.bf16: "BF16", Type.u32: "UINT32", Type.u64: "UINT64"}
-    return [{"name": port.get_any_name(), "datatype": names.get(port.get_element_type(), str(port.get_element_type())),
-             "shape": [dim.get_length() if dim.is_static else -1 for dim in port.get_partial_shape()]}
-            for port in ports]
 
 
 def preprocessing_record(options: InputOptions) -> dict | None:

@@ -15,6 +15,7 @@ import zipfile
 
 import openvino as ov
 
+from modelkiln import extras
 from modelkiln.runtime.conversion.errors import ConversionFailed
 
 FORMATS = ("onnx", "tensorflow", "tflite", "paddle", "pytorch", "ir")
@@ -143,7 +144,7 @@ def load_pytorch(path: pathlib.Path):
     try:
         import torch
     except ImportError as error:
-        raise ConversionFailed("reading a PyTorch model needs torch: pip install 'modelkiln[torch]'") from error
+        raise ConversionFailed(extras.needs("reading a PyTorch model", "torch")) from error
     with zipfile.ZipFile(path) as archive:
         exported = any(name.endswith("archive_format") for name in archive.namelist())
     return torch.export.load(str(path)) if exported else torch.jit.load(str(path), map_location="cpu")

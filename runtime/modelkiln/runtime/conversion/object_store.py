@@ -30,8 +30,8 @@ from obstore.exceptions import BaseError, NotFoundError, PermissionDeniedError, 
 from obstore.store import AzureStore, GCSStore, S3Store
 
 from modelkiln.runtime.conversion.errors import ConversionFailed
-from modelkiln.runtime.conversion.sources import (BACKOFF_SECONDS, CHUNK_BYTES, RETRIES, TIMEOUT_SECONDS,
-                                                  DownloadLimits, ProgressMeter, over_size_cap, past_deadline)
+from modelkiln.runtime.conversion.downloads import (BACKOFF_SECONDS, CHUNK_BYTES, RETRIES, TIMEOUT_SECONDS,
+                                                    DownloadLimits, ProgressMeter, over_size_cap, past_deadline)
 
 # The Secret that the operator gave the Job as variables (spec.source.credentials), to name in causes.
 CREDENTIALS_SECRET = "MODELKILN_SOURCE_CREDENTIALS"

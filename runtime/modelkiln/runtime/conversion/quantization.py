@@ -28,6 +28,7 @@ import pathlib
 import numpy as np
 import openvino as ov
 
+from modelkiln import extras
 from modelkiln.runtime.conversion.calibration import SampleSet
 from modelkiln.runtime.conversion.errors import ConversionFailed
 from modelkiln.runtime.conversion.verification import classifier_output
@@ -39,7 +40,7 @@ def quantize_int8(model: ov.Model, *, calibration: SampleSet, max_accuracy_drop:
     try:
         import nncf
     except ImportError as error:
-        raise ConversionFailed("INT8 quantization needs NNCF: pip install 'modelkiln[int8]'") from error
+        raise ConversionFailed(extras.needs("INT8 quantization", "int8")) from error
 
     dataset = nncf.Dataset(calibration.samples)
     subset = len(calibration.samples)

@@ -6,9 +6,10 @@ they stream to disk, retry with exponential backoff, resume with an HTTP Range r
 the server allows, and show progress (a bar on a terminal, plain lines in a pod's log). Local
 and PVC sources are read in place. Every source is hashed, and checked when a sha256 is given.
 
-A source URI is untrusted input, so downloads are bounded (DownloadLimits): a size cap and a
-deadline enforced while streaming, redirects only to http(s) and never from https to http, and
-no connection to link-local or cloud metadata addresses, checked on the address connected to.
+A source URI is untrusted input, so downloads are bounded (DownloadLimits, in downloads.py): a
+size cap and a deadline enforced while streaming, redirects only to http(s) and never from https
+to http, and no connection to link-local or cloud metadata addresses, checked on the address
+connected to.
 """
 
 from __future__ import annotations
@@ -30,24 +31,16 @@ import urllib.parse
 import urllib.request
 from typing import TextIO
 
+from modelkiln import extras
 from modelkiln.redaction import redacted
 from modelkiln.runtime.conversion import archives
+from modelkiln.runtime.conversion.downloads import (BACKOFF_SECONDS, CHUNK_BYTES, RETRIES, DownloadLimits,
+                                                    ProgressMeter, over_size_cap, past_deadline)
 from modelkiln.runtime.conversion.errors import ConversionFailed
 
-CHUNK_BYTES = 1 << 20
 # Most one receive may return: read1 allocates this much each time, and a receive brings at
 # most a socket buffer (or a 16 KiB TLS record) anyway.
 RECEIVE_BYTES = 64 << 10
-# Tunable so that tests of unreachable servers do not wait for a real backoff.
-RETRIES = int(os.environ.get("MODELKILN_FETCH_RETRIES", "5"))
-BACKOFF_SECONDS = float(os.environ.get("MODELKILN_FETCH_BACKOFF", "1.0"))
-TIMEOUT_SECONDS = float(os.environ.get("MODELKILN_FETCH_TIMEOUT", "30"))  # to connect, and per receive
-# 20 GiB: above the 2 GiB that ONNX, TensorFlow and TFLite files can hold at most (protobuf,
-# flatbuffer), and enough for a PyTorch file or an archive of a model of some 10B parameters in
-# FP16, more than the Job's default memory can convert; yet a runaway server cannot fill a disk.
-MAX_DOWNLOAD_BYTES = 20 * 2**30
-# An hour: 20 GiB at 6 MB/s. Downloads of one conversion (model and calibration data) share it.
-DOWNLOAD_TIMEOUT_SECONDS = 3600
 MAX_REDIRECTS = 10      # enough for a CDN or a presigned-URL hop or two; not a loop
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Metadata services outside the link-local ranges (169.254.0.0/16, fe80::/10, which hold the
@@ -60,32 +53,6 @@ class FetchedSource:
     path: pathlib.Path      # a file, or a directory (TF SavedModel, IR pair)
     sha256: str             # of the file, or of the directory's files in name order
     seconds: float
-
-
-@dataclasses.dataclass(frozen=True)
-class DownloadLimits:
-    """What the downloads of one conversion may cost and reach; the deadline runs from creation."""
-
-    max_bytes: int = MAX_DOWNLOAD_BYTES     # per download
-    timeout_seconds: float = DOWNLOAD_TIMEOUT_SECONDS   # for all of them, retries included
-    allow_link_local: bool = False
-    deadline: float = dataclasses.field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "deadline", time.monotonic() + self.timeout_seconds)
-
-    def read_timeout(self) -> float:
-        """How long the next connect or receive may wait: the idle timeout, or what is left."""
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the download deadline has passed")
-        return min(TIMEOUT_SECONDS, left)
-
-    def bound(self, sock: socket.socket) -> None:
-        """Let the next receive on `sock` wait no longer than read_timeout()."""
-        timeout = self.read_timeout()
-        if timeout != sock.gettimeout():    # unchanged until the deadline nears: no system call
-            sock.settimeout(timeout)
 
 
 def pvc_root() -> pathlib.Path:
@@ -121,9 +88,12 @@ def pvc_path(uri: str, *, claim: str, path: str) -> pathlib.Path:
 
 def fetch_source(uri: str, *, download_dir: pathlib.Path, expected_sha256: str | None = None,
                  tls: ssl.SSLContext | None = None, limits: DownloadLimits | None = None,
+                 scratch: archives.Scratch | None = None, max_ratio: float = archives.MAX_RATIO,
                  progress: TextIO = sys.stdout) -> FetchedSource:
     """Make the source at `uri` available as a local path and check its sha256; `tls` is the
-    trust for https:// (tls_context); downloads go to `download_dir` within `limits`."""
+    trust for https:// (tls_context); downloads go to `download_dir` within `limits`, and an
+    archive is unpacked there within `scratch` (default: the free space of `download_dir`) and
+    `max_ratio` (archives.model_in)."""
     started = time.monotonic()
     uri, inside = archives.split_inside(uri)
     parsed = urllib.parse.urlsplit(uri)
@@ -131,7 +101,12 @@ def fetch_source(uri: str, *, download_dir: pathlib.Path, expected_sha256: str |
         path = download(uri, destination=download_dir / download_name(parsed.path), tls=tls,
                         limits=limits or DownloadLimits(), progress=progress)
     elif parsed.scheme in ("s3", "gs", "az"):
-        from modelkiln.runtime.conversion import object_store    # obstore: the converter image's
+        try:
+            from modelkiln.runtime.conversion import object_store    # obstore: the converter image's
+        except ModuleNotFoundError as error:
+            if extras.extra_for(error, command="convert") != "storage":
+                raise
+            raise ConversionFailed(extras.needs(f"reading {parsed.scheme}:// sources", "storage")) from None
 
         path = object_store.download(uri, download_dir=download_dir, limits=limits or DownloadLimits(),
                                      progress=progress)
@@ -151,7 +126,7 @@ def fetch_source(uri: str, *, download_dir: pathlib.Path, expected_sha256: str |
         raise ConversionFailed(f"checksum mismatch for {redacted(uri)}: expected sha256 {expected_sha256.lower()}, "
                                f"got {digest}")
     if path.is_file() and archives.is_archive(path.name):
-        path = archives.model_in(path, scratch=download_dir, inside=inside)
+        path = archives.model_in(path, scratch=download_dir, inside=inside, space=scratch, max_ratio=max_ratio)
     elif inside:
         raise ConversionFailed(f"#{inside} names a path inside an archive, but {path.name} is not one "
                                f"(expected a name ending in {', '.join(archives.SUFFIXES)})")
@@ -215,20 +190,6 @@ class HTTPStatusError(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"HTTP {status} {reason}")
         self.status, self.reason = status, reason
-
-
-def past_deadline(shown: str, *, limits: DownloadLimits, partial: pathlib.Path) -> ConversionFailed:
-    received = partial.stat().st_size if partial.exists() else 0
-    return ConversionFailed(f"cannot download {shown}: not finished within the download deadline of "
-                            f"{limits.timeout_seconds:g} s ({received} bytes received); give it more time with "
-                            "--download-timeout SECONDS (in a cluster, spec.source.timeoutSeconds)")
-
-
-def over_size_cap(shown: str, *, limits: DownloadLimits, announced: int | None = None) -> ConversionFailed:
-    size = f"the server announces {announced} bytes" if announced is not None else \
-        f"more than {limits.max_bytes} bytes received"
-    return ConversionFailed(f"cannot download {shown}: {size}, over the size cap of {limits.max_bytes} bytes; "
-                            "raise it with --max-download-bytes N (in a cluster, spec.source.maxBytes)")
 
 
 def download_once(url: str, *, partial: pathlib.Path, tls: ssl.SSLContext | None, limits: DownloadLimits,
@@ -361,40 +322,3 @@ def refused_address(address: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     return ip.is_link_local or ip in METADATA_ADDRESSES
-
-
-class ProgressMeter:
-    """A redrawn bar on a terminal; one line per 10% (or per 10 MiB of unknown size) in a log."""
-
-    def __init__(self, *, url: str, total: int | None, done: int, stream: TextIO) -> None:
-        self.url, self.total, self.done, self.stream = url, total, done, stream
-        self.tty = stream.isatty()
-        self.reported = -1
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        if self.tty:
-            self.stream.write("\r" + self.bar())
-            self.stream.flush()
-            return
-        step = self.done * 10 // self.total if self.total else self.done // (10 * CHUNK_BYTES)
-        if step != self.reported:
-            self.reported = step
-            print(f"downloading {self.url}: {self.describe()}", file=self.stream, flush=True)
-
-    def finish(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-        else:
-            print(f"downloaded {self.url}: {self.done} bytes", file=self.stream, flush=True)
-
-    def bar(self) -> str:
-        if not self.total:
-            return f"{self.done / 2**20:8.1f} MiB"
-        filled = 30 * self.done // self.total
-        return f"[{'#' * filled}{'.' * (30 - filled)}] {self.describe()}"
-
-    def describe(self) -> str:
-        if not self.total:
-            return f"{self.done} bytes"
-        return f"{100 * self.done // self.total}% of {self.total} bytes"
