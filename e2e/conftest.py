@@ -10,6 +10,7 @@ fails: a green CI always means these tests ran.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 
 import control_plane as cp
 import real_node as rn
+import scaling_stack
 from control_plane import Kubectl
 from modelkiln_setup import (OperatorProcess, create_model_namespace, delete_model_namespace, install_modelkiln,
                              operator_process)
@@ -34,6 +36,8 @@ _state: dict[str, object] = {}
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "real_node: runs real containers on a real node (root, runc, buildah)")
+    config.addinivalue_line("markers", "autoscaling: metrics-server, KEDA and its HTTP add-on scale models "
+                                       "on the real node")
 
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: build only when e2e tests will run
@@ -45,7 +49,21 @@ def pytest_collection_modifyitems(session, config, items):
                                     needs="the control plane and no KUBECONFIG")
     if bin_dir is not None:
         _state["bin_dir"] = bin_dir
-        prepare_real_node([item for item in e2e_items if item.get_closest_marker("real_node")])
+        real_node_items = [item for item in e2e_items if item.get_closest_marker("real_node")]
+        prepare_real_node(real_node_items)
+        if any(item.get_closest_marker("autoscaling") and not item.get_closest_marker("skip")
+               for item in real_node_items):
+            _state["scaling_components"] = build_scaling_components()
+
+
+def build_scaling_components() -> Path:
+    """Build metrics-server, CoreDNS, KEDA, its HTTP add-on and Prometheus at collection (minutes on
+    a cold machine, not counted against a test's timeout)."""
+    try:
+        return scaling_stack.build()
+    except subprocess.CalledProcessError as exc:
+        raise pytest.UsageError(f"autoscaling tests: {scaling_stack.BUILD_SCRIPT.name} failed "
+                                f"(exit {exc.returncode}); its output is above") from None
 
 
 def prepare_real_node(items: list) -> None:
@@ -112,17 +130,16 @@ def operator(cluster: Kubectl, tmp_path_factory) -> OperatorProcess:
         proc.stop()
 
 
-@pytest.fixture(scope="module")
-def real_node_cluster(tmp_path_factory):
-    """A control plane whose CPU pool is a real node (kwok plays the GPU and NPU pools): its admin
-    kubectl, the node, a work directory and helm."""
+@contextlib.contextmanager
+def _real_node_cluster(work: Path, *, apiserver_args: tuple[str, ...] = (), cluster_dns: str | None = None):
     if os.environ.get("KUBECONFIG"):
         pytest.skip("the real node joins a control plane of its own, not KUBECONFIG's cluster")
     bin_dir = _state["bin_dir"]
-    work = tmp_path_factory.mktemp("real-node")
-    plane = cp.start_control_plane(bin_dir=bin_dir, work_dir=work / "control-plane", pools=("gpu", "npu"))
+    plane = cp.start_control_plane(bin_dir=bin_dir, work_dir=work / "control-plane", pools=("gpu", "npu"),
+                                   apiserver_args=apiserver_args)
     try:
-        node = rn.start_real_node(plane, bin_dir=bin_dir, work_dir=work / "node", cache=rn.cache_dir())
+        node = rn.start_real_node(plane, bin_dir=bin_dir, work_dir=work / "node", cache=rn.cache_dir(),
+                                  cluster_dns=cluster_dns)
         _state["real_node"] = node
         try:
             yield plane.kubectl, node, work, Helm(bin_dir / "helm", work)
@@ -131,6 +148,28 @@ def real_node_cluster(tmp_path_factory):
             _state.pop("real_node")
     finally:
         plane.stop()
+
+
+@pytest.fixture(scope="module")
+def real_node_cluster(tmp_path_factory):
+    """A control plane whose CPU pool is a real node (kwok plays the GPU and NPU pools): its admin
+    kubectl, the node, a work directory and helm."""
+    with _real_node_cluster(tmp_path_factory.mktemp("real-node")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def scaling_cluster(tmp_path_factory):
+    """`real_node_cluster` with what autoscaling needs: the API server's aggregation layer, cluster DNS,
+    metrics-server, KEDA, its HTTP add-on and a Prometheus scraping the serving pods."""
+    work = tmp_path_factory.mktemp("scaling-node")
+    with _real_node_cluster(work, apiserver_args=scaling_stack.aggregation_args(work / "front-proxy"),
+                            cluster_dns=scaling_stack.DNS_IP) as (kubectl, node, work, helm):
+        stack = scaling_stack.install(kubectl, node, _state["scaling_components"], work / "scaling")
+        try:
+            yield kubectl, node, work, helm
+        finally:
+            stack.stop()
 
 
 @pytest.fixture

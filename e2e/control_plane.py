@@ -125,7 +125,7 @@ def _https_ok(url: str, token: str | None = None) -> bool:
         return resp.status == 200
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return resp.status == 200
 
@@ -277,7 +277,7 @@ def _start(plane: ControlPlane, *, bin_dir: Path, pki: Path, logs: Path, tokens:
         "--unsafe-no-fsync", "--log-level=warn",
     ], log_dir=logs)
     plane.processes.append(etcd)
-    wait_until("etcd", lambda: _http_ok(f"{etcd_url}/health"), timeout=timeout, procs=[etcd])
+    wait_until("etcd", lambda: http_ok(f"{etcd_url}/health"), timeout=timeout, procs=[etcd])
 
     api_port = free_port()
     plane.server = f"https://127.0.0.1:{api_port}"
@@ -323,7 +323,7 @@ def _start(plane: ControlPlane, *, bin_dir: Path, pki: Path, logs: Path, tokens:
                timeout=timeout, procs=procs)
     wait_until("kube-scheduler /healthz", lambda: _https_ok(f"https://127.0.0.1:{sched_port}/healthz"),
                timeout=timeout, procs=procs)
-    wait_until("kwok /healthz", lambda: _http_ok(f"http://127.0.0.1:{kwok_port}/healthz"),
+    wait_until("kwok /healthz", lambda: http_ok(f"http://127.0.0.1:{kwok_port}/healthz"),
                timeout=timeout, procs=procs)
     # Pods need the namespace's default ServiceAccount, made by the controller-manager.
     wait_until("default ServiceAccount",

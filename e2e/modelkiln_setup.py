@@ -155,6 +155,8 @@ def digits_example(name: str, source: str, *, precision: str = "FP32", **serving
     model["metadata"]["name"] = name
     model["spec"]["source"]["uri"] = source
     model["spec"]["conversion"]["precision"] = precision
+    if "autoscaling" in serving:  # the CRD takes one or the other
+        model["spec"]["serving"].pop("replicas", None)
     model["spec"]["serving"].update(serving)
     return yaml.safe_dump(model)
 
@@ -167,10 +169,11 @@ def owned_by_runtime_user(path: Path) -> Path:
     return path
 
 
-def install_on_real_node(kubectl: cp.Kubectl, helm, work: Path) -> None:
+def install_on_real_node(kubectl: cp.Kubectl, helm, work: Path, *, values: dict | None = None) -> None:
     """`helm install` with the locally built images, and in REAL_NODE_MODELS the repository claim
     and an uploads claim holding the digits model, its calibration data and a corrupt model; one
-    more copy of the model in the repository claim itself (`incoming/digits.onnx`)."""
+    more copy of the model in the repository claim itself (`incoming/digits.onnx`). `values` adds
+    chart values (top-level keys replaced)."""
     models = REAL_NODE_MODELS
     repository, uploads = work / "repository", work / "uploads"
     (uploads / "digits").mkdir(parents=True)
@@ -190,6 +193,6 @@ def install_on_real_node(kubectl: cp.Kubectl, helm, work: Path) -> None:
         kubectl.apply(obj)
     values = {"image": {"registry": "localhost/modelkiln"},
               "operator": {"resyncSeconds": 2, "verbose": True},
-              "repository": {"namespaces": [models], "storageClass": ""}}
+              "repository": {"namespaces": [models], "storageClass": ""}, **(values or {})}
     helm.run("install", REAL_NODE_RELEASE, str(CHART), "-n", REAL_NODE_RELEASE_NAMESPACE, "--create-namespace",
              "--wait", "--timeout=5m", "--kubeconfig", str(kubectl.kubeconfig), values=values)

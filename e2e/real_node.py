@@ -39,6 +39,7 @@ API_PORT = 6443
 PAUSE_IMAGE = "localhost/modelkiln/pause:3.10"
 NAMESPACE = "k8s.io"  # containerd's namespace for CRI: where the kubelet finds images
 CGROUP_ROOT = "modelkiln"  # the pods' cgroups, under this name in every v1 hierarchy
+EGRESS_CHAIN = "MODELKILN-EGRESS"
 SYSCTLS = {"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1"}
 
 
@@ -124,7 +125,7 @@ class RealNode:
         """Remove the node's host state: the iptables chains of kube-proxy, the kubelet and CNI, the bridge, the
         pods' cgroups. Also run before starting, in case a killed run left them."""
         subprocess.run([str(self.work_dir / "bin" / "kube-proxy"), "--cleanup"], capture_output=True)
-        _delete_iptables_chains(prefixes=("CNI-", "KUBE-"))
+        _delete_iptables_chains(prefixes=("CNI-", "KUBE-", EGRESS_CHAIN))
         subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
         _remove_cgroups(CGROUP_ROOT)
 
@@ -204,6 +205,16 @@ def _delete_iptables_chains(*, prefixes: tuple[str, ...]) -> None:
                 subprocess.run([iptables, "-t", table, flag, chain], capture_output=True)
 
 
+def _confine_pods() -> None:
+    """Pods reach only the node (INPUT: the API server forward, Prometheus, the kubelet) and each
+    other, Services included (DNAT'ed to pods before FORWARD): a packet to any other address is
+    refused here, so no test, and no bug, can send traffic off the machine."""
+    subprocess.run(["iptables", "-N", EGRESS_CHAIN], check=True)
+    subprocess.run(["iptables", "-A", EGRESS_CHAIN, "-d", POD_SUBNET, "-j", "RETURN"], check=True)
+    subprocess.run(["iptables", "-A", EGRESS_CHAIN, "-j", "REJECT", "--reject-with", "icmp-net-prohibited"], check=True)
+    subprocess.run(["iptables", "-I", "FORWARD", "-s", POD_SUBNET, "-j", EGRESS_CHAIN], check=True)
+
+
 def _make_cgroups(root: str) -> None:
     """The kubelet's cgroup root `/root` in every v1 hierarchy (it must exist before the kubelet)."""
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
@@ -263,8 +274,14 @@ def cni_config() -> dict:
     }
 
 
-def kubelet_config(work_dir: Path, *, socket_path: Path) -> dict:
-    return {
+def kubelet_config(work_dir: Path, *, socket_path: Path, cluster_dns: str | None = None) -> dict:
+    """With `cluster_dns`, pods resolve through it alone: the host's resolver is never theirs (an
+    empty resolv.conf for dnsPolicy Default), so no name outside the cluster resolves in a pod."""
+    resolv = "/etc/resolv.conf"
+    if cluster_dns:
+        resolv = work_dir / "pods-resolv.conf"
+        resolv.write_text("")
+    config = {
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
         "cgroupDriver": "cgroupfs", "cgroupRoot": f"/{CGROUP_ROOT}",
         "failCgroupV1": False,  # this machine has cgroup v1; v1.35 refuses it without this
@@ -279,9 +296,12 @@ def kubelet_config(work_dir: Path, *, socket_path: Path) -> dict:
                          "imagefs.available": "1%"},
         # The images were imported by hand: never garbage-collect them.
         "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-        "clusterDomain": "cluster.local", "resolvConf": "/etc/resolv.conf", "maxPods": 50,
+        "clusterDomain": "cluster.local", "resolvConf": str(resolv), "maxPods": 50,
         "serializeImagePulls": False,
     }
+    if cluster_dns:
+        config["clusterDNS"] = [cluster_dns]
+    return config
 
 
 def kube_proxy_config(kubeconfig: Path) -> dict:
@@ -296,8 +316,9 @@ def kube_proxy_config(kubeconfig: Path) -> dict:
 
 
 def start_real_node(plane: cp.ControlPlane, *, bin_dir: Path, work_dir: Path, cache: Path,
-                    timeout: float = 120) -> RealNode:
-    """Start containerd, load the images, start kubelet and kube-proxy; wait for the node to be Ready."""
+                    timeout: float = 120, cluster_dns: str | None = None) -> RealNode:
+    """Start containerd, load the images, start kubelet and kube-proxy; wait for the node to be Ready.
+    `cluster_dns`: the kube-dns Service address pods resolve with (the caller runs the DNS server)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     logs = work_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -308,14 +329,15 @@ def start_real_node(plane: cp.ControlPlane, *, bin_dir: Path, work_dir: Path, ca
     node = RealNode(name=NODE_NAME, work_dir=work_dir, containerd_socket=work_dir / "containerd.sock",
                     kubectl=plane.kubectl)
     try:
-        _start(node, plane=plane, logs=logs, cache=cache, timeout=timeout)
+        _start(node, plane=plane, logs=logs, cache=cache, timeout=timeout, cluster_dns=cluster_dns)
     except BaseException:
         node.stop()
         raise
     return node
 
 
-def _start(node: RealNode, *, plane: cp.ControlPlane, logs: Path, cache: Path, timeout: float) -> None:
+def _start(node: RealNode, *, plane: cp.ControlPlane, logs: Path, cache: Path, timeout: float,
+           cluster_dns: str | None) -> None:
     work = node.work_dir
     node.clean_host()
     node.netns_before = set(_sandbox_netns())
@@ -326,6 +348,7 @@ def _start(node: RealNode, *, plane: cp.ControlPlane, logs: Path, cache: Path, t
     subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True, capture_output=True)
     subprocess.run(["ip", "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE], check=True)
     subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
+    _confine_pods()
     (work / "cni").mkdir(exist_ok=True)
     (work / "cni" / "10-modelkiln.conflist").write_text(json.dumps(cni_config()))
     root = cache / "node" / "containerd"  # persistent: imported images survive the session
@@ -349,7 +372,8 @@ def _start(node: RealNode, *, plane: cp.ControlPlane, logs: Path, cache: Path, t
 
     _make_cgroups(CGROUP_ROOT)
     # Test only: the node uses the admin credential (a real node has a system:node: identity).
-    (work / "kubelet.yaml").write_text(yaml.safe_dump(kubelet_config(work, socket_path=node.containerd_socket)))
+    (work / "kubelet.yaml").write_text(yaml.safe_dump(kubelet_config(work, socket_path=node.containerd_socket,
+                                                                        cluster_dns=cluster_dns)))
     (work / "pod-logs").mkdir(exist_ok=True)
     kubelet = cp.spawn("kubelet", [
         str(work / "bin" / "kubelet"), f"--config={work / 'kubelet.yaml'}", f"--kubeconfig={plane.kubeconfig}",

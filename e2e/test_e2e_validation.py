@@ -89,6 +89,13 @@ INVALID = {
     "replicas and autoscaling together": (
         _with("spec.serving", {"replicas": 2, "autoscaling": {"maxReplicas": 3, "targetCPUUtilization": 70}}),
         "set either replicas or autoscaling, not both"),
+    "scale to zero on CPU": (
+        _with("spec.serving", {"autoscaling": {"minReplicas": 0, "maxReplicas": 3, "targetCPUUtilization": 70}}),
+        "autoscaling.minReplicas 0 (scale to zero) needs targetInflightRequests or targetRequestsPerSecond"),
+    "idle time without scale to zero": (
+        _with("spec.serving", {"autoscaling": {"minReplicas": 1, "maxReplicas": 3, "targetInflightRequests": 4,
+                                               "idleSeconds": 60}}),
+        "autoscaling.idleSeconds is only valid with minReplicas 0 (scale to zero)"),
     "pvc URI without a path": (
         _with("spec.source.uri", "pvc://models"), "a pvc:// URI must name the claim and a path"),
     "pvc path leaving its claim": (
