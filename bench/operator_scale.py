@@ -50,18 +50,18 @@ NAMESPACE = "bench"
 BIG_CPU_NODE = {"cpu": "400", "memory": "2Ti", "pods": "1000"}
 
 
-def audit_policy() -> dict:
+def audit_policy(user: str = OPERATOR_USER) -> dict:
     """Log the operator's requests (metadata only) and nothing else."""
     return {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived", "ResponseStarted"],
-            "rules": [{"level": "Metadata", "users": [OPERATOR_USER]}, {"level": "None"}]}
+            "rules": [{"level": "Metadata", "users": [user]}, {"level": "None"}]}
 
 
-def audit_counts(log: Path, *, since: str = "", until: str = "~") -> collections.Counter:
+def audit_counts(log: Path, *, since: str = "", until: str = "~", user: str = OPERATOR_USER) -> collections.Counter:
     """(verb class, resource) -> requests by the operator logged in [since, until)."""
     counts: collections.Counter = collections.Counter()
     for line in log.read_text().splitlines():
         event = json.loads(line)
-        if event["user"]["username"] != OPERATOR_USER or not since <= event["requestReceivedTimestamp"] < until:
+        if event["user"]["username"] != user or not since <= event["requestReceivedTimestamp"] < until:
             continue
         ref = event.get("objectRef", {})
         resource = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")

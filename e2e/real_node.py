@@ -39,7 +39,7 @@ API_PORT = 6443
 PAUSE_IMAGE = "localhost/modelkiln/pause:3.10"
 NAMESPACE = "k8s.io"  # containerd's namespace for CRI: where the kubelet finds images
 CGROUP_ROOT = "modelkiln"  # the pods' cgroups, under this name in every v1 hierarchy
-EGRESS_CHAIN = "MODELKILN-EGRESS"
+EGRESS_CHAIN = "CNI-ADMIN"  # the CNI firewall plugin's chain for the admin's own rules
 SYSCTLS = {"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1"}
 
 
@@ -125,7 +125,7 @@ class RealNode:
         """Remove the node's host state: the iptables chains of kube-proxy, the kubelet and CNI, the bridge, the
         pods' cgroups. Also run before starting, in case a killed run left them."""
         subprocess.run([str(self.work_dir / "bin" / "kube-proxy"), "--cleanup"], capture_output=True)
-        _delete_iptables_chains(prefixes=("CNI-", "KUBE-", EGRESS_CHAIN))
+        _delete_iptables_chains(prefixes=("CNI-", "KUBE-"))
         subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
         _remove_cgroups(CGROUP_ROOT)
 
@@ -207,12 +207,14 @@ def _delete_iptables_chains(*, prefixes: tuple[str, ...]) -> None:
 
 def _confine_pods() -> None:
     """Pods reach only the node (INPUT: the API server forward, Prometheus, the kubelet) and each
-    other, Services included (DNAT'ed to pods before FORWARD): a packet to any other address is
-    refused here, so no test, and no bug, can send traffic off the machine."""
+    other, Services included once kube-proxy has DNAT'ed them to a pod: any other packet is refused
+    here, so no test, and no bug, sends traffic off the machine. A Service whose rules kube-proxy
+    has not written yet (its first endpoint just became ready) is refused too, as in a cluster,
+    instead of leaving by the default route. The rule sits in the CNI firewall plugin's CNI-ADMIN
+    chain, which the plugin evaluates before the ACCEPT rules it adds for each pod."""
     subprocess.run(["iptables", "-N", EGRESS_CHAIN], check=True)
-    subprocess.run(["iptables", "-A", EGRESS_CHAIN, "-d", POD_SUBNET, "-j", "RETURN"], check=True)
-    subprocess.run(["iptables", "-A", EGRESS_CHAIN, "-j", "REJECT", "--reject-with", "icmp-net-prohibited"], check=True)
-    subprocess.run(["iptables", "-I", "FORWARD", "-s", POD_SUBNET, "-j", EGRESS_CHAIN], check=True)
+    subprocess.run(["iptables", "-A", EGRESS_CHAIN, "-s", POD_SUBNET, "!", "-d", POD_SUBNET, "-j", "REJECT",
+                    "--reject-with", "icmp-net-prohibited"], check=True)
 
 
 def _make_cgroups(root: str) -> None:

@@ -15,6 +15,8 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from control_plane import eventually
+
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
@@ -75,6 +77,18 @@ class Load:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def routed(address: str, model: str) -> None:
+    """Wait until a new Service answers: kube-proxy programs it a moment after its first pod is
+    Ready (until then it refuses connections, or a SYN sent before its rules leaves the host and
+    is lost). A new client each time: a connection tracked before the rules existed stays unrouted."""
+    def ready() -> bool:
+        try:
+            return httpclient.InferenceServerClient(address, connection_timeout=2).is_model_ready(model)
+        except Exception:  # noqa: BLE001 - not routed yet
+            return False
+    eventually(f"{address} routed to {model}", ready, timeout=60)
 
 
 def percentiles(outcomes: list[Outcome], start: float = 0, end: float = float("inf")) -> dict[str, float]:

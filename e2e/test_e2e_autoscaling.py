@@ -17,7 +17,7 @@ import modelkiln_setup as setup
 import scaling_stack
 import serving_clients as clients
 from control_plane import Kubectl, eventually
-from test_e2e_real_node import apply_and_wait_ready, cluster_ip, routed
+from test_e2e_real_node import apply_and_wait_ready, cluster_ip
 
 pytestmark = [pytest.mark.real_node, pytest.mark.autoscaling]
 
@@ -58,7 +58,7 @@ def test_cpu_utilization_adds_pods_under_load_and_removes_them_after(release):
     autoscaling = condition(model_status(kubectl, "digits-cpu"), "Autoscaling")
     assert (autoscaling["status"], autoscaling["reason"]) == ("True", "HorizontalPodAutoscaler"), autoscaling
     address = f"{cluster_ip(kubectl, 'digits-cpu')}:8080"
-    routed(address, "digits-cpu")
+    clients.routed(address, "digits-cpu")
     # metrics-server reads the real kubelet: the HPA gets a utilization before any load.
     eventually("the HPA to read CPU utilization from metrics-server", lambda: kubectl.get_json(
         "hpa", "digits-cpu", namespace=MODELS).get("status", {}).get("currentMetrics"), timeout=120)
@@ -90,7 +90,7 @@ def test_requests_in_flight_scale_through_keda_and_prometheus(release):
         c["type"] == "Ready" and c["status"] == "True"
         for c in kubectl.get_json("scaledobject", "digits-inflight", namespace=MODELS)["status"]["conditions"]))
     address = f"{cluster_ip(kubectl, 'digits-inflight')}:8080"
-    routed(address, "digits-inflight")
+    clients.routed(address, "digits-inflight")
 
     with clients.Load(address, "digits-inflight", clients=8, max_seconds=400) as load:
         eventually("a second pod serving on requests in flight",

@@ -28,6 +28,7 @@ import yaml
 
 import modelkiln_setup as setup
 import real_node as rn
+from serving_clients import routed
 from control_plane import Kubectl, eventually
 from modelkiln_setup import REPOSITORY_CLAIM, digits_example
 
@@ -71,18 +72,6 @@ def cluster_ip(kubectl: Kubectl, name: str) -> str:
 def held_out_digits() -> tuple[np.ndarray, np.ndarray]:
     samples = np.load(DIGITS / "samples.npz")
     return samples["input"].astype(np.float32), samples["labels"]
-
-
-def routed(address: str, model: str) -> None:
-    """Wait until a new Service answers: kube-proxy programs it a moment after its first pod is
-    Ready (until then it refuses connections, or a SYN sent before its rules leaves the host and
-    is lost). A new client each time: a connection tracked before the rules existed stays unrouted."""
-    def ready() -> bool:
-        try:
-            return httpclient.InferenceServerClient(address, connection_timeout=2).is_model_ready(model)
-        except Exception:  # noqa: BLE001 - not routed yet
-            return False
-    eventually(f"{address} routed to {model}", ready, timeout=60)
 
 
 class Client:
