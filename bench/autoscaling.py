@@ -85,12 +85,18 @@ def load_step(kubectl: cp.Kubectl, kind: str, *, warm: float, hold: float) -> di
     if kind == "cpu":
         wait_for("the HPA's first CPU reading", lambda: kubectl.get_json("hpa", name, namespace=MODELS)
                  .get("status", {}).get("currentMetrics"), timeout=120)
-    one = clients.Load(address, name, clients=1, max_seconds=warm + 900).start()
+    # On CPU, clients pace themselves (50 requests/s each): one unpaced client alone keeps a
+    # server on this 2-core machine above any CPU target. Requests in flight need no pacing.
+    pace = 0.02 if kind == "cpu" else 0
+    wait_for("one pod", lambda: replicas(kubectl, name) == (1, 1), timeout=300)
+    one = clients.Load(address, name, clients=1, max_seconds=warm + 900, pace=pace).start()
     time.sleep(warm)
+    before = replicas(kubectl, name)[0]
     step = time.monotonic()
-    many = clients.Load(address, name, clients=7, max_seconds=900).start()  # 1 + 7 = 8 clients
+    many = clients.Load(address, name, clients=7, max_seconds=900, pace=pace).start()  # 1 + 7 = 8 clients
     second = wait_for("a second Ready pod", lambda: replicas(kubectl, name)[1] >= 2, timeout=600)
     time.sleep(hold)
+    at_high = replicas(kubectl, name)[0]
     high = time.monotonic()
     many.stop()
     down_from = time.monotonic()
@@ -104,7 +110,7 @@ def load_step(kubectl: cp.Kubectl, kind: str, *, warm: float, hold: float) -> di
               "during (1 pod)": clients.percentiles(outcomes, step, second),
               "after (2+ pods)": clients.percentiles(outcomes, second + 5, high),
               "failed up": failed(0, high), "failed down": failed(high, float("inf")),
-              "peak replicas": kubectl.get_json("deployment", name, namespace=MODELS)["status"].get("replicas")}
+              "replicas before the step": before, "replicas at the end of the load": at_high}
     kubectl.run("delete", "inferencemodel", name, "-n", MODELS, "--wait=true")
     return result
 
@@ -168,9 +174,12 @@ def steady_writes(kubectl: cp.Kubectl, audit_log: Path, *, seconds: float) -> di
     since = operator_scale.utc_now()
     time.sleep(seconds)
     counts = operator_scale.audit_counts(audit_log, since=since, until=operator_scale.utc_now(), user=OPERATOR_USER)
-    writes = operator_scale.total(counts, "write")
-    return {"models": len(names), "seconds": seconds, "writes": writes,
+    # kopf's peering keepalive is the operator's, not any model's: counted apart
+    peering = sum(n for (kind, resource, _), n in counts.items() if kind == "write" and "peering" in resource)
+    writes = operator_scale.total(counts, "write") - peering
+    return {"models": len(names), "seconds": seconds, "model writes": writes,
             "writes per model per minute": round(writes / max(len(names), 1) / (seconds / 60), 3),
+            "peering keepalives": peering,
             "what": {f"{verb} {resource}": n for (kind, resource, verb), n in counts.items() if kind == "write"}}
 
 
@@ -229,6 +238,10 @@ def report(kubectl: cp.Kubectl, audit_log: Path, args) -> None:
     for part in rounds[0]:
         print(f"| {part} | " + " | ".join(str(r[part]) for r in rounds) + " |")
     apply_ready(kubectl, "steady", autoscaling=AUTOSCALING["inflight"])
+    # Steady: the cold model back at zero and Idle, the new one Ready, and a moment to settle.
+    wait_for("the cold model Idle", lambda: kubectl.get_json("inferencemodel", "cold", namespace=MODELS)
+             .get("status", {}).get("phase") == "Idle", timeout=300)
+    time.sleep(30)
     print(f"operator while steady: {steady_writes(kubectl, audit_log, seconds=args.steady)}", flush=True)
 
 

@@ -33,11 +33,12 @@ def digits_input(module=httpclient):
 
 class Load:
     """`clients` threads, each sending KServe v2 REST requests one after another with tritonclient
-    to `address` (host:port of a Service), until stopped, `max_seconds` or `max_requests` each."""
+    to `address` (host:port of a Service), until stopped, `max_seconds` or `max_requests` each;
+    with `pace`, a client sends at most one request per `pace` seconds (a user with think time)."""
 
     def __init__(self, address: str, model: str, *, clients: int, max_seconds: float = 600,
-                 max_requests: int = 100_000, timeout: float = 60) -> None:
-        self.address, self.model, self.timeout = address, model, timeout
+                 max_requests: int = 100_000, timeout: float = 60, pace: float = 0) -> None:
+        self.address, self.model, self.timeout, self.pace = address, model, timeout, pace
         self.max_seconds, self.max_requests = max_seconds, max_requests
         self.outcomes: list[Outcome] = []
         self.stopping = threading.Event()
@@ -57,6 +58,7 @@ class Load:
                 self.outcomes.append(Outcome(start, time.monotonic() - start, f"{type(exc).__name__}: {exc}"))
             else:
                 self.outcomes.append(Outcome(start, time.monotonic() - start))
+            self.stopping.wait(max(0.0, start + self.pace - time.monotonic()))
 
     def start(self) -> "Load":
         for thread in self.threads:
@@ -96,7 +98,7 @@ def percentiles(outcomes: list[Outcome], start: float = 0, end: float = float("i
     seconds = [o.seconds for o in outcomes if not o.error and start <= o.started < end]
     if not seconds:
         return {"requests": 0}
-    p50, p99 = np.percentile(seconds, [50, 99])
+    p50, p99 = (float(v) for v in np.percentile(seconds, [50, 99]))
     return {"requests": len(seconds), "p50_ms": round(p50 * 1000, 1), "p99_ms": round(p99 * 1000, 1)}
 
 
