@@ -6,7 +6,8 @@ with this checkout's images; the API server keeps an audit log of the operator's
 - load step, for a model on CPU utilization (HPA) and one on requests in flight (KEDA): 1 client
   (tritonclient REST through the Service) for `--warm` s, then 8: the time until the Deployment has
   a second Ready pod, p50/p99 latency before, during (one pod) and after (two or more); then back to
-  1 client until the model is at one pod again; failed requests in each phase;
+  1 client at 5 requests/s until the model is at one pod again; failed requests in each phase (a
+  phase that does not end in time is reported as such, and the bench goes on);
 - cold start from zero (`--cold` rounds): a model with minReplicas 0 idles to zero pods, then one
   KServe v2 request through the interceptor (Host: the model's name); the time to its answer, split
   by what the API shows (polled every 0.1 s): scaling decision (request -> Deployment replicas 1),
@@ -50,9 +51,12 @@ SOURCE = f"pvc://{setup.UPLOADS}/digits/model.onnx"
 OPERATOR_USER = f"system:serviceaccount:{setup.REAL_NODE_RELEASE_NAMESPACE}:{setup.REAL_NODE_OPERATOR}"
 IDLE_SECONDS = 20
 AUTOSCALING = {
-    "cpu": {"minReplicas": 1, "maxReplicas": 3, "targetCPUUtilization": 50, "scaleDownDelaySeconds": 20},
     "inflight": {"minReplicas": 1, "maxReplicas": 3, "targetInflightRequests": 1, "scaleDownDelaySeconds": 20},
+    "cpu": {"minReplicas": 1, "maxReplicas": 3, "targetCPUUtilization": 50, "scaleDownDelaySeconds": 20},
 }
+# After the load: one client at 5 requests/s, so that scale-down is watched for failed requests
+# without holding a CPU target up.
+TRICKLE_PACE = 0.2
 
 
 def replicas(kubectl: cp.Kubectl, name: str) -> tuple[int, int]:
@@ -68,6 +72,14 @@ def wait_for(what: str, check, *, timeout: float, poll: float = 0.5) -> float:
             return time.monotonic()
         time.sleep(poll)
     raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+
+
+def waited(what: str, check, *, since: float, timeout: float) -> float | str:
+    """Seconds from `since` until `check()` holds, or what did not happen: a row of the report."""
+    try:
+        return round(wait_for(what, check, timeout=timeout) - since, 1)
+    except TimeoutError as timeout_error:
+        return str(timeout_error)
 
 
 def apply_ready(kubectl: cp.Kubectl, name: str, **serving) -> str:
@@ -94,22 +106,24 @@ def load_step(kubectl: cp.Kubectl, kind: str, *, warm: float, hold: float) -> di
     before = replicas(kubectl, name)[0]
     step = time.monotonic()
     many = clients.Load(address, name, clients=7, max_seconds=900, pace=pace).start()  # 1 + 7 = 8 clients
-    second = wait_for("a second Ready pod", lambda: replicas(kubectl, name)[1] >= 2, timeout=600)
+    second = waited("a second Ready pod", lambda: replicas(kubectl, name)[1] >= 2, since=step, timeout=600)
+    scaled = step + second if isinstance(second, float) else time.monotonic()
     time.sleep(hold)
     at_high = replicas(kubectl, name)[0]
     high = time.monotonic()
     many.stop()
-    down_from = time.monotonic()
-    one_pod = wait_for("back to one pod", lambda: replicas(kubectl, name) == (1, 1), timeout=600)
     one.stop()
-    outcomes = one.outcomes + many.outcomes
+    trickle = clients.Load(address, name, clients=1, max_seconds=900, pace=TRICKLE_PACE).start()
+    one_pod = waited("back to one pod", lambda: replicas(kubectl, name) == (1, 1), since=high, timeout=600)
+    trickle.stop()
+    outcomes = one.outcomes + many.outcomes + trickle.outcomes
     failed = lambda start, end: sum(1 for o in outcomes if o.error and start <= o.started < end)  # noqa: E731
-    result = {"second pod Ready after (s)": round(second - step, 1),
-              "scale down after load (s)": round(one_pod - down_from, 1),
+    result = {"second pod Ready after (s)": second, "scale down after load (s)": one_pod,
               "before": clients.percentiles(outcomes, 0, step),
-              "during (1 pod)": clients.percentiles(outcomes, step, second),
-              "after (2+ pods)": clients.percentiles(outcomes, second + 5, high),
+              "during (1 pod)": clients.percentiles(outcomes, step, scaled),
+              "after (2+ pods)": clients.percentiles(outcomes, scaled + 5, high),
               "failed up": failed(0, high), "failed down": failed(high, float("inf")),
+              "requests down": sum(1 for o in outcomes if o.started >= high),
               "replicas before the step": before, "replicas at the end of the load": at_high}
     kubectl.run("delete", "inferencemodel", name, "-n", MODELS, "--wait=true")
     return result
