@@ -20,6 +20,7 @@ import logging
 import pathlib
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import openvino as ov
@@ -40,6 +41,11 @@ SWEEP_SECONDS = 0.5
 # the inference itself. Anything slower, or larger, goes to the pool of infer requests.
 INLINE_SECONDS = 0.0005
 INLINE_BYTES = 64 * 1024
+# On CPU those run on the model compiled a second time with one stream, whose synchronous
+# inference stays in the calling thread: with several streams it is handed to a stream's
+# thread and waited for, which costs more than a tiny model's inference. Only for model files
+# up to this size: a fast model can still hold large weights (an embedding table).
+SINGLE_STREAM_MAX_BYTES = 64 * 1024 * 1024
 # Twice the device's optimal number of infer requests: while one runs on a stream the next is
 # already queued behind it, so a stream never idles waiting for the event loop to hand it work.
 REQUESTS_PER_OPTIMAL = 2
@@ -124,6 +130,8 @@ class CompiledModel:
     compiled: ov.CompiledModel
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    # makes the single-stream copy for requests run inline (None: they use this model)
+    single_stream: Callable[[ov.CompiledModel], ov.CompiledModel | None] | None = None
     slots: list[_Slot] = field(default_factory=list)
     last_inference_seconds: float = float("inf")  # unknown until a first request has run
 
@@ -139,6 +147,7 @@ class CompiledModel:
             self._idle.append(slot)
         # the loop thread's own: a request run inline ends before the next can start
         self._inline_request = self.compiled.create_infer_request()
+        self._single_stream_task: asyncio.Task | None = None
         self._sweeper = self._loop.create_task(self._sweep_failed())
 
     @property
@@ -168,6 +177,8 @@ class CompiledModel:
 
     def _infer_inline(self, arrays: dict[int, np.ndarray],
                       output_indices: tuple[int, ...]) -> InferResult:
+        if self._single_stream_task is None and self.single_stream is not None:
+            self._single_stream_task = self._loop.create_task(self._use_single_stream())
         request = self._inline_request
         try:
             self._set_inputs(request, arrays)
@@ -180,6 +191,16 @@ class CompiledModel:
         self.last_inference_seconds = request.latency / 1000
         return InferResult(outputs=outputs, queue_seconds=0.0,
                            inference_seconds=self.last_inference_seconds)
+
+    async def _use_single_stream(self) -> None:
+        try:
+            copy = await asyncio.to_thread(self.single_stream, self.compiled)
+        except Exception as error:  # inline requests keep using this model's own streams
+            log.warning("no single-stream copy of the model for its fast requests: %s",
+                        one_line(error))
+            return
+        if copy is not None:
+            self._inline_request = copy.create_infer_request()
 
     @staticmethod
     def _set_inputs(request: ov.InferRequest, arrays: dict[int, np.ndarray]) -> None:
@@ -242,6 +263,8 @@ class CompiledModel:
 
     def close(self) -> None:
         self._sweeper.cancel()
+        if self._single_stream_task is not None:
+            self._single_stream_task.cancel()
         self.slots.clear()
         self._idle.clear()
 
@@ -258,6 +281,18 @@ class Engine:
         """Read and compile a model file; blocking, so callers run it in a thread."""
         return self.core.compile_model(str(path), settings.openvino_device,
                                        settings.compile_properties())
+
+    def single_stream(self, path: pathlib.Path, settings: EngineSettings,
+                      compiled: ov.CompiledModel) -> ov.CompiledModel | None:
+        """The model compiled like `compiled` but on one CPU stream with as many threads as
+        one of its streams (the same kernels, the same results); None off the CPU. Blocking."""
+        if compiled.get_property("EXECUTION_DEVICES") != ["CPU"]:
+            return None
+        threads = int(compiled.get_property("INFERENCE_NUM_THREADS")) // max(
+            1, int(compiled.get_property("NUM_STREAMS")))
+        return self.core.compile_model(str(path), "CPU", {
+            **settings.compile_properties(), "NUM_STREAMS": "1",
+            "INFERENCE_NUM_THREADS": str(max(1, threads))})
 
     @staticmethod
     def describe(compiled: ov.CompiledModel) -> tuple[list[TensorSpec], list[TensorSpec]]:
