@@ -35,8 +35,8 @@ DEVICE_ALIASES = {"VPU": "NPU"}  # VPU is the older name of Intel's NPU
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
 INFERENCE_PRECISIONS = ("auto", "f32", "bf16", "f16")
 SWEEP_SECONDS = 0.5
-# A request runs on the event loop's thread, synchronously, when the model's last inference
-# took less than this and its inputs are small: handing a tiny model's request to OpenVINO's
+# A request runs on the event loop's thread, synchronously, when the model's inferences take
+# less than this (a moving average) and its inputs are small: handing a tiny model's request to OpenVINO's
 # threads and its answer back (two thread hops, the GIL changing hands) costs more CPU than
 # the inference itself. Anything slower, or larger, goes to the pool of infer requests.
 INLINE_SECONDS = 0.0005
@@ -133,7 +133,9 @@ class CompiledModel:
     # makes the single-stream copy for requests run inline (None: they use this model)
     single_stream: Callable[[ov.CompiledModel], ov.CompiledModel | None] | None = None
     slots: list[_Slot] = field(default_factory=list)
-    last_inference_seconds: float = float("inf")  # unknown until a first request has run
+    # a moving average of OpenVINO's own measure, so that one inference slowed down by a busy
+    # machine does not send the next ones to the pool; unknown until a first request has run
+    typical_inference_seconds: float = float("inf")
 
     def __post_init__(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -157,7 +159,7 @@ class CompiledModel:
     async def infer(self, arrays: dict[int, np.ndarray],
                     output_indices: tuple[int, ...]) -> InferResult:
         """Run one request; `arrays` maps input index to a C-contiguous array of its dtype."""
-        if (self.last_inference_seconds < INLINE_SECONDS
+        if (self.typical_inference_seconds < INLINE_SECONDS
                 and sum(array.nbytes for array in arrays.values()) <= INLINE_BYTES):
             return self._infer_inline(arrays, output_indices)
         queued = time.perf_counter()
@@ -186,11 +188,20 @@ class CompiledModel:
             outputs = [request.get_output_tensor(i).data.copy() for i in output_indices]
         except Exception as error:
             log.error("inference failed: %s", one_line(error))
-            self.last_inference_seconds = float("inf")  # try the next one on the pool
+            self.typical_inference_seconds = float("inf")  # try the next one on the pool
             raise InferenceFailed(f"inference failed: {one_line(error)}") from None
-        self.last_inference_seconds = request.latency / 1000
         return InferResult(outputs=outputs, queue_seconds=0.0,
-                           inference_seconds=self.last_inference_seconds)
+                           inference_seconds=self._measured(request))
+
+    def _measured(self, request: ov.InferRequest) -> float:
+        """The request's inference time, by OpenVINO, also taken into the moving average."""
+        seconds = request.latency / 1000
+        typical = self.typical_inference_seconds
+        # capped: a model is slow when most of its inferences are, not when one was preempted
+        sample = min(seconds, 2 * INLINE_SECONDS)
+        self.typical_inference_seconds = (sample if typical == float("inf")
+                                          else typical + (sample - typical) / 8)
+        return seconds
 
     async def _use_single_stream(self) -> None:
         try:
@@ -234,7 +245,7 @@ class CompiledModel:
         # OpenVINO's thread: copy the outputs out before the request is reused, then hand over
         request = slot.request
         # OpenVINO's own measure: the wall clock here would add the wait for the GIL
-        slot.inference_seconds = self.last_inference_seconds = request.latency / 1000
+        slot.inference_seconds = self._measured(request)
         outputs = [request.get_output_tensor(i).data.copy() for i in slot.output_indices]
         self._loop.call_soon_threadsafe(self._finish, slot, outputs, None)
 
