@@ -436,15 +436,50 @@ def ensure_peer(name: str) -> pathlib.Path:
     return python
 
 
-def start_modelkiln(repo: pathlib.Path, work: pathlib.Path):
+def start_modelkiln(repo: pathlib.Path, work: pathlib.Path, *extra: str, log_name: str = "modelkiln",
+                    env: dict | None = None):
     http, grpc_port = free_port(), free_port()
-    log = open(work / "modelkiln.log", "wb")
+    log = open(work / f"{log_name}.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "modelkiln.cli", "serve", "--repository",
                                 str(repo), "--host", "127.0.0.1", "--http-port", str(http),
-                                "--grpc-port", str(grpc_port), "--log-level", "WARNING"],
-                               stdout=log, stderr=subprocess.STDOUT)
+                                "--grpc-port", str(grpc_port), "--log-level", "WARNING", *extra],
+                               stdout=log, stderr=subprocess.STDOUT, env=env)
     wait_http(http, "/v2/health/ready", process)
     return process, http, grpc_port
+
+
+def start_modelkiln_shadow(repo: pathlib.Path, work: pathlib.Path):
+    """ModelKiln in a Shadow rollout of every model at a 100% sample: version 2 (the same IR as
+    version 1) runs a copy of each request after version 1 answered it. The queue is deep enough
+    that no copy is dropped (printed at the end): the cost measured is the second inference's."""
+    rollout_repo = CACHE / "rollout-repository"
+    for name in MODELS:
+        for version in ("1", "2"):
+            if not (rollout_repo / name / version / "model.xml").exists():
+                shutil.copytree(repo / name / "1", rollout_repo / name / version, dirs_exist_ok=True)
+    plans = [["--rollout", json.dumps({"model": name, "strategy": "Shadow", "stable": 1, "candidate": 2,
+                                       "sample": 1.0, "queue": 100000})] for name in MODELS]
+    return start_modelkiln(rollout_repo, work, "--version-policy", '{"specific": [1, 2]}', *sum(plans, []),
+                           log_name="modelkiln-shadow")
+
+
+def start_modelkiln_baseline(checkout: pathlib.Path):
+    """ModelKiln from another checkout (say the main branch): no rollout active, before and after."""
+    def start(repo: pathlib.Path, work: pathlib.Path):
+        path = os.pathsep.join(str(checkout / part) for part in ("runtime", "operator"))
+        return start_modelkiln(repo, work, log_name="modelkiln-baseline",
+                               env={**os.environ, "PYTHONPATH": path})
+    return start
+
+
+def shadow_counts(http: int) -> str:
+    """What the Shadow server compared and dropped, from its /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    wanted = ("modelkiln_rollout_compared_total{", "modelkiln_rollout_shadow_dropped_total{")
+    return ", ".join(line for line in lines if line.startswith(wanted))
 
 
 def start_kserve(repo: pathlib.Path, work: pathlib.Path):
@@ -555,8 +590,9 @@ def start_script(script: pathlib.Path, text: str, port: int, *args: str) -> subp
             time.sleep(0.1)
 
 
-SERVERS = {"modelkiln": start_modelkiln, "kserve": start_kserve, "mlserver": start_mlserver,
-           "grpc-floor": start_grpc_floor, "http-floor": start_http_floor}
+SERVERS = {"modelkiln": start_modelkiln, "modelkiln-shadow": start_modelkiln_shadow, "kserve": start_kserve,
+           "mlserver": start_mlserver, "grpc-floor": start_grpc_floor, "http-floor": start_http_floor}
+OURS = ("modelkiln", "modelkiln-shadow", "modelkiln-baseline")
 # do-nothing servers: what the transport alone costs, each over its own protocols
 FLOORS = {"grpc-floor": ("grpc-raw",), "http-floor": ("rest-json", "rest-binary")}
 
@@ -639,6 +675,10 @@ def main() -> int:
     parser.add_argument("--protocols", type=lambda s: s.split(","), default=list(PROTOCOLS))
     parser.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS))
     parser.add_argument("--json", type=pathlib.Path, help="write every number here")
+    parser.add_argument("--shadow", action="store_true",
+                        help="add ModelKiln in a Shadow rollout at a 100%% sample (modelkiln-shadow)")
+    parser.add_argument("--baseline", type=pathlib.Path, metavar="CHECKOUT",
+                        help="add ModelKiln from another checkout, e.g. the main branch (modelkiln-baseline)")
     args = parser.parse_args()
     try:
         import uvloop
@@ -657,10 +697,17 @@ def main() -> int:
     print(f"JSON decode (KServe v2, image input, {decode['body_bytes'] / 1e6:.1f} MB): "
           f"{decode['ns_per_element']:.1f} ns of CPU per element (goal: at most 20)", flush=True)
     servers = {}
+    starters = dict(SERVERS)
+    if args.baseline:
+        starters["modelkiln-baseline"] = start_modelkiln_baseline(args.baseline)
     try:
-        for name in ["modelkiln", *[p for p in args.peers.split(",") if p], *(FLOORS if args.floor else [])]:
-            servers[name] = SERVERS[name](repo, work)
+        for name in ["modelkiln", *(["modelkiln-baseline"] if args.baseline else []),
+                     *(["modelkiln-shadow"] if args.shadow else []),
+                     *[p for p in args.peers.split(",") if p], *(FLOORS if args.floor else [])]:
+            servers[name] = starters[name](repo, work)
         results = measure(servers, repo, args)
+        if args.shadow:
+            print(f"\nmodelkiln-shadow: {shadow_counts(servers['modelkiln-shadow'][1])}")
     finally:
         for process, _, _ in servers.values():
             process.terminate()
@@ -691,7 +738,8 @@ def summarize(results: dict) -> None:
         if key in floors[protocol]:
             print(f"    a do-nothing server, paced like the model: p50 {floors[protocol][key][1]:.2f} ms, "
                   f"p99 {floors[protocol][key][2]:.2f} ms per request")
-    peers = [p for p in results if p not in ("modelkiln", "in-process", *FLOORS)]
+    rollout_costs(results)
+    peers = [p for p in results if p not in (*OURS, "in-process", *FLOORS)]
     for protocol in PROTOCOLS:
         key = f"tiny/{protocol}/c8"
         best = max((results[p].get(key, (0,))[0] for p in peers), default=0)
@@ -715,6 +763,27 @@ def summarize(results: dict) -> None:
                 least = floor[4] + floor[5] + inference[5]
                 print(f"    a server with no code of its own (do-nothing server + client + {inference[5]:.0f} µs "
                       f"for OpenVINO driven from Python, in-process): at most {os.cpu_count() * 1e6 / least:.0f} req/s")
+
+
+def rollout_costs(results: dict) -> None:
+    """What a rollout costs: no rollout against the baseline checkout (nothing, is the goal), and
+    Shadow at a 100% sample against no rollout (at most the second inference)."""
+    ours, limit = results["modelkiln"], results["in-process"]
+    for other, goal in (("modelkiln-baseline", "no rollout, this checkout / the baseline"),
+                        ("modelkiln-shadow", "Shadow at 100% / no rollout")):
+        if other not in results:
+            continue
+        print(f"  {goal}:")
+        for key in sorted(set(ours) & set(results[other])):
+            model, _, concurrency = key.split("/")
+            theirs = results[other][key]
+            if other == "modelkiln-baseline":
+                rate, cpu = ours[key][0] / theirs[0], ours[key][5] - theirs[5]
+            else:
+                rate, cpu = theirs[0] / ours[key][0], theirs[5] - ours[key][5]
+            inference = limit.get(f"{model}/in-process/{concurrency}")
+            print(f"    {key}: req/s {rate:.2f}x, server CPU per request {cpu:+.0f} µs"
+                  + (f" (one inference in-process: {inference[5]:.0f} µs)" if inference else ""))
 
 
 def print_tables(results: dict) -> None:

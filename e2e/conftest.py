@@ -38,6 +38,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "real_node: runs real containers on a real node (root, runc, buildah)")
     config.addinivalue_line("markers", "autoscaling: metrics-server, KEDA and its HTTP add-on scale models "
                                        "on the real node")
+    config.addinivalue_line("markers", "rollout: Shadow and Canary rollouts decided on live traffic on the "
+                                       "real node")
 
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: build only when e2e tests will run

@@ -92,7 +92,7 @@ class Client:
         client = httpclient.InferenceServerClient(self.address, connection_timeout=2, network_timeout=10)
         while not self.stopping.is_set():
             inp = httpclient.InferInput("input", [1, 64], "FP32")
-            inp.set_data_from_numpy(images[:1])
+            inp.set_data_from_numpy(images[self.answers % len(images)][None])  # varied, as traffic is
             try:
                 version = client.infer(self.model, [inp]).get_response()["model_version"]
             except Exception as exc:  # noqa: BLE001 - every failure a caller would see counts

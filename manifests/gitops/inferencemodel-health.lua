@@ -2,7 +2,8 @@
 -- Follows kstatus: the status must describe the current spec (observedGeneration), then the
 -- Ready condition decides. Ready=False for a reason that needs a person is Degraded; any other
 -- Ready=False is Progressing (converting, rolling out, waiting for replicas).
-local failure_reasons = {ConversionFailed = true, NoDevicePool = true, RepositoryMissing = true}
+local failure_reasons = {ConversionFailed = true, NoDevicePool = true, RepositoryMissing = true,
+                         RolledBack = true, RolloutAborted = true}
 
 local function find_condition(conditions, kind)
   if conditions == nil then

@@ -328,7 +328,13 @@ def test_model_servers_admit_their_namespace_prometheus_and_the_callers_named(he
     assert own_namespace == {"from": [{"podSelector": {}}, *values["from"], interceptor],
                              "ports": [{"port": serving.HTTP_PORT, "protocol": "TCP"},
                                        {"port": serving.GRPC_PORT, "protocol": "TCP"}]}
-    assert monitoring == {"from": [prometheus], "ports": [{"port": serving.HTTP_PORT, "protocol": "TCP"}]}
+    operator_pod = one(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    operator = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": operator_policy["metadata"]
+                                                      ["namespace"]}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": operator_pod["app.kubernetes.io/name"],
+                                                "app.kubernetes.io/component": "operator"}}}  # rollouts
+    assert selects(operator["podSelector"]["matchLabels"], operator_pod)
+    assert monitoring == {"from": [prometheus, operator], "ports": [{"port": serving.HTTP_PORT, "protocol": "TCP"}]}
     assert selects(operator_policy["spec"]["podSelector"]["matchLabels"],
                    one(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"])
     assert operator_policy["spec"]["ingress"] == [

@@ -25,12 +25,16 @@ OPERATOR = "modelkiln_operator_"
 
 @pytest.fixture(scope="module")
 def runtime_series(tmp_path_factory) -> dict[str, set[str]]:
-    """The live /metrics of a server that answered REST and gRPC requests, one of them an error."""
+    """The live /metrics of a server that answered REST and gRPC requests, one of them an error,
+    in a Shadow rollout of its model (the rollout metrics exist only then)."""
     repository = tmp_path_factory.mktemp("repository")
     publish(repository, "mlp", 1, mlp_graph())
-    server = Server(repository, log=tmp_path_factory.mktemp("logs") / "server.log")
+    publish(repository, "mlp", 2, mlp_graph())
+    server = Server(repository, "--version-policy", '{"specific": [1, 2]}', "--rollout",
+                    '{"model": "mlp", "strategy": "Shadow", "stable": 1, "candidate": 2}',
+                    log=tmp_path_factory.mktemp("logs") / "server.log")
     try:
-        server.wait_until("/v2/models/mlp/ready")
+        server.wait_until("/v2/models/mlp/versions/2/ready")
         body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
         assert httpx.post(f"{server.http}/v2/models/mlp/infer", json=body).status_code == 200
         assert httpx.post(f"{server.http}/v2/models/nope/infer", json=body).status_code == 404
@@ -61,6 +65,7 @@ def test_every_server_metric_is_documented_and_every_documented_one_is_live(runt
 def test_the_dashboard_shows_requests_latency_inflight_replicas_and_phases():
     queries = " ".join(dashboard_queries())
     for metric in ("modelkiln_requests_total", "modelkiln_request_duration_seconds_bucket",
-                   "modelkiln_inflight_requests", "modelkiln_model_ready", "modelkiln_operator_models"):
+                   "modelkiln_inflight_requests", "modelkiln_model_ready", "modelkiln_operator_models",
+                   "modelkiln_rollout_agreements_total", "modelkiln_rollout_shadow_dropped_total"):
         assert metric in queries
     assert "histogram_quantile(0.99" in queries

@@ -127,16 +127,38 @@ def test_a_ca_config_map_is_noted_as_cluster_only(repository, tmp_path):
             "(and SSL_CERT_FILE) are trusted") in result.stderr.splitlines()
 
 
+def noted(model: dict, tmp_path, repository, field: str) -> list[str]:
+    """The lines `modelkiln up` printed about `field` for `model` (whose source fails fast)."""
+    (tmp_path / "model.onnx").write_bytes((DIGITS / "model.onnx").read_bytes()[:200])
+    result = up_until_it_ends(model, tmp_path, repository)
+    return [line for line in result.stderr.splitlines() if field in line]
+
+
 def test_autoscaling_is_noted_in_one_line_as_what_one_process_does_not_do(repository, tmp_path):
     model = yaml.safe_load((DIGITS / "fp32.yaml").read_text())
     del model["spec"]["serving"]["replicas"]
     model["spec"]["serving"]["autoscaling"] = {"minReplicas": 0, "maxReplicas": 4, "targetInflightRequests": 2,
                                                "idleSeconds": 60}
-    (tmp_path / "model.onnx").write_bytes((DIGITS / "model.onnx").read_bytes()[:200])  # fails fast
+    assert noted(model, tmp_path, repository, "spec.serving.autoscaling") == [
+        "modelkiln up: digits: spec.serving.autoscaling is ignored: modelkiln up serves each model from "
+        "one process that never scales (in a cluster the same YAML scales)"]
+
+
+def test_a_shadow_rollout_is_noted_in_one_line_as_cluster_only(repository, tmp_path):
+    model = yaml.safe_load((DIGITS / "fp32.yaml").read_text())
+    model["spec"]["serving"]["rollout"] = {"strategy": "Shadow"}
+    assert noted(model, tmp_path, repository, "spec.serving.rollout") == [
+        "modelkiln up: digits: spec.serving.rollout.strategy Shadow is ignored: modelkiln up serves a "
+        "new conversion at once (in a cluster it is analysed on live traffic first)"]
+
+
+def test_a_rollout_is_validated_by_up_with_the_api_servers_message(repository, tmp_path):
+    model = yaml.safe_load((DIGITS / "fp32.yaml").read_text())
+    model["spec"]["serving"]["rollout"] = {"strategy": "Shadow", "steps": [10]}
     result = up_until_it_ends(model, tmp_path, repository)
-    noted = [line for line in result.stderr.splitlines() if "spec.serving.autoscaling" in line]
-    assert noted == ["modelkiln up: digits: spec.serving.autoscaling is ignored: modelkiln up serves each model from "
-                     "one process that never scales (in a cluster the same YAML scales)"]
+    assert result.returncode != 0
+    assert ('spec.serving.rollout.steps: Invalid value: "object": rollout.steps is only valid with strategy Canary'
+            in result.stderr)
 
 
 def test_download_limits_apply_and_credentials_in_the_uri_are_never_shown(repository, tmp_path):

@@ -329,3 +329,39 @@ def test_the_crd_is_found_in_a_checkout():
 def test_object_storage_and_archive_sources_are_valid(uri):
     assert schema.validate(with_spec(source={"uri": uri, "credentials": {"secretName": "s3-keys"},
                                              "serviceAccountName": "model-reader"})) == []
+
+
+def test_a_shadow_rollout_gets_the_conversion_gates_defaults():
+    obj = with_spec(serving={"rollout": {"strategy": "Shadow"}})
+    assert schema.validate(obj) == []
+    assert schema.with_defaults(obj)["spec"]["serving"]["rollout"]["analysis"] == {
+        "minDurationSeconds": 300, "minRequests": 500, "maxErrorRate": 0.01, "maxLatencyRatio": 1.5,
+        "minAgreement": 0.99, "minCosine": 0.99}
+
+
+@pytest.mark.parametrize("rollout, message", [
+    ({"strategy": "Shadow", "steps": [10, 50]},
+     'spec.serving.rollout.steps: Invalid value: "object": rollout.steps is only valid with strategy Canary'),
+    ({"strategy": "Canary", "shadowSample": 0.5},
+     'spec.serving.rollout.shadowSample: Invalid value: "object": rollout.shadowSample is only valid with '
+     'strategy Shadow'),
+    ({"strategy": "Blue"},
+     'spec.serving.rollout.strategy: Unsupported value: "Blue": supported values: "Immediate", "Shadow", "Canary"'),
+    ({"strategy": "Canary", "steps": [0]},
+     "spec.serving.rollout.steps[0]: Invalid value: 0: spec.serving.rollout.steps[0] in body should be greater "
+     "than or equal to 1"),
+    ({"strategy": "Shadow", "analysis": {"maxLatencyRatio": 0.5}},
+     "spec.serving.rollout.analysis.maxLatencyRatio: Invalid value: 0.5: spec.serving.rollout.analysis."
+     "maxLatencyRatio in body should be greater than or equal to 1"),
+])
+def test_an_invalid_rollout_is_refused_with_the_api_servers_message(rollout, message):
+    assert message in schema.validate(with_spec(serving={"rollout": rollout}))
+
+
+def test_a_rollout_chooses_the_versions_so_a_version_policy_is_refused():
+    obj = with_spec(serving={"rollout": {"strategy": "Canary"}, "versionPolicy": {"latest": 2}})
+    assert schema.validate(obj) == [
+        'spec.serving.versionPolicy: Invalid value: "object": versionPolicy cannot be used with rollout strategy '
+        'Shadow or Canary: the rollout chooses the versions served (the serving one and the new one)']
+    immediate = with_spec(serving={"rollout": {"strategy": "Immediate"}, "versionPolicy": {"latest": 2}})
+    assert schema.validate(immediate) == []

@@ -155,7 +155,12 @@ def test_model_servers_admit_only_their_namespace_the_interceptor_and_prometheus
     assert own_namespace == {"from": [{"podSelector": {}}, interceptor],
                              "ports": [{"port": serving.HTTP_PORT, "protocol": "TCP"},
                                        {"port": serving.GRPC_PORT, "protocol": "TCP"}]}
-    assert monitoring == {"from": [PROMETHEUS], "ports": [{"port": serving.HTTP_PORT, "protocol": "TCP"}]}
+    operator = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "modelkiln-system"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "modelkiln",
+                                                "app.kubernetes.io/component": "operator"}}}  # rollouts
+    assert operator["podSelector"]["matchLabels"].items() <= \
+        rendered["Deployment"][0]["spec"]["template"]["metadata"]["labels"].items()
+    assert monitoring == {"from": [PROMETHEUS, operator], "ports": [{"port": serving.HTTP_PORT, "protocol": "TCP"}]}
 
 
 def test_the_operator_admits_prometheus_on_its_metrics_port_and_its_namespace_on_its_health_port(rendered):

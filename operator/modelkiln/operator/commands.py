@@ -141,10 +141,13 @@ def serving_options(*, spec: dict, version: int | None = None, device: str | Non
 
 
 def serve_args(*, name: str, spec: dict, repository: str, version: int | None = None,
-               chosen_precision: str | None = None) -> list[str]:
-    """Arguments after `modelkiln serve` that serve model `name` of `repository` as `spec` says."""
+               chosen_precision: str | None = None, rollout: dict | None = None) -> list[str]:
+    """Arguments after `modelkiln serve` that serve model `name` of `repository` as `spec` says;
+    `rollout` (rollout.serve_plan's) serves its stable and candidate versions, split and compared."""
     options = serving_options(spec=spec, version=version, chosen_precision=chosen_precision)
-    return ["--repository", repository, "--model", name, "--device", options["device"],
+    policy = {"specific": sorted([rollout["stable"], rollout["candidate"]])} if rollout else options["versionPolicy"]
+    args = ["--repository", repository, "--model", name, "--device", options["device"],
             "--performance-hint", options["performanceHint"],
             "--inference-precision", options["inferencePrecision"],
-            "--version-policy", json.dumps(options["versionPolicy"], separators=(",", ":"))]
+            "--version-policy", json.dumps(policy, separators=(",", ":"))]
+    return args + ["--rollout", json.dumps(rollout, separators=(",", ":"))] if rollout else args

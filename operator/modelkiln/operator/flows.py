@@ -12,8 +12,11 @@ Kubernetes decisions are made by the pure builders and status functions; only `k
 from __future__ import annotations
 
 import dataclasses
+import datetime
+from typing import Callable
 
-from modelkiln.operator import conversion_job, kube, objects, scaling, serving
+from modelkiln.operator import analysis, conversion_job, kube, objects, podmetrics, scaling, serving
+from modelkiln.operator import rollout as ro
 from modelkiln.operator import status as st
 from modelkiln.operator.commands import AUTO, artifact_key, defaulted_spec
 from modelkiln.operator.config import OperatorConfig
@@ -27,10 +30,16 @@ SERVING_FIELDS = ("endpoints", "replicas", "readyReplicas", "selector")
 class Result:
     status: dict
     events: list[tuple[str, str, str]]  # (type, reason, message): one per condition transition
+    clear_annotation: bool = False  # the rollout annotation was read: remove it
 
 
-def reconcile(*, model: dict, api: kube.Kube, config: OperatorConfig, now: str) -> Result:
-    """Drive `model` (an InferenceModel as read from the API) one step towards Ready."""
+Scrape = Callable[..., list[str]]  # podmetrics.fetch
+
+
+def reconcile(*, model: dict, api: kube.Kube, config: OperatorConfig, now: str,
+              scrape: Scrape = podmetrics.fetch) -> Result:
+    """Drive `model` (an InferenceModel as read from the API) one step towards Ready; `scrape` reads
+    the serving pods' /metrics while a rollout is analysed."""
     old = model.get("status") or {}
     spec = defaulted_spec(model["spec"])
     key = artifact_key(spec)
@@ -40,28 +49,71 @@ def reconcile(*, model: dict, api: kube.Kube, config: OperatorConfig, now: str) 
     pool, pool_error = _conversion_pool(spec=spec, pools=pools, pools_error=pools_error, config=config)
     converted, artifact, job = _converge_conversion(model=model, spec=spec, key=key, old=old, api=api,
                                                      config=config, pool=pool, pool_error=pool_error)
+    rollout, action, notes = _converge_rollout(model=model, spec=spec, old=old, artifact=artifact, converted=converted,
+                                        api=api, scrape=scrape, now=now)
+    artifact = ro.served(rollout, stable=old.get("artifact"), artifact=artifact)
     if pools_error:
         serving_conditions, observed = [st.condition(st.READY, False, reason="NoDevicePool", message=pools_error,
                                                      generation=generation)], _kept_serving_fields(old)
     else:
         serving_conditions, observed = _converge_serving(model=model, spec=spec, artifact=artifact,
-                                                         converted=converted, pools=pools, api=api, config=config)
+                                                         converted=converted, pools=pools, api=api, config=config,
+                                                         rollout=rollout)
+    if rollout:
+        serving_conditions.append(ro.condition(rollout, generation=generation))
     old_conditions = old.get("conditions", [])
     conditions = st.merge_conditions(old_conditions, st.summarize(converted, *serving_conditions), now=now)
     status = {"observedGeneration": generation, "phase": st.phase(conditions), "conditions": conditions,
               "conversionJob": job, **observed}
     if artifact:
         status["artifact"] = artifact
-    # Ready repeats Converted's reason while there is nothing (new) to serve: one Event says it.
-    # Reconciling and Stalled repeat them for kstatus: no Event of their own.
+    if rollout:
+        status["rollout"] = rollout
+    # Ready repeats Converted's reason while there is nothing (new) to serve, and the Rollout
+    # condition's during a rollout: one Event says it. Reconciling and Stalled repeat them for
+    # kstatus: no Event of their own.
     changed = [c for c in st.transitions(old_conditions, conditions)
-               if c["type"] in (st.CONVERTED, st.AUTOSCALING)
-               or (c["type"] == st.READY and c["reason"] != converted["reason"])]
+               if c["type"] in (st.CONVERTED, st.AUTOSCALING, ro.ROLLOUT)
+               or (c["type"] == st.READY and c["reason"] != converted["reason"]
+                   and c["reason"] not in ro.READY_REASONS.values())]
     # an autoscaler that cannot run is worth a warning, though the model serves
     events = [("Warning" if c["status"] == "False" and (c["reason"] in st.FAILURE_REASONS
-                                                        or c["type"] == st.AUTOSCALING) else "Normal",
+                                                        or c["type"] in (st.AUTOSCALING, ro.ROLLOUT)) else "Normal",
                c["reason"], c["message"]) for c in changed]
-    return Result(status=status, events=events)
+    events += ro.events(old.get("rollout"), rollout) + notes
+    return Result(status=status, events=events, clear_annotation=action is not None)
+
+
+def _converge_rollout(*, model: dict, spec: dict, old: dict, artifact: dict | None, converted: st.Condition,
+                      api: kube.Kube, scrape: Scrape,
+                      now: str) -> tuple[dict | None, str | None, list[tuple[str, str, str]]]:
+    """(status.rollout, the rollout annotation's value when there is one, an Event when it could
+    not be acted on): a rollout started, kept, judged on what the pods measured, or acted on by hand."""
+    spec_rollout = spec["serving"].get("rollout") or {}
+    rollout = ro.current(previous=old.get("rollout"), spec_rollout=spec_rollout, stable=old.get("artifact"),
+                         new=artifact if converted["status"] == "True" else None, now=now)
+    action = (model["metadata"].get("annotations") or {}).get(ro.ANNOTATION)
+    if action is not None:
+        refused = ro.refusal(rollout, action)
+        if refused is None:
+            return ro.by_hand(rollout, action), action, []
+        return rollout, action, [("Warning", "RolloutAnnotationIgnored", refused)]
+    if rollout is None or rollout["phase"] != ro.ANALYSING or rollout["startedAt"] == now:
+        return rollout, action, []
+    meta = model["metadata"]
+    pods = api.list(kube.PODS, namespace=meta["namespace"],
+                    selector=objects.selector_string(objects.selector_labels(name=meta["name"],
+                                                                             component=serving.COMPONENT)))
+    plan = ro.serve_plan(model=meta["name"], rollout=rollout, spec_rollout=spec_rollout)
+    measured = analysis.measure(scrape(pods, tls="tls" in spec["serving"]), plan=plan)
+    decision = analysis.decide(spec_rollout["analysis"], measured, _seconds_between(rollout["startedAt"], now),
+                               last_step=ro.last_step(rollout, spec_rollout))
+    return ro.judged(rollout, decision, measured=measured, spec_rollout=spec_rollout, now=now), action, []
+
+
+def _seconds_between(earlier: str, later: str) -> float:
+    parse = lambda text: datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    return (parse(later) - parse(earlier)).total_seconds()
 
 
 def _device_pools(*, api: kube.Kube, config: OperatorConfig) -> tuple[dict[str, DevicePool], str | None]:
@@ -108,9 +160,12 @@ def _converge_conversion(*, model: dict, spec: dict, key: str, old: dict, api: k
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation", 1)
     job_name = conversion_job.job_name(name=name, key=key)
     artifact = old.get("artifact")
-    if artifact and artifact.get("key") == key:
-        return st.condition(st.CONVERTED, True, reason="ConversionSucceeded", message=_describe(artifact),
-                            generation=generation), artifact, job_name
+    # the current spec's artifact, serving or the candidate of a rollout (whose Job may be gone)
+    known = next((a for a in (artifact, (old.get("rollout") or {}).get("candidateArtifact"))
+                  if a and a.get("key") == key), None)
+    if known:
+        return st.condition(st.CONVERTED, True, reason="ConversionSucceeded", message=_describe(known),
+                            generation=generation), known, job_name
     job = api.get(kube.JOBS, namespace=namespace, name=job_name)
     if job is None:
         before = st.find(old.get("conditions", []), st.CONVERTED)
@@ -169,10 +224,10 @@ def _kept_serving_fields(old: dict) -> dict:
 
 
 def _converge_serving(*, model: dict, spec: dict, artifact: dict | None, converted: st.Condition,
-                      pools: dict[str, DevicePool], api: kube.Kube,
-                      config: OperatorConfig) -> tuple[list[st.Condition], dict]:
+                      pools: dict[str, DevicePool], api: kube.Kube, config: OperatorConfig,
+                      rollout: dict | None = None) -> tuple[list[st.Condition], dict]:
     """([Ready, and Autoscaling when asked for], observed serving status); applies the serving
-    objects when there is an artifact."""
+    objects when there is an artifact (both versions while `rollout` is analysed)."""
     meta = model["metadata"]
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation", 1)
     if artifact is None:
@@ -192,7 +247,9 @@ def _converge_serving(*, model: dict, spec: dict, artifact: dict | None, convert
                 scaling.fixed_replicas(autoscaling) if autoscaling else serving.min_replicas(serving_spec))
     deployment = _apply(api, kube.DEPLOYMENTS, serving.build_deployment(
         model=model, spec=spec, artifact=artifact, image=config.server_image,
-        repository_claim=config.repository_claim, pool=pool, replicas=replicas))
+        repository_claim=config.repository_claim, pool=pool, replicas=replicas,
+        rollout=ro.serve_plan(model=name, rollout=rollout, spec_rollout=serving_spec["rollout"])
+        if rollout and rollout["phase"] == ro.ANALYSING else None))
     tls = "tls" in serving_spec
     _converge_services(api, model=model, tls=tls, plan=plan, config=config)
     _converge_autoscaler(api, model=model, autoscaling=autoscaling, plan=plan, config=config)
@@ -205,6 +262,8 @@ def _converge_serving(*, model: dict, spec: dict, artifact: dict | None, convert
     if converted["status"] == "True":
         ready = _explain_waiting(api, st.ready_from_deployment(deployment, wanted=wanted,
                                                                generation=generation), deployment)
+        if rollout:
+            ready = ro.ready(rollout, ready, generation=generation)
     else:
         # The previous artifact keeps serving, but this spec is not in effect (kstatus: not Ready).
         ready = st.condition(st.READY, False, reason=converted["reason"], generation=generation,

@@ -28,16 +28,20 @@ import dataclasses
 import datetime
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import kopf
 
 from modelkiln.operator import flows, kube, metrics, objects
+from modelkiln.operator import rollout as ro
 from modelkiln.operator import status as st
 from modelkiln.operator.config import OperatorConfig
 from modelkiln.operator.schema import GROUP, KIND, PLURAL, VERSION
 
 RETRY_SECONDS = 10
+# How often a model whose rollout is analysed reads its pods' metrics and decides (only then: a
+# steady model costs no request).
+ANALYSIS_SECONDS = 5
 # Transitions are logged here; kopf's own per-handler lines (every resync) stay at DEBUG level.
 LOG = logging.getLogger("modelkiln.operator")
 
@@ -47,7 +51,7 @@ LOG = logging.getLogger("modelkiln.operator")
 WATCHED_CHILDREN = (kube.DEPLOYMENTS, kube.JOBS, kube.SERVICES, kube.AUTOSCALERS, kube.DISRUPTION_BUDGETS,
                     kube.SCALED_OBJECTS, kube.INTERCEPTOR_ROUTES)
 TRIGGERING_CHILDREN = (kube.DEPLOYMENTS, kube.JOBS, kube.SERVICES)
-# kopf's index of the InferenceModels (keys only): what the resync task goes through.
+# kopf's index of the InferenceModels (their rollout phase by key): what the resync tasks go through.
 MODELS_INDEX = PLURAL
 
 # What kopf calls for these handlers, and what the API server checks for ownerReferences with
@@ -100,6 +104,9 @@ def _reconcile(namespace: str, name: str, memo: kopf.Memo, indexes: Mapping[str,
             changes = st.patch(model.get("status") or {}, result.status)
             if changes:
                 api.merge_patch(kube.MODEL_STATUS, namespace=namespace, name=name, patch={"status": changes})
+            if result.clear_annotation:  # acted on (or refused with an Event): once is enough
+                api.merge_patch(kube.MODELS, namespace=namespace, name=name,
+                                patch={"metadata": {"annotations": {ro.ANNOTATION: None}}})
         except Exception as exc:
             metrics.RECONCILES.labels(outcome="error").inc()
             if isinstance(exc, kube.KubeError):
@@ -121,15 +128,22 @@ class _Resync:
     # posts through what kopf sets there, and the task is no handler.
     handler_context: contextvars.Context | None = None
     task: asyncio.Task | None = None
+    analysis: asyncio.Task | None = None  # the resync of the models whose rollout is analysed
+
+
+def _analysing(store: kopf.Store) -> bool:
+    return ro.ANALYSING in store
 
 
 async def _resync_forever(*, resync: _Resync, memo: kopf.Memo, indexes: Mapping[str, kopf.Index],
-                          interval: float, executor: concurrent.futures.Executor) -> None:
-    """Reconcile each model kopf has indexed, one after another, every `interval` seconds, until cancelled."""
+                          interval: float, executor: concurrent.futures.Executor,
+                          only: Callable[[kopf.Store], bool] = lambda _: True) -> None:
+    """Reconcile each model kopf has indexed (`only` those whose index entry it accepts), one after
+    another, every `interval` seconds, until cancelled."""
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(interval)
-        for namespace, name in list(indexes[MODELS_INDEX]):
+        for namespace, name in [key for key, store in list(indexes[MODELS_INDEX].items()) if only(store)]:
             run = resync.handler_context.copy().run
             try:
                 await loop.run_in_executor(executor, run, _reconcile, namespace, name, memo, indexes)
@@ -191,17 +205,27 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, *, create_
         memo.resync.task = asyncio.create_task(_resync_forever(
             resync=memo.resync, memo=memo, indexes=indexes, interval=config.resync_seconds,
             executor=settings.execution.executor))
+        memo.resync.analysis = asyncio.create_task(_resync_forever(
+            resync=memo.resync, memo=memo, indexes=indexes, interval=ANALYSIS_SECONDS,
+            executor=settings.execution.executor, only=_analysing))
 
     @kopf.on.cleanup(registry=registry)
     async def stop_resync(memo: kopf.Memo, **_) -> None:
-        memo.resync.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await memo.resync.task
+        for task in (memo.resync.task, memo.resync.analysis):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     @kopf.index(**resource, id=MODELS_INDEX, registry=registry)
-    def models(namespace: str, name: str, memo: kopf.Memo, **_) -> dict:
+    def models(namespace: str, name: str, status: kopf.Status, memo: kopf.Memo, **_) -> dict:
         memo.resync.handler_context = contextvars.copy_context()  # before the task can see a model
-        return {(namespace, name): True}
+        # the rollout's phase: the analysis task goes through the models whose rollout is analysed
+        return {(namespace, name): (status.get("rollout") or {}).get("phase")}
+
+    # `kubectl annotate im NAME modelkiln.io/rollout=promote` (or abort): acted on, then removed.
+    @kopf.on.event(**resource, annotations={ro.ANNOTATION: kopf.PRESENT}, registry=registry)
+    def rollout_annotated(body: kopf.Body, memo: kopf.Memo, **indexes) -> None:
+        _reconcile(body.metadata.namespace, body.metadata.name, memo, indexes)
 
     for child in WATCHED_CHILDREN:
         # Handlers get the index as the keyword argument named by its id (the plural).

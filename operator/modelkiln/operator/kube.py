@@ -61,7 +61,8 @@ INTERCEPTOR_ROUTES = Resource("http.keda.sh", "v1beta1", "interceptorroutes")
 # and `patch` then.
 _APPLY = frozenset({"get", "create", "patch"})
 PERMISSIONS: dict[Resource, frozenset[str]] = {
-    MODELS: frozenset({"get"}),  # each reconcile starts from the model as stored now
+    MODELS: frozenset({"get", "patch"}),  # each reconcile starts from the model as stored now; the
+    # rollout annotation is removed once acted on
     MODEL_STATUS: frozenset({"patch"}),
     JOBS: frozenset({"get", "create"}),
     PODS: frozenset({"list"}),

@@ -168,14 +168,20 @@ def refuse_cluster_only(models: list[LocalModel]) -> None:
 
 
 def note_one_process(models: list[LocalModel]) -> None:
-    """One line for a model whose spec asks for several pods or for autoscaling: here each model
-    is one process that is always up (the same YAML scales in a cluster)."""
+    """One line for a model whose spec asks for several pods, autoscaling or a Shadow or Canary
+    rollout: here each model is one process that is always up (the same YAML scales in a cluster)."""
     for model in models:
         serving = model.spec["serving"]
         field = "autoscaling" if "autoscaling" in serving else "replicas" if serving.get("replicas", 1) > 1 else None
         if field:
             print(f"modelkiln up: {model.name}: spec.serving.{field} is ignored: modelkiln up serves each "
                   f"model from one process that never scales (in a cluster the same YAML scales)",
+                  file=sys.stderr)
+        strategy = (serving.get("rollout") or {}).get("strategy", "Immediate")
+        if strategy != "Immediate":
+            # no live traffic to judge a new version on before it serves: up serves it at once
+            print(f"modelkiln up: {model.name}: spec.serving.rollout.strategy {strategy} is ignored: modelkiln up "
+                  f"serves a new conversion at once (in a cluster it is analysed on live traffic first)",
                   file=sys.stderr)
 
 

@@ -98,13 +98,13 @@ def _rollout(pool: DevicePool) -> dict:
 
 
 def build_deployment(*, model: dict, spec: dict, artifact: dict, image: str, repository_claim: str,
-                     pool: DevicePool, replicas: int | None) -> dict:
+                     pool: DevicePool, replicas: int | None, rollout: dict | None = None) -> dict:
     """Deployment `<name>` serving `artifact` (from status.artifact) with the server image; `replicas`
-    None leaves the count to an autoscaler."""
+    None leaves the count to an autoscaler; `rollout` (rollout.serve_plan's) serves both its versions."""
     name = model["metadata"]["name"]
     serving = spec["serving"]
     args = serve_args(name=name, spec=spec, repository=objects.REPOSITORY_PATH, version=artifact["version"],
-                      chosen_precision=artifact.get("inferencePrecision"))
+                      chosen_precision=artifact.get("inferencePrecision"), rollout=rollout)
     # the CRD's default token key applied
     access_args, access_mounts, access_volumes = _access(defaulted_spec(spec)["serving"])
     tls = "tls" in serving

@@ -20,7 +20,8 @@ RECONCILING = "Reconciling"
 STALLED = "Stalled"
 
 # Reasons that need a person (a spec or configuration change), not time.
-FAILURE_REASONS = frozenset({"ConversionFailed", "NoDevicePool", "RepositoryMissing"})
+# A rolled back or aborted rollout (rollout.py) keeps serving the earlier version until the spec changes.
+FAILURE_REASONS = frozenset({"ConversionFailed", "NoDevicePool", "RepositoryMissing", "RolledBack", "RolloutAborted"})
 
 
 class Condition(TypedDict, total=False):

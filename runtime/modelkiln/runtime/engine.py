@@ -3,8 +3,10 @@
 `Engine` owns the one `openvino.Core` and turns the serving settings (device, performance hint,
 inference precision, compiled-model cache) into compile properties. `CompiledModel.infer`
 runs one request on a pool of OpenVINO infer requests (twice the device's optimal number), so
-concurrent requests fill every stream. The event loop never blocks: a request starts
+concurrent requests fill every stream. The event loop does not wait on a model: a request starts
 asynchronously and OpenVINO's completion callback hands the outputs back to the loop thread.
+The exception is a model whose inferences take a fraction of a millisecond (a tiny MLP): its
+small requests run synchronously on the loop thread, as that costs less than the hand-off.
 
 OpenVINO does not call the completion callback when an inference fails, so a slow sweep asks
 busy requests whether they failed and fails their callers; a failure never leaks a pool slot.
@@ -18,6 +20,7 @@ import logging
 import pathlib
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import openvino as ov
@@ -32,6 +35,17 @@ DEVICE_ALIASES = {"VPU": "NPU"}  # VPU is the older name of Intel's NPU
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
 INFERENCE_PRECISIONS = ("auto", "f32", "bf16", "f16")
 SWEEP_SECONDS = 0.5
+# A request runs on the event loop's thread, synchronously, when the model's inferences take
+# less than this (a moving average) and its inputs are small: handing a tiny model's request to OpenVINO's
+# threads and its answer back (two thread hops, the GIL changing hands) costs more CPU than
+# the inference itself. Anything slower, or larger, goes to the pool of infer requests.
+INLINE_SECONDS = 0.0005
+INLINE_BYTES = 64 * 1024
+# On CPU those run on the model compiled a second time with one stream, whose synchronous
+# inference stays in the calling thread: with several streams it is handed to a stream's
+# thread and waited for, which costs more than a tiny model's inference. Only for model files
+# up to this size: a fast model can still hold large weights (an embedding table).
+SINGLE_STREAM_MAX_BYTES = 64 * 1024 * 1024
 # Twice the device's optimal number of infer requests: while one runs on a stream the next is
 # already queued behind it, so a stream never idles waiting for the event loop to hand it work.
 REQUESTS_PER_OPTIMAL = 2
@@ -99,7 +113,6 @@ class _Slot:
     request: ov.InferRequest
     future: asyncio.Future | None = None
     output_indices: tuple[int, ...] = ()
-    started: float = 0.0
     inference_seconds: float = 0.0
 
 
@@ -117,7 +130,12 @@ class CompiledModel:
     compiled: ov.CompiledModel
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    # makes the single-stream copy for requests run inline (None: they use this model)
+    single_stream: Callable[[ov.CompiledModel], ov.CompiledModel | None] | None = None
     slots: list[_Slot] = field(default_factory=list)
+    # a moving average of OpenVINO's own measure, so that one inference slowed down by a busy
+    # machine does not send the next ones to the pool; unknown until a first request has run
+    typical_inference_seconds: float = float("inf")
 
     def __post_init__(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -129,6 +147,9 @@ class CompiledModel:
             slot.request.set_callback(self._on_done, slot)
             self.slots.append(slot)
             self._idle.append(slot)
+        # the loop thread's own: a request run inline ends before the next can start
+        self._inline_request = self.compiled.create_infer_request()
+        self._single_stream_task: asyncio.Task | None = None
         self._sweeper = self._loop.create_task(self._sweep_failed())
 
     @property
@@ -138,28 +159,68 @@ class CompiledModel:
     async def infer(self, arrays: dict[int, np.ndarray],
                     output_indices: tuple[int, ...]) -> InferResult:
         """Run one request; `arrays` maps input index to a C-contiguous array of its dtype."""
+        if (self.typical_inference_seconds < INLINE_SECONDS
+                and sum(array.nbytes for array in arrays.values()) <= INLINE_BYTES):
+            return self._infer_inline(arrays, output_indices)
         queued = time.perf_counter()
         slot = self._idle.popleft() if self._idle else await self._wait_for_slot()
         started = time.perf_counter()
         slot.future = future = self._loop.create_future()
         slot.output_indices = output_indices
-        slot.started = started
         try:
-            # Arrays with their own memory (decoded JSON) are shared with OpenVINO as they are;
-            # read-only views over request bytes are copied once, as OpenVINO wants writable
-            # memory. Tensors are set directly: start_async(dict)'s dispatcher costs more than
-            # a tiny model's whole inference.
-            request = slot.request
-            for index, array in arrays.items():
-                request.set_input_tensor(
-                    index, ov.Tensor(array, shared_memory=array.flags.writeable))
-            request.start_async()
+            self._set_inputs(slot.request, arrays)
+            slot.request.start_async()
         except Exception as error:  # a shape OpenVINO rejects before starting
             self._release(slot)
             raise InferenceFailed(f"inference failed: {one_line(error)}") from None
         outputs = await future
         return InferResult(outputs=outputs, queue_seconds=started - queued,
                            inference_seconds=slot.inference_seconds)
+
+    def _infer_inline(self, arrays: dict[int, np.ndarray],
+                      output_indices: tuple[int, ...]) -> InferResult:
+        if self._single_stream_task is None and self.single_stream is not None:
+            self._single_stream_task = self._loop.create_task(self._use_single_stream())
+        request = self._inline_request
+        try:
+            self._set_inputs(request, arrays)
+            request.infer()  # OpenVINO releases the GIL meanwhile
+            outputs = [request.get_output_tensor(i).data.copy() for i in output_indices]
+        except Exception as error:
+            log.error("inference failed: %s", one_line(error))
+            self.typical_inference_seconds = float("inf")  # try the next one on the pool
+            raise InferenceFailed(f"inference failed: {one_line(error)}") from None
+        return InferResult(outputs=outputs, queue_seconds=0.0,
+                           inference_seconds=self._measured(request))
+
+    def _measured(self, request: ov.InferRequest) -> float:
+        """The request's inference time, by OpenVINO, also taken into the moving average."""
+        seconds = request.latency / 1000
+        typical = self.typical_inference_seconds
+        # capped: a model is slow when most of its inferences are, not when one was preempted
+        sample = min(seconds, 2 * INLINE_SECONDS)
+        self.typical_inference_seconds = (sample if typical == float("inf")
+                                          else typical + (sample - typical) / 8)
+        return seconds
+
+    async def _use_single_stream(self) -> None:
+        try:
+            copy = await asyncio.to_thread(self.single_stream, self.compiled)
+        except Exception as error:  # inline requests keep using this model's own streams
+            log.warning("no single-stream copy of the model for its fast requests: %s",
+                        one_line(error))
+            return
+        if copy is not None:
+            self._inline_request = copy.create_infer_request()
+
+    @staticmethod
+    def _set_inputs(request: ov.InferRequest, arrays: dict[int, np.ndarray]) -> None:
+        # Arrays with their own memory (decoded JSON) are shared with OpenVINO as they are;
+        # read-only views over request bytes are copied once, as OpenVINO wants writable
+        # memory. Tensors are set directly: start_async(dict)'s dispatcher costs more than
+        # a tiny model's whole inference.
+        for index, array in arrays.items():
+            request.set_input_tensor(index, ov.Tensor(array, shared_memory=array.flags.writeable))
 
     async def _wait_for_slot(self) -> _Slot:
         waiter = self._loop.create_future()
@@ -182,8 +243,9 @@ class CompiledModel:
 
     def _on_done(self, slot: _Slot) -> None:
         # OpenVINO's thread: copy the outputs out before the request is reused, then hand over
-        slot.inference_seconds = time.perf_counter() - slot.started
         request = slot.request
+        # OpenVINO's own measure: the wall clock here would add the wait for the GIL
+        slot.inference_seconds = self._measured(request)
         outputs = [request.get_output_tensor(i).data.copy() for i in slot.output_indices]
         self._loop.call_soon_threadsafe(self._finish, slot, outputs, None)
 
@@ -212,6 +274,8 @@ class CompiledModel:
 
     def close(self) -> None:
         self._sweeper.cancel()
+        if self._single_stream_task is not None:
+            self._single_stream_task.cancel()
         self.slots.clear()
         self._idle.clear()
 
@@ -228,6 +292,18 @@ class Engine:
         """Read and compile a model file; blocking, so callers run it in a thread."""
         return self.core.compile_model(str(path), settings.openvino_device,
                                        settings.compile_properties())
+
+    def single_stream(self, path: pathlib.Path, settings: EngineSettings,
+                      compiled: ov.CompiledModel) -> ov.CompiledModel | None:
+        """The model compiled like `compiled` but on one CPU stream with as many threads as
+        one of its streams (the same kernels, the same results); None off the CPU. Blocking."""
+        if compiled.get_property("EXECUTION_DEVICES") != ["CPU"]:
+            return None
+        threads = int(compiled.get_property("INFERENCE_NUM_THREADS")) // max(
+            1, int(compiled.get_property("NUM_STREAMS")))
+        return self.core.compile_model(str(path), "CPU", {
+            **settings.compile_properties(), "NUM_STREAMS": "1",
+            "INFERENCE_NUM_THREADS": str(max(1, threads))})
 
     @staticmethod
     def describe(compiled: ov.CompiledModel) -> tuple[list[TensorSpec], list[TensorSpec]]:

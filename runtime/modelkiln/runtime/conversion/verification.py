@@ -21,6 +21,7 @@ from modelkiln.runtime.conversion import preprocessing
 from modelkiln.runtime.conversion.calibration import SampleSet
 from modelkiln.runtime.conversion.errors import ConversionFailed
 from modelkiln.runtime.conversion.formats import ModelFile
+from modelkiln.runtime.similarity import cosine
 
 STRICT_FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
@@ -124,13 +125,6 @@ def verify(*, artifact: Runner, reference: Reference, samples: SampleSet,
             result["referenceAccuracy"] = float(np.mean(top1_theirs == labels))
             result["accuracyDrop"] = result["referenceAccuracy"] - result["accuracy"]
     return result
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    norms = np.linalg.norm(a) * np.linalg.norm(b)
-    if norms == 0:
-        return 1.0 if np.array_equal(a, b) else 0.0
-    return float(np.dot(a, b) / norms)
 
 
 def check_gate(result: dict, *, max_accuracy_drop: float | None, min_cosine: float | None) -> None:

@@ -4,7 +4,8 @@ Every protocol adapter turns its wire format into a `decode(served)` callable an
 `DataPlane.infer`. Here the model version is resolved (404/503), the adapter's decoder builds
 validated input arrays for exactly that version, the version is pinned for the request's
 duration (so an unload waits for it), OpenVINO runs it, and one place records the request in
-the metrics, whatever the outcome.
+the metrics, whatever the outcome. A model in a rollout (rollout.py) picks the version of each
+request that names none, then comes back here with it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from modelkiln.runtime.errors import InferenceFailed, ServingError, one_line
 from modelkiln.runtime.serving.metrics import Metrics
 from modelkiln.runtime.names import shown
 from modelkiln.runtime.serving.repository import Repository, ServedVersion
+from modelkiln.runtime.serving.rollout import Rollout
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +45,15 @@ class Result:
     served: ServedVersion
     outputs: list[TensorSpec]
     arrays: list[np.ndarray]
+    inference_seconds: float
 
 
 class DataPlane:
-    def __init__(self, *, repository: Repository, metrics: Metrics) -> None:
+    def __init__(self, *, repository: Repository, metrics: Metrics,
+                 rollouts: dict[str, Rollout] | None = None) -> None:
         self.repository = repository
         self.metrics = metrics
+        self.rollouts = rollouts or {}  # by model; empty (falsy) costs one check per request
         self.draining = False
 
     @property
@@ -60,6 +65,9 @@ class DataPlane:
         return not self.draining and self.repository.all_ready
 
     def resolve(self, model: str, version: str | None) -> ServedVersion:
+        if self.rollouts and not version and model in self.rollouts:
+            # in a rollout the model is ready, and described, as the version clients count on
+            version = str(self.rollouts[model].plan.stable)
         return self.repository.resolve(model, version)
 
     async def infer(self, *, model: str, version: str | None, protocol: str,
@@ -69,6 +77,9 @@ class DataPlane:
         `offload`: the decoding takes long (a large JSON body), so it runs on a thread and the
         event loop keeps serving other clients meanwhile.
         """
+        if self.rollouts and not version and model in self.rollouts:
+            return await self.rollouts[model].infer(self.infer, model=model, protocol=protocol,
+                                                    decode=decode, offload=offload)
         started = time.perf_counter()
         label = model if model in self.repository.models else UNKNOWN
         children = self.metrics.children(label, protocol)
@@ -100,4 +111,5 @@ class DataPlane:
         children.inference_duration.observe(run.inference_seconds)
         children.request_duration.observe(time.perf_counter() - started)
         self.metrics.count(label, version_label, protocol, "OK" if protocol == "grpc" else "200")
-        return Result(served=served, outputs=decoded.outputs, arrays=run.outputs)
+        return Result(served=served, outputs=decoded.outputs, arrays=run.outputs,
+                      inference_seconds=run.inference_seconds)

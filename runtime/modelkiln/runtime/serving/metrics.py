@@ -15,6 +15,10 @@ import prometheus_client as prom
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0, 30.0)
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# A rollout compares two versions' p99 as a ratio: buckets 20% apart (50 µs to 60 s) keep the
+# estimate within that of the truth, where LATENCY_BUCKETS' steps of 2 to 2.5 would not.
+ROLLOUT_BUCKETS = tuple(round(0.00005 * 1.2 ** i, 7) for i in range(78))
+COSINE_BUCKETS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0)
 
 
 @dataclass
@@ -25,6 +29,71 @@ class ModelChildren:
     queue_duration: prom.metrics.Histogram
     inference_duration: prom.metrics.Histogram
     inflight: prom.metrics.Gauge
+
+
+@dataclass
+class RolloutChildren:
+    """The label children of one version in a rollout: its answers to clients and its shadow copies."""
+
+    client_ok: prom.metrics.Counter
+    client_error: prom.metrics.Counter
+    client_rejected: prom.metrics.Counter
+    shadow_ok: prom.metrics.Counter
+    shadow_error: prom.metrics.Counter
+    inference: prom.metrics.Histogram
+
+
+@dataclass
+class Comparison:
+    """The label children of one model's comparison of its two versions."""
+
+    compared: prom.metrics.Counter
+    agreements: prom.metrics.Counter
+    cosine: prom.metrics.Histogram
+    dropped: prom.metrics.Counter
+
+
+class RolloutMetrics:
+    """`modelkiln_rollout_*`: registered only by a server started with --rollout."""
+
+    def __init__(self, registry: prom.CollectorRegistry) -> None:
+        r = registry
+        self.requests = prom.Counter(
+            "modelkiln_rollout_requests", "Rollout requests by version, role (stable or candidate), "
+            "path (client: answered a client; shadow: a copy) and outcome (ok, error: a server fault, "
+            "rejected: the client's mistake)", ["model", "version", "role", "path", "outcome"], registry=r)
+        self.inference = prom.Histogram(
+            "modelkiln_rollout_inference_duration_seconds",
+            "Time OpenVINO spent on one rollout request, by version and role",
+            ["model", "version", "role"], buckets=ROLLOUT_BUCKETS, registry=r)
+        self.compared = prom.Counter(
+            "modelkiln_rollout_compared", "Requests answered by both versions and compared",
+            ["model"], registry=r)
+        self.agreements = prom.Counter(
+            "modelkiln_rollout_agreements", "Compared requests whose top-1 class agreed (a batch "
+            "counts its share of agreeing rows)", ["model"], registry=r)
+        self.cosine = prom.Histogram(
+            "modelkiln_rollout_cosine", "Cosine similarity of the two versions' first outputs per "
+            "compared request", ["model"], buckets=COSINE_BUCKETS, registry=r)
+        self.dropped = prom.Counter(
+            "modelkiln_rollout_shadow_dropped", "Shadow copies not run: the shadow queue was full "
+            "or the other version not loaded", ["model"], registry=r)
+        self.info = prom.Gauge(
+            "modelkiln_rollout_info", "1 for the rollout this server runs",
+            ["model", "strategy", "stable", "candidate", "weight", "sample"], registry=r)
+
+    def children(self, model: str, version: str, role: str) -> RolloutChildren:
+        def requests(path: str, outcome: str) -> prom.metrics.Counter:
+            return self.requests.labels(model, version, role, path, outcome)
+
+        return RolloutChildren(
+            client_ok=requests("client", "ok"), client_error=requests("client", "error"),
+            client_rejected=requests("client", "rejected"), shadow_ok=requests("shadow", "ok"),
+            shadow_error=requests("shadow", "error"), inference=self.inference.labels(model, version, role))
+
+    def comparison(self, model: str) -> Comparison:
+        return Comparison(compared=self.compared.labels(model), agreements=self.agreements.labels(model),
+                          cosine=self.cosine.labels(model), dropped=self.dropped.labels(model))
 
 
 class Metrics:

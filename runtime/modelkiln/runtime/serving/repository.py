@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import pathlib
 import time
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from modelkiln.runtime.serving.config import ModelSettings
-from modelkiln.runtime.engine import CompiledModel, Engine, TensorSpec
+from modelkiln.runtime.engine import SINGLE_STREAM_MAX_BYTES, CompiledModel, Engine, TensorSpec
 from modelkiln.runtime.errors import ModelNotFound, ModelNotReady, one_line
 from modelkiln.runtime.serving.metrics import Metrics
 from modelkiln.runtime.names import check_model_name, parse_version, shown, version_number
@@ -252,7 +253,9 @@ class Repository:
             compiled = await asyncio.to_thread(self.engine.compile, path, settings.engine)
             served.inputs, served.outputs = self.engine.describe(compiled)
             served.compiled = CompiledModel(compiled=compiled, inputs=served.inputs,
-                                            outputs=served.outputs)
+                                            outputs=served.outputs,
+                                            single_stream=self._single_stream(served, path,
+                                                                              settings))
         except Exception as error:  # any failure to load is this version's problem alone
             served.state = State.FAILED
             served.reason = one_line(error)
@@ -270,6 +273,13 @@ class Repository:
         log.info("model %s version %s loaded in %.2fs on %s (inference precision %s, %d infer requests)",
                  served.model, served.version, seconds, settings.engine.openvino_device,
                  settings.engine.inference_precision, served.compiled.infer_requests)
+
+    def _single_stream(self, served: ServedVersion, path: pathlib.Path,
+                       settings: ModelSettings):
+        """How the version's fast requests get their single-stream copy, if it is small."""
+        if sum(size for _, size, _ in served.files) > SINGLE_STREAM_MAX_BYTES:
+            return None
+        return functools.partial(self.engine.single_stream, path, settings.engine)
 
     def _retire_unwanted(self, model: ServedModel, wanted: set[int]) -> None:
         settled = all(model.versions[n].state in (State.AVAILABLE, State.FAILED)

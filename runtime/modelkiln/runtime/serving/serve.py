@@ -31,8 +31,9 @@ from modelkiln.runtime.serving.dataplane import DataPlane
 from modelkiln.runtime.serving.grpc_service import build_server
 from modelkiln.runtime.serving.http_app import HttpApp, Request, Response, Router
 from modelkiln.runtime.serving.kserve_rest import KServeRoutes
-from modelkiln.runtime.serving.metrics import Metrics
+from modelkiln.runtime.serving.metrics import Metrics, RolloutMetrics
 from modelkiln.runtime.serving.repository import Repository
+from modelkiln.runtime.serving.rollout import Rollout, RolloutPlan
 from modelkiln.runtime.serving.sagemaker_rest import SageMakerRoutes
 from modelkiln.runtime.serving.tfserving_rest import TFServingRoutes
 from modelkiln.runtime.serving.tls import CertificatePair
@@ -66,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "CPUs that would otherwise run bf16")
     parser.add_argument("--version-policy", default='{"latest": 1}',
                         help='JSON: {"latest": N}, {"specific": [1, 2]} or {"all": {}}')
+    parser.add_argument("--rollout", action="append", default=[], type=_rollout_plan, metavar="JSON",
+                        help='a rollout between two served versions of a model: {"model": NAME, '
+                             '"strategy": "Shadow" or "Canary", "stable": N, "candidate": M, '
+                             '"sample": 1.0, "weight": 10, "queue": 16} (docs/interfaces.md); '
+                             'once per model')
     parser.add_argument("--http-port", type=int, default=8080,
                         help="KServe v2 / TF-Serving / SageMaker REST and /metrics (default: 8080)")
     parser.add_argument("--grpc-port", type=int, default=8081,
@@ -133,6 +139,35 @@ def _positive(kind):
     return parse
 
 
+def _rollout_plan(text: str) -> RolloutPlan:
+    try:
+        return RolloutPlan.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--rollout: ")) from None
+
+
+_rollout_plan.__name__ = "rollout"
+
+
+def build_rollouts(plans: list[RolloutPlan], *, repository: Repository,
+                   metrics: Metrics) -> dict[str, Rollout]:
+    """The rollouts by model; their metrics exist only when there is one."""
+    if not plans:
+        return {}
+    rollout_metrics = RolloutMetrics(metrics.registry)
+    return {plan.model: Rollout(plan, repository=repository, metrics=rollout_metrics) for plan in plans}
+
+
+def check_rollouts(args: argparse.Namespace) -> None:
+    """One rollout per model, of a model this server serves."""
+    models = [plan.model for plan in args.rollout]
+    if len(set(models)) != len(models):
+        raise ValueError(f"--rollout: one per model, got {len(models)} for {sorted(models)}")
+    unserved = sorted(set(models) - set(args.model)) if args.model else []
+    if unserved:
+        raise ValueError(f"--rollout: model(s) {unserved} not among --model {args.model}")
+
+
 def grpc_limit_options(args: argparse.Namespace) -> tuple[tuple[str, int], ...]:
     """The connection limits as grpc core channel arguments."""
     return (("grpc.max_metadata_size", args.max_header_bytes),
@@ -185,7 +220,8 @@ async def serve(args: argparse.Namespace, config: ServingConfig) -> int:
     repository = Repository(root=args.repository,
                             engine=engine_module.Engine(cache_dir=args.cache_dir),
                             settings_for=config.for_model, metrics=metrics, only=args.model)
-    dataplane = DataPlane(repository=repository, metrics=metrics)
+    rollouts = build_rollouts(args.rollout, repository=repository, metrics=metrics)
+    dataplane = DataPlane(repository=repository, metrics=metrics, rollouts=rollouts)
     tokens = None if args.auth_token_file is None else TokenFile(args.auth_token_file)
     certificate = None if args.tls_cert is None else CertificatePair(args.tls_cert, args.tls_key)
     app = HttpApp(router=build_router(dataplane, metrics), max_request_bytes=args.max_request_bytes,
@@ -239,6 +275,7 @@ async def serve(args: argparse.Namespace, config: ServingConfig) -> int:
         reloader.cancel()
     http.should_exit = True
     await asyncio.gather(grpc_server.stop(args.drain_timeout), http_task)
+    await asyncio.gather(*(rollout.close() for rollout in rollouts.values()))
     await repository.close()
     log.info("stopped")
     return 0
@@ -272,6 +309,7 @@ def main(argv: list[str]) -> int:
         if args.config is not None and not args.config.is_file():
             raise ValueError(f"--config {args.config}: no such file")
         check_access_files(args)
+        check_rollouts(args)
         config = load_config(args.config, defaults=defaults)  # fail before listening
     except (ValueError, json.JSONDecodeError) as error:
         parser.error(str(error))
