@@ -87,6 +87,8 @@ def test_fp32_to_int8_in_shadow_mode_is_measured_on_live_traffic_and_promoted(re
         eventually("both versions served", lambda: served_versions(kubectl, "digits-shadow") == '{"specific":[1,2]}')
         promoted = wait_for_phase(kubectl, "digits-shadow", "Promoted")
         kubectl.wait("inferencemodel/digits-shadow", "condition=Ready", namespace=MODELS, timeout=READY_TIMEOUT)
+        # Ready once the previous spec's pod is gone; the Service's endpoints follow a moment later
+        eventually("clients answered by version 2", lambda: client.versions[-1] == "2", timeout=60)
     model = kubectl.get_json("inferencemodel", "digits-shadow", namespace=MODELS)
     assert model["status"]["artifact"]["version"] == 2 and model["status"]["artifact"]["precision"] == "INT8"
     assert promoted["measured"]["compared"] >= 1 and promoted["measured"]["requests"] >= ANALYSIS["minRequests"]

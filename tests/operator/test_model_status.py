@@ -106,10 +106,10 @@ def test_the_phase_is_derived_from_the_conditions():
     assert st.phase(conds((True, "ConversionSucceeded"), (True, "MinimumReplicasAvailable"))) == "Ready"
 
 
-def deployment(*, generation=2, observed=2, updated=2, available=2) -> dict:
+def deployment(*, generation=2, observed=2, updated=2, available=2, old=0) -> dict:
     return {"metadata": {"generation": generation},
             "status": {"observedGeneration": observed, "updatedReplicas": updated, "availableReplicas": available,
-                       "replicas": updated, "readyReplicas": available}}
+                       "replicas": updated + old, "readyReplicas": available}}
 
 
 def test_ready_needs_the_rollout_done_and_enough_pods_with_the_model_loaded():
@@ -120,6 +120,13 @@ def test_ready_needs_the_rollout_done_and_enough_pods_with_the_model_loaded():
         "False", "MinimumReplicasUnavailable", "1 of 2 replicas have the model loaded")
     ready = st.ready_from_deployment(deployment(), wanted=2, generation=5)
     assert (ready["status"], ready["reason"], ready["observedGeneration"]) == ("True", "MinimumReplicasAvailable", 5)
+
+
+def test_ready_waits_for_the_previous_specs_pods_to_go_though_enough_pods_are_available():
+    # a surge pod of the new spec is up, the old pod still counts as available and still serves
+    surging = st.ready_from_deployment(deployment(updated=1, available=2, old=1), wanted=1, generation=5)
+    assert (surging["status"], surging["reason"], surging["message"]) == (
+        "False", "RollingOut", "1 replica(s) of the previous spec still serve")
 
 
 def test_only_changed_conditions_are_transitions():

@@ -97,6 +97,12 @@ def ready_from_deployment(deployment: dict, *, wanted: int, generation: int) -> 
     if status.get("observedGeneration", 0) < deployment["metadata"].get("generation", 0) or updated < wanted:
         return condition(READY, False, reason="RollingOut", generation=generation,
                          message=f"{updated} of {wanted} replicas run the current spec")
+    # as `kubectl rollout status`: until the old pods are gone, some clients get the old spec (and
+    # availableReplicas counts the old pods too)
+    old = status.get("replicas", 0) - updated
+    if old > 0:
+        return condition(READY, False, reason="RollingOut", generation=generation,
+                         message=f"{old} replica(s) of the previous spec still serve")
     if available < wanted:
         return condition(READY, False, reason="MinimumReplicasUnavailable", generation=generation,
                          message=f"{available} of {wanted} replicas have the model loaded")
