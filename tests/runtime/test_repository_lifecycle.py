@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import signal
 import threading
@@ -174,6 +175,42 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(tmp_path, start_
     assert server.process.wait(timeout=60) == 0
     log = server.log()
     assert "draining in-flight requests" in log and "stopped" in log
+
+
+def _fast_caller(url: str, until: float) -> None:
+    client = triton_http.InferenceServerClient(url)
+    while time.time() < until:
+        tensor = triton_http.InferInput("x", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.full((1, 4), 0.5, np.float32))
+        client.infer("fast", [tensor])
+
+
+def test_concurrent_requests_to_a_fast_model_are_counted_in_flight(tmp_path, start_server):
+    # A tiny model's requests run on the loop's thread; the gauge that request-based autoscaling
+    # reads must still see the ones waiting for it. Clients in processes of their own, so that
+    # they keep the server busy (in one process the GIL would pace them).
+    repository = tmp_path / "repo"
+    publish(repository, "fast", 1, mlp_graph())
+    server = start_server(repository)
+    server.wait_until("/v2/health/ready")
+    until = time.time() + 10
+    callers = [multiprocessing.get_context("spawn").Process(
+        target=_fast_caller, args=(server.http.removeprefix("http://"), until)) for _ in range(8)]
+    for caller in callers:
+        caller.start()
+    gauge = re.compile(r'^modelkiln_inflight_requests\{model="fast"\} (\S+)$', re.M)
+    seen = []
+    try:
+        time.sleep(3)  # the callers started
+        while time.time() < until - 1:  # bounded by the callers' end
+            seen.append(float(gauge.search(httpx.get(f"{server.http}/metrics", timeout=30).text)[1]))
+            time.sleep(0.05)
+    finally:
+        for caller in callers:
+            caller.join(timeout=60)
+    # 8 busy clients: a few requests are in flight at any time (without the loop's turn before an
+    # inline inference, a scrape would see 0 nearly always)
+    assert seen and sum(seen) / len(seen) >= 1, f"requests in flight seen by {len(seen)} scrapes: {seen}"
 
 
 def test_an_engine_failure_is_a_500_with_the_reason_and_the_model_keeps_serving(

@@ -161,6 +161,10 @@ class CompiledModel:
         """Run one request; `arrays` maps input index to a C-contiguous array of its dtype."""
         if (self.typical_inference_seconds < INLINE_SECONDS
                 and sum(array.nbytes for array in arrays.values()) <= INLINE_BYTES):
+            # One turn of the loop first: the requests that arrived meanwhile count themselves in
+            # modelkiln_inflight_requests (what request-based autoscaling reads) before this one
+            # holds the loop, and a probe or a scrape waits one inference at most.
+            await asyncio.sleep(0)
             return self._infer_inline(arrays, output_indices)
         queued = time.perf_counter()
         slot = self._idle.popleft() if self._idle else await self._wait_for_slot()
