@@ -102,6 +102,12 @@ def test_after_a_75_second_api_server_outage_a_new_model_converts(cluster, names
     assert len(jobs(cluster, namespace)) == 2 and len(cluster.items("replicasets", namespace=namespace)) == 2
 
 
+def peers(kubectl, peering: str) -> dict:
+    """The replicas in the peering object, by kopf's identity."""
+    found = kubectl.run("get", "clusterkopfpeering", peering, "-o", "json", check=False)
+    return json.loads(found.stdout).get("status") or {} if found.returncode == 0 else {}
+
+
 @pytest.fixture
 def two_replicas(cluster, operator, tmp_path):
     """Two `modelkiln operator --peering` replicas (priority 200 acts, 100 stands by) in place of
@@ -114,8 +120,10 @@ def two_replicas(cluster, operator, tmp_path):
         replicas.append(replica)
     operator.stop()
     try:
-        for replica in replicas:
+        for count, replica in enumerate(replicas, start=1):   # the standby starts once the active one is a peer
             replica.start()
+            eventually(f"{count} peer(s) in ClusterKopfPeering {peering}",
+                       lambda: len(peers(cluster, peering)) == count, timeout=60)
         yield peering, *replicas
     finally:
         for replica in replicas:
@@ -131,9 +139,10 @@ def test_of_two_operator_replicas_one_acts_and_the_other_takes_over_when_it_is_k
     wait_ready(cluster, namespace, "first")
     assert f"{namespace}/first: " in active.process.log.read_text()
     assert f"{namespace}/first: " not in standby.process.log.read_text()
-    assert "Pausing operations in favour of" in standby.process.log.read_text()
-    peers = cluster.get_json("clusterkopfpeering", peering)["status"]
-    assert sorted(p["priority"] for p in peers.values()) == [100, 200]
+    standing_by = standby.process.log.read_text()
+    # kopf starts a replica paused until the peering object shows it is the highest
+    assert "Pausing the watch-stream for inferencemodels" in standing_by and "Resuming" not in standing_by
+    assert sorted(p["priority"] for p in peers(cluster, peering).values()) == [100, 200]
     assert len(jobs(cluster, namespace)) == 1
 
     active.kill()
