@@ -249,9 +249,12 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, *, create_
     def rollout_annotated(body: kopf.Body, memo: kopf.Memo, **indexes) -> None:
         _reconcile(body.metadata.namespace, body.metadata.name, memo, indexes)
 
-    @kopf.index("", "v1", "nodes", id=UNREADY_NODES_INDEX, registry=registry)
-    def unready_nodes(name: str, body: kopf.Body, **_) -> dict | None:
-        return {(None, name): dict(body)} if nodes.not_ready(dict(body)) else None
+    # A filter, not a None result: kopf keeps an object's last value when its indexer returns None,
+    # but drops the object once it stops matching `when` (a node Ready again).
+    @kopf.index("", "v1", "nodes", id=UNREADY_NODES_INDEX, registry=registry,
+                when=lambda body, **_: nodes.not_ready(dict(body)) is not None)
+    def unready_nodes(name: str, body: kopf.Body, **_) -> dict:
+        return {(None, name): dict(body)}
 
     for child in WATCHED_CHILDREN:
         # Handlers get the index as the keyword argument named by its id (the plural).
