@@ -40,6 +40,8 @@ def pytest_configure(config):
                                        "on the real node")
     config.addinivalue_line("markers", "rollout: Shadow and Canary rollouts decided on live traffic on the "
                                        "real node")
+    config.addinivalue_line("markers", "faults: the operator killed, the API server restarted, two operator "
+                                       "replicas, a node NotReady, a conversion OOMKilled (kwok)")
 
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: build only when e2e tests will run
@@ -111,6 +113,7 @@ def cluster(tmp_path_factory) -> Kubectl:
         plane = None
     else:
         plane = cp.start_control_plane(bin_dir=_state["bin_dir"], work_dir=tmp_path_factory.mktemp("control-plane"))
+        _state["plane"] = plane
         kubectl = Kubectl(kubeconfig=plane.kubeconfig)
     try:
         install_modelkiln(kubectl, REPO)
@@ -172,6 +175,14 @@ def scaling_cluster(tmp_path_factory):
             yield kubectl, node, work, helm
         finally:
             stack.stop()
+
+
+@pytest.fixture
+def control_plane(cluster: Kubectl) -> cp.ControlPlane:
+    """The processes behind `cluster`, for a test that restarts one (not with KUBECONFIG's cluster)."""
+    if "plane" not in _state:
+        pytest.skip("restarts the API server of a control plane of its own, not KUBECONFIG's cluster")
+    return _state["plane"]
 
 
 @pytest.fixture

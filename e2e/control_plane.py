@@ -235,6 +235,17 @@ class ControlPlane:
     def kubectl(self) -> Kubectl:
         return Kubectl(kubeconfig=self.kubeconfig)
 
+    def restart_apiserver(self, *, down_seconds: float, timeout: float = 120.0) -> None:
+        """Stop kube-apiserver, leave it down `down_seconds`, start it again with the same flags
+        (ports, certificates, etcd), and wait until it is ready."""
+        index = next(i for i, p in enumerate(self.processes) if p.name == "kube-apiserver")
+        old = self.processes[index]
+        old.stop()
+        time.sleep(down_seconds)
+        self.processes[index] = spawn(old.name, list(old.popen.args), log_dir=old.log.parent)
+        wait_until("kube-apiserver /readyz after its restart", lambda: _https_ok(f"{self.server}/readyz", ADMIN_TOKEN),
+                   timeout=timeout, procs=[self.processes[index]])
+
 
 def start_control_plane(*, bin_dir: Path, work_dir: Path, timeout: float = 180.0,
                         apiserver_args: tuple[str, ...] = (), pools: tuple[str, ...] | None = None) -> ControlPlane:
@@ -284,12 +295,14 @@ def _start(plane: ControlPlane, *, bin_dir: Path, pki: Path, logs: Path, tokens:
     apiserver = spawn("kube-apiserver", [
         str(bin_dir / "kube-apiserver"), f"--etcd-servers={etcd_url}",
         f"--cert-dir={pki}", f"--secure-port={api_port}", "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1", "--service-cluster-ip-range=10.96.0.0/24",
+        "--advertise-address=127.0.0.1", "--service-cluster-ip-range=10.96.0.0/16",
         "--allow-privileged=true", "--authorization-mode=RBAC", f"--token-auth-file={tokens}",
         f"--service-account-issuer={plane.server}", f"--service-account-key-file={sa_pub}",
         f"--service-account-signing-key-file={sa_key}", "--endpoint-reconciler-type=none",
         # A real node is reached at its address (kubectl logs/exec), not at its name: no DNS here.
         "--kubelet-preferred-address-types=InternalIP",
+        # Pods leave a lost node after 20 s, not 5 minutes (test_e2e_faults.py's NotReady node).
+        "--default-not-ready-toleration-seconds=20", "--default-unreachable-toleration-seconds=20",
         *apiserver_args,
     ], log_dir=logs)
     plane.processes.append(apiserver)

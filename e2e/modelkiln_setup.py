@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,11 @@ class OperatorProcess:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def kill(self) -> None:
+        """SIGKILL, as the OOM killer or a lost node would: no cleanup, no goodbye to its peers."""
+        os.killpg(self.process.popen.pid, signal.SIGKILL)
+        self.process.popen.wait(timeout=30)
 
     def log(self) -> str:
         return self.process.tail(80) if self.process else ""

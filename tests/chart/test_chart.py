@@ -139,17 +139,20 @@ def test_the_roles_are_bound_to_the_operators_service_account(helm, values):
                 if (r["metadata"]["name"], r["metadata"].get("namespace")) == (binding["roleRef"]["name"], namespace)]
 
 
-def test_with_watch_namespaces_the_operator_gets_a_role_in_each_and_only_peering_cluster_wide(helm):
+def test_with_watch_namespaces_the_operator_gets_a_role_in_each_and_only_nodes_and_peering_cluster_wide(helm):
     rendered = helm.render({"operator": {"watchNamespaces": ["models", "staging"]}})
     assert operator_main.parser().parse_args(container(one(rendered, "Deployment"))["args"][1:]).namespace == [
         "models", "staging"]
-    peering = (kube.PEERINGS.group, kube.PEERINGS.plural)
+    peering, nodes = (kube.PEERINGS.group, kube.PEERINGS.plural), (kube.NODES.group, kube.NODES.plural)
     framework = {(group, plural, verb, ()) for (group, plural), verbs in handlers.FRAMEWORK_PERMISSIONS.items()
-                 if (group, plural) not in (handlers.CRDS, peering) for verb in verbs}
+                 if (group, plural) not in (handlers.CRDS, peering, nodes) for verb in verbs}
     namespaced = framework | {(r.group, r.plural, verb, ()) for r, verbs in kube.PERMISSIONS.items() if r.namespaced
                               for verb in verbs}
-    # The peering object is one for all replicas, whatever they watch; CRDs are not watched.
-    cluster_wide = {(*peering, verb, ()) for verb in kube.PERMISSIONS[kube.PEERINGS] | handlers.FRAMEWORK_PERMISSIONS[peering]}
+    # Nodes are cluster-scoped, and the peering object is one for all replicas, whatever they
+    # watch; CRDs are not watched.
+    node_rules = {(*nodes, verb, ()) for verb in handlers.FRAMEWORK_PERMISSIONS[nodes]}
+    cluster_wide = node_rules | {(*peering, verb, ())
+                                 for verb in kube.PERMISSIONS[kube.PEERINGS] | handlers.FRAMEWORK_PERMISSIONS[peering]}
     assert grants(one(rendered, "ClusterRole")["rules"]) == cluster_wide
     watched = [role for role in by_kind(rendered, "Role") if role["metadata"]["namespace"] != "modelkiln-system"]
     assert sorted(role["metadata"]["namespace"] for role in watched) == ["models", "staging"]
@@ -158,7 +161,8 @@ def test_with_watch_namespaces_the_operator_gets_a_role_in_each_and_only_peering
     assert sorted(b["metadata"]["namespace"] for b in by_kind(rendered, "RoleBinding")) == [
         "modelkiln-system", "models", "staging"]
     standalone = helm.render({"operator": {"watchNamespaces": ["models"], "peering": {"enabled": False}}})
-    assert by_kind(standalone, "ClusterRole") == [] and by_kind(standalone, "ClusterRoleBinding") == []
+    assert grants(one(standalone, "ClusterRole")["rules"]) == node_rules
+    assert len(by_kind(standalone, "ClusterRoleBinding")) == 1
 
 
 def test_the_default_operator_is_configured_as_the_kustomize_base(helm):

@@ -6,6 +6,9 @@ The requests themselves go to a real API server in e2e/.
 
 from __future__ import annotations
 
+import socket
+
+import kubernetes
 import pytest
 
 from modelkiln.operator import kube
@@ -28,3 +31,13 @@ def test_a_watched_resource_is_read_from_what_the_watch_saw():
 def test_a_call_outside_the_permissions_is_refused_before_any_request():
     with pytest.raises(PermissionError, match="delete deployments is not in kube.PERMISSIONS"):
         kube.Kube(None).delete(kube.DEPLOYMENTS, namespace="vision", name="digits")
+
+
+def test_an_api_server_that_does_not_answer_is_unreachable_naming_it():
+    with socket.socket() as s:  # a port nobody listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    configuration = kubernetes.client.Configuration(host=f"https://127.0.0.1:{port}")
+    api = kube.Kube(kubernetes.client.ApiClient(configuration))
+    with pytest.raises(kube.Unreachable, match=f"the API server https://127.0.0.1:{port} does not answer: .*refused"):
+        api.get(kube.CLAIMS, namespace="vision", name="models")

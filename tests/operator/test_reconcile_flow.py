@@ -47,6 +47,9 @@ class RecordingApi:
         found = self.objects.get((resource.plural, namespace, name))
         return copy.deepcopy(found) if found else None
 
+    def indexed(self, resource):  # kopf's index of the nodes holds those that are not Ready
+        return [copy.deepcopy(o) for (plural, _, _), o in self.objects.items() if plural == resource.plural]
+
     def list(self, resource, *, namespace, selector):
         wanted = dict(part.split("=") for part in selector.split(","))
         return [copy.deepcopy(o) for (plural, ns, _), o in self.objects.items()
@@ -333,6 +336,38 @@ def test_a_serving_pod_that_cannot_be_scheduled_is_named_in_ready_and_reconcilin
     reconcile(model, api)
     assert condition(model, "Ready") == ("True", "MinimumReplicasAvailable")
     assert {c["type"] for c in model["status"]["conditions"]} == {"Converted", "Ready"}
+
+
+def test_a_serving_pod_on_a_node_that_is_not_ready_makes_the_model_not_ready_with_a_warning(make_model, api):
+    model = ready_model(make_model, api)
+    labels = api.objects["deployments", "vision", "digits"]["spec"]["selector"]["matchLabels"]
+    api.put(kube.PODS, {"metadata": {"namespace": "vision", "name": "digits-abc", "labels": labels},
+                        "spec": {"nodeName": "cpu-1"}, "status": {"phase": "Running"}})
+    api.put(kube.NODES, {"metadata": {"name": "cpu-1", "labels": {"modelkiln.io/pool": "cpu"}},
+                         "status": {"conditions": [{"type": "Ready", "status": "Unknown",
+                                                    "message": "Kubelet stopped posting node status."}]}})
+    result = reconcile(model, api)
+    ready = next(c for c in model["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "NodeNotReady")
+    assert ready["message"].startswith("node cpu-1 is not Ready (Ready is Unknown: Kubelet stopped posting node "
+                                       "status.) and holds pod(s) digits-abc"), ready["message"]
+    assert result.events == [("Warning", "NodeNotReady", ready["message"])]
+    assert condition(model, "Reconciling") == ("True", "NodeNotReady") and api.writes == []
+
+    # evicted (its kubelet is gone, so it stays Terminating) and replaced on a Ready node
+    api.objects["pods", "vision", "digits-abc"]["metadata"]["deletionTimestamp"] = "t"
+    result = reconcile(model, api)
+    assert condition(model, "Ready") == ("True", "MinimumReplicasAvailable")
+    assert [kind for kind, _, _ in result.events] == ["Normal"]
+
+
+def test_a_ready_model_reads_no_pod_while_every_node_of_its_pool_is_ready(make_model, api):
+    model = ready_model(make_model, api)
+    api.put(kube.NODES, {"metadata": {"name": "gpu-1", "labels": {"modelkiln.io/pool": "gpu"}},
+                         "status": {"conditions": [{"type": "Ready", "status": "False"}]}})
+    api.list = None  # any read of the pods would fail
+    reconcile(model, api)
+    assert condition(model, "Ready") == ("True", "MinimumReplicasAvailable")
 
 
 def test_a_failed_conversion_is_stalled_for_kstatus_with_the_cause(make_model, api):

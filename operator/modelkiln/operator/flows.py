@@ -15,7 +15,7 @@ import dataclasses
 import datetime
 from typing import Callable
 
-from modelkiln.operator import analysis, conversion_job, kube, objects, podmetrics, scaling, serving
+from modelkiln.operator import analysis, conversion_job, kube, nodes, objects, podmetrics, scaling, serving
 from modelkiln.operator import rollout as ro
 from modelkiln.operator import status as st
 from modelkiln.operator.commands import AUTO, artifact_key, defaulted_spec
@@ -77,7 +77,7 @@ def reconcile(*, model: dict, api: kube.Kube, config: OperatorConfig, now: str,
                or (c["type"] == st.READY and c["reason"] != converted["reason"]
                    and c["reason"] not in ro.READY_REASONS.values())]
     # an autoscaler that cannot run is worth a warning, though the model serves
-    events = [("Warning" if c["status"] == "False" and (c["reason"] in st.FAILURE_REASONS
+    events = [("Warning" if c["status"] == "False" and (c["reason"] in st.FAILURE_REASONS | {nodes.NODE_NOT_READY}
                                                         or c["type"] in (st.AUTOSCALING, ro.ROLLOUT)) else "Normal",
                c["reason"], c["message"]) for c in changed]
     events += ro.events(old.get("rollout"), rollout) + notes
@@ -260,8 +260,8 @@ def _converge_serving(*, model: dict, spec: dict, artifact: dict | None, convert
         _remove(api, kube.DISRUPTION_BUDGETS, namespace=namespace, name=name)
 
     if converted["status"] == "True":
-        ready = _explain_waiting(api, st.ready_from_deployment(deployment, wanted=wanted,
-                                                               generation=generation), deployment)
+        ready = _explain_from_pods(api, st.ready_from_deployment(deployment, wanted=wanted,
+                                                                 generation=generation), deployment)
         if rollout:
             ready = ro.ready(rollout, ready, generation=generation)
     else:
@@ -318,14 +318,20 @@ def _converge_autoscaler(api: kube.Kube, *, model: dict, autoscaling: dict | Non
             _remove(api, kube.INTERCEPTOR_ROUTES, namespace=namespace, name=route)
 
 
-def _explain_waiting(api: kube.Kube, ready: st.Condition, deployment: dict) -> st.Condition:
-    """`ready`, with why a serving pod waits (no node of the pool has room, image pull, ...)
-    added to its message while replicas are missing: read only then, so Ready models cost no read."""
-    if ready["status"] == "True":
+def _explain_from_pods(api: kube.Kube, ready: st.Condition, deployment: dict) -> st.Condition:
+    """`ready`, as the serving pods show it: not Ready while one runs on a node that is not Ready
+    (NodeNotReady, naming the node), and with why a pod waits (no node of the pool has room, image
+    pull, ...) while replicas are missing. The pods are read only then: a Ready model whose pool's
+    nodes are Ready costs no read."""
+    unready = nodes.in_pool(api.indexed(kube.NODES), deployment["spec"]["template"]["spec"].get("nodeSelector"))
+    if ready["status"] == "True" and not unready:
         return ready
     pods = api.list(kube.PODS, namespace=deployment["metadata"]["namespace"],
                     selector=objects.selector_string(deployment["spec"]["selector"]["matchLabels"]))
-    waiting = objects.waiting_reason(pods)
+    lost = nodes.lost_pods(pods, unready)
+    if lost:
+        return {**ready, "status": "False", "reason": nodes.NODE_NOT_READY, "message": nodes.describe(lost)}
+    waiting = "" if ready["status"] == "True" else objects.waiting_reason(pods)
     return {**ready, "message": f"{ready['message']}; a pod waits: {waiting}"} if waiting else ready
 
 

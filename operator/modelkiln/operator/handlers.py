@@ -26,13 +26,14 @@ import contextlib
 import contextvars
 import dataclasses
 import datetime
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Mapping
 
 import kopf
 
-from modelkiln.operator import flows, kube, metrics, objects
+from modelkiln.operator import flows, kube, metrics, nodes, objects
 from modelkiln.operator import rollout as ro
 from modelkiln.operator import status as st
 from modelkiln.operator.config import OperatorConfig
@@ -53,6 +54,20 @@ WATCHED_CHILDREN = (kube.DEPLOYMENTS, kube.JOBS, kube.SERVICES, kube.AUTOSCALERS
 TRIGGERING_CHILDREN = (kube.DEPLOYMENTS, kube.JOBS, kube.SERVICES)
 # kopf's index of the InferenceModels (their rollout phase by key): what the resync tasks go through.
 MODELS_INDEX = PLURAL
+# kopf's index of the nodes that are not Ready (nodes.py), by (None, name).
+UNREADY_NODES_INDEX = "unready_nodes"
+# Seconds between kopf's retries of a failed API request (its watches, its patches): endless, the
+# last one repeated. kopf's default sequence ends after 54 s, and then its watcher of a resource
+# fails for good, so an API server down a little longer (an upgrade) left a running operator
+# that no longer saw a new model.
+API_RETRY_SECONDS = (1, 1, 2, 3, 5, 8, 10)
+
+
+class EndlessBackoffs:
+    """API_RETRY_SECONDS, then its last value forever: an iterable kopf walks anew for each request."""
+
+    def __iter__(self):
+        return itertools.chain(API_RETRY_SECONDS, itertools.repeat(API_RETRY_SECONDS[-1]))
 
 # What kopf calls for these handlers, and what the API server checks for ownerReferences with
 # blockOwnerDeletion; kube.PERMISSIONS has the operator's own calls. The ClusterRole grants the union;
@@ -67,6 +82,7 @@ FRAMEWORK_PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     **{(child.group, child.plural): frozenset({"list", "watch"}) for child in WATCHED_CHILDREN},
     CRDS: frozenset({"list", "watch"}),
     (kube.PEERINGS.group, kube.PEERINGS.plural): frozenset({"get", "list", "watch", "patch"}),
+    (kube.NODES.group, kube.NODES.plural): frozenset({"list", "watch"}),  # cluster-scoped, like peering
 }
 
 # Sync handlers run in kopf's thread pool: a child's event, the model's own handler and the resync
@@ -93,7 +109,8 @@ def _now() -> str:
 def _reconcile(namespace: str, name: str, memo: kopf.Memo, indexes: Mapping[str, kube.Known]) -> None:
     """Reconcile the model as stored now (not as an event saw it) and patch what changed in its status."""
     with _model_lock(namespace, name):
-        api = memo.api.knowing({child: indexes[child.plural] for child in WATCHED_CHILDREN})
+        api = memo.api.knowing({**{child: indexes[child.plural] for child in WATCHED_CHILDREN},
+                                kube.NODES: indexes[UNREADY_NODES_INDEX]})
         try:
             model = api.get(kube.MODELS, namespace=namespace, name=name)
             if model is None or model["metadata"].get("deletionTimestamp"):
@@ -109,7 +126,7 @@ def _reconcile(namespace: str, name: str, memo: kopf.Memo, indexes: Mapping[str,
                                 patch={"metadata": {"annotations": {ro.ANNOTATION: None}}})
         except Exception as exc:
             metrics.RECONCILES.labels(outcome="error").inc()
-            if isinstance(exc, kube.KubeError):
+            if isinstance(exc, (kube.KubeError, kube.Unreachable)):
                 raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=RETRY_SECONDS) from exc
             raise  # kopf logs it with its traceback and retries with backoff
     metrics.RECONCILES.labels(outcome="success").inc()
@@ -148,6 +165,10 @@ async def _resync_forever(*, resync: _Resync, memo: kopf.Memo, indexes: Mapping[
             try:
                 await loop.run_in_executor(executor, run, _reconcile, namespace, name, memo, indexes)
             except kopf.TemporaryError as exc:
+                if isinstance(exc.__cause__, kube.Unreachable):
+                    # one line, not one per model: the next model would get no answer either
+                    LOG.warning("resync: %s; the round stops here (the next one retries)", exc.__cause__)
+                    break
                 LOG.warning("%s/%s: resync: %s (the next resync retries)", namespace, name, exc)
             except Exception:
                 LOG.exception("%s/%s: resync failed (the next resync retries)", namespace, name)
@@ -175,6 +196,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, *, create_
     def connect(memo: kopf.Memo, settings: kopf.OperatorSettings, **_) -> None:
         memo.api = kube.Kube.from_environment()
         memo.config = config
+        settings.networking.error_backoffs = EndlessBackoffs()
         # Progress and the last-handled spec as annotations of our own: the structural schema
         # would prune kopf's default `status.kopf`.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelkiln.io")
@@ -226,6 +248,13 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, *, create_
     @kopf.on.event(**resource, annotations={ro.ANNOTATION: kopf.PRESENT}, registry=registry)
     def rollout_annotated(body: kopf.Body, memo: kopf.Memo, **indexes) -> None:
         _reconcile(body.metadata.namespace, body.metadata.name, memo, indexes)
+
+    # A filter, not a None result: kopf keeps an object's last value when its indexer returns None,
+    # but drops the object once it stops matching `when` (a node Ready again).
+    @kopf.index("", "v1", "nodes", id=UNREADY_NODES_INDEX, registry=registry,
+                when=lambda body, **_: nodes.not_ready(dict(body)) is not None)
+    def unready_nodes(name: str, body: kopf.Body, **_) -> dict:
+        return {(None, name): dict(body)}
 
     for child in WATCHED_CHILDREN:
         # Handlers get the index as the keyword argument named by its id (the plural).

@@ -21,6 +21,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 
 import kubernetes
+import urllib3
 
 from modelkiln.operator.schema import GROUP, PLURAL, VERSION
 
@@ -53,6 +54,8 @@ DISRUPTION_BUDGETS = Resource("policy", "v1", "poddisruptionbudgets")
 CLAIMS = Resource("", "v1", "persistentvolumeclaims")
 CONFIGMAPS = Resource("", "v1", "configmaps")
 PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings", namespaced=False)
+# Watched by kopf (an index of the nodes that are not Ready), never requested by this module.
+NODES = Resource("", "v1", "nodes", namespaced=False)
 # KEDA's and its HTTP add-on's, when the cluster has them (`Kube.serves`)
 SCALED_OBJECTS = Resource("keda.sh", "v1alpha1", "scaledobjects")
 INTERCEPTOR_ROUTES = Resource("http.keda.sh", "v1beta1", "interceptorroutes")
@@ -85,6 +88,11 @@ class KubeError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
+
+
+class Unreachable(Exception):
+    """No answer from the API server (connection refused or reset, a timeout): it is down or
+    restarting, nothing is wrong with the request."""
 
 
 # Objects by (namespace, name), each a collection of (at most one) object: kopf's indexes.
@@ -129,6 +137,10 @@ class Kube:
     def knowing(self, known: Mapping[Resource, Known]) -> Kube:
         """This client, answering `get` from `known` for the resources it has."""
         return Kube(self.client, known=known, discovery=self.discovery)
+
+    def indexed(self, resource: Resource) -> list[dict]:
+        """Every object of `resource` that the watch holds (whatever kopf's index keeps)."""
+        return [obj for objects in self.known.get(resource, {}).values() for obj in objects]
 
     def serves(self, resource: Resource) -> bool:
         """Whether the API server serves `resource` (its CRD is installed), from a recent answer."""
@@ -204,8 +216,12 @@ class Kube:
         method, url, headers, body, _ = self.client.param_serialize(
             method=method, resource_path=path, header_params=headers, body=body,
             auth_settings=["BearerToken"])
-        response = self.client.call_api(method, url, headers, body, _request_timeout=30)
-        data = response.read()
+        try:
+            response = self.client.call_api(method, url, headers, body, _request_timeout=30)
+            data = response.read()
+        except urllib3.exceptions.HTTPError as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise Unreachable(f"the API server {self.client.configuration.host} does not answer: {reason}") from exc
         if response.status == 404 and missing_ok or response.status == 409 and exists_ok:
             return None
         if response.status >= 400:
