@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT / "tests" / "chart"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import control_plane as cp  # noqa: E402
+from machine import cpu_model  # noqa: E402
 import modelkiln_setup as setup  # noqa: E402
 import operator_scale  # noqa: E402
 import real_node as rn  # noqa: E402
@@ -249,8 +249,7 @@ def main() -> int:
 
 
 def report(kubectl: cp.Kubectl, audit_log: Path, args) -> None:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = cpu_model()
     print(f"{datetime.date.today()}, {cpu}, {os.cpu_count()} cores", flush=True)
     for kind in AUTOSCALING:
         print(f"load step 1 -> 8 clients, {kind}: {load_step(kubectl, kind, warm=args.warm, hold=args.hold)}",

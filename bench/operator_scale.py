@@ -28,6 +28,8 @@ import datetime
 import json
 import os
 import platform
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,10 +42,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "e2e"))
 
 import control_plane as cp  # noqa: E402
+from machine import cpu_model  # noqa: E402
 from modelkiln_setup import (OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, create_model_namespace,  # noqa: E402
                              inference_model, install_modelkiln, operator_process)
 
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
+CONTROL_PLANE_USER = "admin"  # the controllers, the scheduler and kwok share the admin kubeconfig
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 NAMESPACE = "bench"
 # Room for every conversion and serving pod at once, so scheduling never waits on capacity.
@@ -51,23 +55,57 @@ BIG_CPU_NODE = {"cpu": "400", "memory": "2Ti", "pods": "1000"}
 
 
 def audit_policy(user: str = OPERATOR_USER) -> dict:
-    """Log the operator's requests (metadata only) and nothing else."""
+    """Log the operator's requests and the control plane's writes (metadata only), nothing else."""
     return {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived", "ResponseStarted"],
-            "rules": [{"level": "Metadata", "users": [user]}, {"level": "None"}]}
+            "rules": [{"level": "Metadata", "users": [user]},
+                      {"level": "Metadata", "users": [CONTROL_PLANE_USER], "verbs": sorted(WRITE_VERBS)},
+                      {"level": "None"}]}
+
+
+def audit_events(log: Path, *, since: str = "", until: str = "~", user: str = OPERATOR_USER) -> list[dict]:
+    """The requests by `user` logged in [since, until)."""
+    events = (json.loads(line) for line in log.read_text().splitlines())
+    return [e for e in events if e["user"]["username"] == user and since <= e["requestReceivedTimestamp"] < until]
 
 
 def audit_counts(log: Path, *, since: str = "", until: str = "~", user: str = OPERATOR_USER) -> collections.Counter:
-    """(verb class, resource) -> requests by the operator logged in [since, until)."""
+    """(verb class, resource, verb) -> requests by `user` logged in [since, until)."""
     counts: collections.Counter = collections.Counter()
-    for line in log.read_text().splitlines():
-        event = json.loads(line)
-        if event["user"]["username"] != user or not since <= event["requestReceivedTimestamp"] < until:
-            continue
+    for event in audit_events(log, since=since, until=until, user=user):
         ref = event.get("objectRef", {})
         resource = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
         kind = "write" if event["verb"] in WRITE_VERBS else "read"
         counts[(kind, resource, event["verb"])] += 1
     return counts
+
+
+def seconds_since(start: str, stamp: str) -> float:
+    parse = lambda text: datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: E731
+    return (parse(stamp) - parse(start)).total_seconds()
+
+
+def write_rates(log: Path, *, since: str, until: str) -> dict[str, dict]:
+    """The control plane's writes in [since, until) by program (its user agent): how many, from the
+    first to the last second, and the busiest second. A program held at its client's QPS limit
+    writes at that rate, second after second."""
+    by_client: dict[str, list[float]] = collections.defaultdict(list)
+    for event in audit_events(log, since=since, until=until, user=CONTROL_PLANE_USER):
+        client = event.get("userAgent", "?").split("/")[0]
+        by_client[client].append(seconds_since(since, event["requestReceivedTimestamp"]))
+    rates = {}
+    for client, times in sorted(by_client.items(), key=lambda item: -len(item[1])):
+        per_second = collections.Counter(int(t) for t in times)
+        span = max(times) - min(times)
+        rates[client] = {"writes": len(times), "firstSecond": round(min(times), 1), "lastSecond": round(max(times), 1),
+                         "writesPerSecond": round(len(times) / span, 1) if span else None,
+                         "busiestSecond": max(per_second.values())}
+    return rates
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def reconciles(metrics_port: int) -> float:
@@ -105,15 +143,26 @@ def per_model(counts: collections.Counter, models: int) -> dict[str, float]:
     return dict(sorted(table.items()))
 
 
-def run(*, models: int, resync: float, steady: float, work: Path) -> dict:
+def reconciled_once_each(metrics_port: int, models: int) -> bool:
+    """Whether a (re)started operator has reconciled as many times as there are models."""
+    try:
+        return reconciles(metrics_port) >= models
+    except OSError:
+        return False  # still starting
+
+
+def run(*, models: int, resync: float, steady: float, controller_qps: int | None, profile: Path | None,
+        work: Path) -> dict:
     go = cp.find_go()
     if go is None:
         raise SystemExit("operator_scale: needs Go (to build the control plane); see e2e/README.md")
     bin_dir = cp.build_binaries(go=go)
     policy, audit_log = work / "audit-policy.yaml", work / "audit.log"
     policy.write_text(yaml.safe_dump(audit_policy()))
+    qps = (f"--kube-api-qps={controller_qps}", f"--kube-api-burst={2 * controller_qps}") if controller_qps else ()
     plane = cp.start_control_plane(bin_dir=bin_dir, work_dir=work / "control-plane", apiserver_args=(
-        f"--audit-policy-file={policy}", f"--audit-log-path={audit_log}", "--audit-log-format=json"))
+        f"--audit-policy-file={policy}", f"--audit-log-path={audit_log}", "--audit-log-format=json"),
+        controller_manager_args=qps)
     try:
         kubectl = plane.kubectl
         install_modelkiln(kubectl, ROOT)
@@ -129,17 +178,31 @@ def run(*, models: int, resync: float, steady: float, work: Path) -> dict:
 
         manifest = {"apiVersion": "v1", "kind": "List",
                     "items": [inference_model(f"model-{i:03d}", replicas=1) for i in range(models)]}
+        pids = {p.name: p.popen.pid for p in plane.processes} | {"operator": operator.process.popen.pid}
+        cpu_at_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        spy = profile and subprocess.Popen(["py-spy", "record", "--pid", str(pids["operator"]), "--format", "raw",
+                                            "--rate", "50", "--output", str(profile)], stdout=subprocess.DEVNULL)
         start_stamp, start = utc_now(), time.monotonic()
         kubectl.apply(manifest, namespace=NAMESPACE)
         cp.wait_until(f"{models} Ready InferenceModels", lambda: ready_count(kubectl) == models,
                       timeout=1800, procs=[operator.process])
         all_ready = time.monotonic() - start
         ready_stamp, reconciles_at_ready = utc_now(), reconciles(metrics_port)
+        cpu_until_ready = {name: round(cpu_seconds(pid) - cpu_at_start[name], 1) for name, pid in pids.items()}
+        if spy:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+        operator_cpu = cpu_seconds(pids["operator"])
         time.sleep(steady)
         steady_stamp, reconciles_at_end = utc_now(), reconciles(metrics_port)
+        operator_cpu_steady = cpu_seconds(pids["operator"]) - operator_cpu
         rss = peak_rss_mb(operator.process.popen.pid)
         operator.restart()
-        time.sleep(steady)
+        restarted = time.monotonic()
+        cp.wait_until("the restarted operator's first reconcile of every model",
+                      lambda: reconciled_once_each(metrics_port, models), timeout=600, procs=[operator.process])
+        resynced_after_restart = time.monotonic() - restarted
+        time.sleep(max(0.0, steady - resynced_after_restart))
         restarted_stamp = utc_now()
         operator.stop()
     finally:
@@ -148,9 +211,16 @@ def run(*, models: int, resync: float, steady: float, work: Path) -> dict:
     to_ready = audit_counts(audit_log, since=start_stamp, until=ready_stamp)
     in_steady = audit_counts(audit_log, since=ready_stamp, until=steady_stamp)
     after_restart = audit_counts(audit_log, since=steady_stamp, until=restarted_stamp)
+    operator_writes = [seconds_since(start_stamp, e["requestReceivedTimestamp"])
+                       for e in audit_events(audit_log, since=start_stamp, until=ready_stamp)
+                       if e["verb"] in WRITE_VERBS]
     return {
         "models": models, "resyncSeconds": resync, "steadySeconds": steady,
+        "controllerManagerQPS": controller_qps or "default (20, burst 30)",
         "secondsUntilAllReady": round(all_ready, 1),
+        "secondOfTheOperatorsLastWriteUntilReady": round(max(operator_writes), 1),
+        "controlPlaneWritesUntilReady": write_rates(audit_log, since=start_stamp, until=ready_stamp),
+        "cpuSecondsUntilReady": cpu_until_ready,
         "reconcilesPerSecond": round(reconciles_at_ready / all_ready, 1),
         "reconcilesPerModelUntilReady": round(reconciles_at_ready / models, 1),
         "writesPerModelUntilReady": round(total(to_ready, "write") / models, 1),
@@ -158,13 +228,15 @@ def run(*, models: int, resync: float, steady: float, work: Path) -> dict:
         "writesPerModelPerMinuteSteady": round(total(in_steady, "write") / models * 60 / steady, 1),
         "readsPerModelPerMinuteSteady": round(total(in_steady, "read") / models * 60 / steady, 1),
         "reconcilesPerSecondSteady": round((reconciles_at_end - reconciles_at_ready) / steady, 1),
+        "operatorCpuShareSteady": round(operator_cpu_steady / steady, 2),
         "operatorPeakRssMB": round(rss, 1),
+        "secondsUntilEveryModelReconciledAfterRestart": round(resynced_after_restart, 1),
         "writesPerModelAfterRestart": round(total(after_restart, "write") / models, 1),
         "readsPerModelAfterRestart": round(total(after_restart, "read") / models, 1),
         "untilReadyByRequest": per_model(to_ready, models),
         "steadyByRequest": per_model(in_steady, models),
         "afterRestartByRequest": per_model(after_restart, models),
-        "machine": {"cores": len(os.sched_getaffinity(0)), "python": platform.python_version()},
+        "machine": {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "python": platform.python_version()},
     }
 
 
@@ -174,9 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resync", type=float, default=10.0, help="MODELKILN_RESYNC_SECONDS (the manifests' 10)")
     p.add_argument("--steady", type=float, default=60.0,
                    help="seconds observed after all are Ready, and again after a restart of the operator")
+    p.add_argument("--controller-qps", type=int, help="kube-controller-manager's --kube-api-qps (burst twice that)")
+    p.add_argument("--profile", type=Path,
+                   help="record the operator with py-spy until all are Ready (collapsed stacks, to this file)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="operator-scale-") as tmp:
-        result = run(models=args.models, resync=args.resync, steady=args.steady, work=Path(tmp))
+        result = run(models=args.models, resync=args.resync, steady=args.steady, controller_qps=args.controller_qps,
+                     profile=args.profile, work=Path(tmp))
     print(json.dumps(result, indent=2))
     return 0
 

@@ -31,7 +31,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import time
 from typing import Callable
 
 from modelkiln import telemetry
+from machine import cpu_model  # noqa: E402
 
 telemetry.off()  # before openvino loads it (modelkiln/telemetry.py)
 import numpy as np  # noqa: E402
@@ -424,13 +424,6 @@ def print_auto_report(result: dict) -> None:
           f"(Auto's timings: {result['autoTimings']})")
     for name, numbers in result["accuracyVsFp32Strict"].items():
         print(f"Auto's choice (at its inference precision) vs FP32 (strict f32) on {name}: {numbers}")
-
-
-def cpu_model() -> str:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines() if pathlib.Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def print_report(result: dict) -> None:

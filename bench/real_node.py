@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT / "e2e"))
 sys.path.insert(0, str(ROOT / "tests" / "chart"))
 
 import control_plane as cp  # noqa: E402
+from machine import cpu_model  # noqa: E402
 import modelkiln_setup as setup  # noqa: E402
 import real_node as rn  # noqa: E402
 from chart_helpers import Helm  # noqa: E402
@@ -167,8 +167,7 @@ def main() -> int:
             if node is not None:
                 node.stop()
             plane.stop()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = cpu_model()
     print(f"\n{datetime.date.today()}, {cpu}, {os.cpu_count()} cores; seconds")
     print("| | part | " + " | ".join(f"round {i + 1}" for i in range(args.rounds)) + " | median |")
     print("| --- | --- | " + " | ".join("---" for _ in range(args.rounds)) + " | --- |")

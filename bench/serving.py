@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import pathlib
-import platform
 import shutil
 import signal
 import socket
@@ -37,6 +36,7 @@ import textwrap
 import time
 
 from modelkiln import telemetry
+from machine import cpu_model  # noqa: E402
 
 telemetry.off()  # before openvino loads it (modelkiln/telemetry.py)
 import numpy as np  # noqa: E402
@@ -654,8 +654,7 @@ def machine() -> str:
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
                 break
-    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                  if l.startswith("model name")), platform.processor())
+    model = cpu_model()
     wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
     return f"{os.cpu_count()} cores, {model}, {' '.join(wanted)}, OpenVINO {ov.__version__}"
 

@@ -248,10 +248,12 @@ class ControlPlane:
 
 
 def start_control_plane(*, bin_dir: Path, work_dir: Path, timeout: float = 180.0,
-                        apiserver_args: tuple[str, ...] = (), pools: tuple[str, ...] | None = None) -> ControlPlane:
+                        apiserver_args: tuple[str, ...] = (), controller_manager_args: tuple[str, ...] = (),
+                        pools: tuple[str, ...] | None = None) -> ControlPlane:
     """Start etcd, kube-apiserver, controller-manager, scheduler and kwok; create the nodes.
 
-    `apiserver_args` adds flags to kube-apiserver (bench/ turns on its audit log with them);
+    `apiserver_args` and `controller_manager_args` add flags to kube-apiserver and
+    kube-controller-manager (bench/ turns on the audit log and raises the controllers' QPS);
     `pools` limits the simulated nodes to those pools (the real node plays the CPU pool).
     """
     pki = work_dir / "pki"
@@ -267,7 +269,8 @@ def start_control_plane(*, bin_dir: Path, work_dir: Path, timeout: float = 180.0
     plane = ControlPlane(work_dir=work_dir, kubeconfig=work_dir / "admin.kubeconfig", server="")
     try:
         _start(plane, bin_dir=bin_dir, pki=pki, logs=logs, tokens=tokens, sa_key=sa_key, sa_pub=sa_pub,
-               timeout=timeout, apiserver_args=apiserver_args, pools=pools)
+               timeout=timeout, apiserver_args=apiserver_args, controller_manager_args=controller_manager_args,
+               pools=pools)
     except BaseException:
         plane.stop()
         raise
@@ -276,7 +279,7 @@ def start_control_plane(*, bin_dir: Path, work_dir: Path, timeout: float = 180.0
 
 def _start(plane: ControlPlane, *, bin_dir: Path, pki: Path, logs: Path, tokens: Path,
            sa_key: Path, sa_pub: Path, timeout: float, apiserver_args: tuple[str, ...],
-           pools: tuple[str, ...] | None) -> None:
+           controller_manager_args: tuple[str, ...], pools: tuple[str, ...] | None) -> None:
     etcd_port, etcd_peer = free_port(), free_port()
     etcd_url = f"http://127.0.0.1:{etcd_port}"
     etcd = spawn("etcd", [
@@ -318,7 +321,7 @@ def _start(plane: ControlPlane, *, bin_dir: Path, pki: Path, logs: Path, tokens:
         "--leader-elect=false", "--controllers=*", f"--service-account-private-key-file={sa_key}",
         f"--root-ca-file={pki / 'apiserver.crt'}", "--bind-address=127.0.0.1", f"--secure-port={cm_port}",
         # Short syncs so that HPA decisions and volume bindings show up within a test.
-        "--horizontal-pod-autoscaler-sync-period=5s", "--pvclaimbinder-sync-period=2s",
+        "--horizontal-pod-autoscaler-sync-period=5s", "--pvclaimbinder-sync-period=2s", *controller_manager_args,
     ], log_dir=logs))
     plane.processes.append(spawn("kube-scheduler", [
         str(bin_dir / "kube-scheduler"), f"--kubeconfig={plane.kubeconfig}", "--leader-elect=false",

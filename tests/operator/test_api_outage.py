@@ -37,8 +37,12 @@ def test_kopf_retries_a_failed_api_request_for_as_long_as_it_takes():
     assert list(itertools.islice(backoffs, 3)) == [1, 1, 2]  # each request starts from the first
 
 
-def test_a_resync_round_stops_at_the_first_model_the_api_server_does_not_answer(caplog):
-    models = {("vision", name): [None] for name in ("digits", "letters", "faces")}
+def test_a_resync_round_stops_at_the_first_model_the_api_server_does_not_answer(caplog, make_model):
+    models = {}
+    for name in ("digits", "letters", "faces"):
+        model = make_model()
+        model["metadata"].update(namespace="vision", name=name, resourceVersion="1")
+        models["vision", name] = [model]
     indexes = {handlers.MODELS_INDEX: models, handlers.UNREADY_NODES_INDEX: {},
                **{child.plural: {} for child in handlers.WATCHED_CHILDREN}}
     memo = kopf.Memo(api=unreachable_api(), config=CONFIG)

@@ -83,11 +83,11 @@ NPU (the chart's default NPU pool would otherwise always be there too). */}}
 {{/* The operator's rules on namespaced objects: in its ClusterRole, or with
 operator.watchNamespaces in a Role of each watched namespace. */}}
 {{- define "modelkiln.namespacedRules" -}}
-# The API it serves: kopf watches InferenceModels and patches its own annotations; each
-# reconcile reads its model and patches the status.
+# The API it serves: kopf watches InferenceModels (a reconcile reads its model from that watch)
+# and patches its own annotations; a reconcile patches the status.
 - apiGroups: [modelkiln.io]
   resources: [inferencemodels]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 - apiGroups: [modelkiln.io]
   resources: [inferencemodels/status]
   verbs: [patch]

@@ -7,9 +7,10 @@ back. kopf also keeps our children in indexes, so reading them costs no request.
 operator-wide task resyncs every model every `resync_seconds` as a safety net, for what does not
 reconcile the model by itself (an edit of the device-pool ConfigMap, the repository claim
 appearing). All of them run the same level-triggered reconcile, one at a time per model, so it
-does not matter which one runs, or how often: when nothing changed it writes nothing and reads
-only the model and the device-pool ConfigMap (the status is patched only with what differs, an
-Event only on a condition's transition).
+does not matter which one runs, or how often: when nothing changed it makes no request at all
+(the model and its children come from kopf's watches, the device-pool ConfigMap from an answer
+at most 5 s old; the status is patched only with what differs, an Event only on a condition's
+transition).
 
 No handler needs a finalizer on the model (DESIGN.md: a finalizer only for what garbage
 collection cannot do): children go with their ownerReferences, so a model deletes at once even
@@ -24,6 +25,7 @@ import collections
 import concurrent.futures
 import contextlib
 import contextvars
+import copy
 import dataclasses
 import datetime
 import itertools
@@ -52,7 +54,8 @@ LOG = logging.getLogger("modelkiln.operator")
 WATCHED_CHILDREN = (kube.DEPLOYMENTS, kube.JOBS, kube.SERVICES, kube.AUTOSCALERS, kube.DISRUPTION_BUDGETS,
                     kube.SCALED_OBJECTS, kube.INTERCEPTOR_ROUTES)
 TRIGGERING_CHILDREN = (kube.DEPLOYMENTS, kube.JOBS, kube.SERVICES)
-# kopf's index of the InferenceModels (their rollout phase by key): what the resync tasks go through.
+# kopf's index of the InferenceModels (each as the watch last saw it, by key): what the resync
+# tasks go through and what a reconcile reads.
 MODELS_INDEX = PLURAL
 # kopf's index of the nodes that are not Ready (nodes.py), by (None, name).
 UNREADY_NODES_INDEX = "unready_nodes"
@@ -89,6 +92,10 @@ FRAMEWORK_PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
 # may run at once, and two reconciles of one model would race on its status and Events.
 _locks: collections.defaultdict[tuple[str, str], threading.Lock] = collections.defaultdict(threading.Lock)
 _locks_guard = threading.Lock()
+# A model as our last patch of it answered, with the resourceVersion it had before: until the
+# watch brings a newer version than that one, a reconcile reads this (else it would patch the
+# same status and post the same Events again). Read and written under the model's lock.
+_written: dict[tuple[str, str], tuple[str, dict]] = {}
 
 
 def _model_lock(namespace: str, name: str) -> threading.Lock:
@@ -100,6 +107,28 @@ def _forget(namespace: str, name: str) -> None:
     """Drop the lock of a model that is gone (a child's last events may come after the model's own)."""
     with _locks_guard:
         _locks.pop((namespace, name), None)
+    _written.pop((namespace, name), None)
+
+
+def _current(namespace: str, name: str, models: kube.Known) -> tuple[dict | None, str]:
+    """A copy of the model as the watch last saw it, or as our own patch left it while the watch has
+    not shown that patch yet; and the resourceVersion the watch saw."""
+    seen = next(iter(models.get((namespace, name), ())), None)
+    if seen is None:
+        return None, ""
+    version = seen["metadata"]["resourceVersion"]
+    written = _written.pop((namespace, name), None)
+    if written is not None and written[0] == version:
+        _written[namespace, name] = written
+        return copy.deepcopy(written[1]), version
+    return copy.deepcopy(seen), version
+
+
+def _trimmed(body: kopf.Body) -> dict:
+    """`body` without its managedFields, which nothing here reads: kept for each of thousands of objects."""
+    obj = dict(body)
+    obj["metadata"] = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}
+    return obj
 
 
 def _now() -> str:
@@ -107,12 +136,13 @@ def _now() -> str:
 
 
 def _reconcile(namespace: str, name: str, memo: kopf.Memo, indexes: Mapping[str, kube.Known]) -> None:
-    """Reconcile the model as stored now (not as an event saw it) and patch what changed in its status."""
+    """Reconcile the model as the watch last saw it (not as the event that called saw it: that one may
+    be older) and patch what changed in its status."""
     with _model_lock(namespace, name):
         api = memo.api.knowing({**{child: indexes[child.plural] for child in WATCHED_CHILDREN},
                                 kube.NODES: indexes[UNREADY_NODES_INDEX]})
         try:
-            model = api.get(kube.MODELS, namespace=namespace, name=name)
+            model, seen_version = _current(namespace, name, indexes[MODELS_INDEX])
             if model is None or model["metadata"].get("deletionTimestamp"):
                 _forget(namespace, name)
                 return  # gone or going (foreground deletion): applying children now would only recreate them
@@ -120,10 +150,12 @@ def _reconcile(namespace: str, name: str, memo: kopf.Memo, indexes: Mapping[str,
                 result = flows.reconcile(model=model, api=api, config=memo.config, now=_now())
             changes = st.patch(model.get("status") or {}, result.status)
             if changes:
-                api.merge_patch(kube.MODEL_STATUS, namespace=namespace, name=name, patch={"status": changes})
+                patched = api.merge_patch(kube.MODEL_STATUS, namespace=namespace, name=name, patch={"status": changes})
+                _written[namespace, name] = (seen_version, patched)
             if result.clear_annotation:  # acted on (or refused with an Event): once is enough
-                api.merge_patch(kube.MODELS, namespace=namespace, name=name,
-                                patch={"metadata": {"annotations": {ro.ANNOTATION: None}}})
+                patched = api.merge_patch(kube.MODELS, namespace=namespace, name=name,
+                                          patch={"metadata": {"annotations": {ro.ANNOTATION: None}}})
+                _written[namespace, name] = (seen_version, patched)
         except Exception as exc:
             metrics.RECONCILES.labels(outcome="error").inc()
             if isinstance(exc, (kube.KubeError, kube.Unreachable)):
@@ -149,7 +181,7 @@ class _Resync:
 
 
 def _analysing(store: kopf.Store) -> bool:
-    return ro.ANALYSING in store
+    return any(((model.get("status") or {}).get("rollout") or {}).get("phase") == ro.ANALYSING for model in store)
 
 
 async def _resync_forever(*, resync: _Resync, memo: kopf.Memo, indexes: Mapping[str, kopf.Index],
@@ -197,6 +229,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, *, create_
         memo.api = kube.Kube.from_environment()
         memo.config = config
         settings.networking.error_backoffs = EndlessBackoffs()
+        # kopf's own Events only when something went wrong: "Handler 'spec_changed' succeeded." and
+        # "Creation is processed" told a user nothing our Events do not, at 2 writes per model.
+        settings.posting.level = logging.WARNING
         # Progress and the last-handled spec as annotations of our own: the structural schema
         # would prune kopf's default `status.kopf`.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelkiln.io")
@@ -239,10 +274,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, *, create_
                 await task
 
     @kopf.index(**resource, id=MODELS_INDEX, registry=registry)
-    def models(namespace: str, name: str, status: kopf.Status, memo: kopf.Memo, **_) -> dict:
+    def models(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_) -> dict:
         memo.resync.handler_context = contextvars.copy_context()  # before the task can see a model
-        # the rollout's phase: the analysis task goes through the models whose rollout is analysed
-        return {(namespace, name): (status.get("rollout") or {}).get("phase")}
+        return {(namespace, name): _trimmed(body)}
 
     # `kubectl annotate im NAME modelkiln.io/rollout=promote` (or abort): acted on, then removed.
     @kopf.on.event(**resource, annotations={ro.ANNOTATION: kopf.PRESENT}, registry=registry)
@@ -261,7 +295,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, *, create_
         @kopf.index(child.group, child.version, child.plural, id=child.plural, labels=objects.MANAGED_BY,
                     registry=registry)
         def known(namespace: str, name: str, body: kopf.Body, **_) -> dict:
-            return {(namespace, name): dict(body)}
+            return {(namespace, name): _trimmed(body)}
 
     for child in TRIGGERING_CHILDREN:
         @kopf.on.event(child.group, child.version, child.plural, labels=objects.MANAGED_BY, registry=registry)

@@ -18,7 +18,7 @@ import json
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import kubernetes
 import urllib3
@@ -64,8 +64,8 @@ INTERCEPTOR_ROUTES = Resource("http.keda.sh", "v1beta1", "interceptorroutes")
 # and `patch` then.
 _APPLY = frozenset({"get", "create", "patch"})
 PERMISSIONS: dict[Resource, frozenset[str]] = {
-    MODELS: frozenset({"get", "patch"}),  # each reconcile starts from the model as stored now; the
-    # rollout annotation is removed once acted on
+    MODELS: frozenset({"patch"}),  # the rollout annotation is removed once acted on (a reconcile
+    # reads the model from kopf's watch)
     MODEL_STATUS: frozenset({"patch"}),
     JOBS: frozenset({"get", "create"}),
     PODS: frozenset({"list"}),
@@ -98,45 +98,48 @@ class Unreachable(Exception):
 # Objects by (namespace, name), each a collection of (at most one) object: kopf's indexes.
 Known = Mapping[tuple[str, str], Iterable[dict]]
 
-DISCOVERY_SECONDS = 60.0  # how long an answer of API discovery is trusted (CRDs come and go rarely)
+# How long an answer is trusted, for what every reconcile reads and the operator does not watch:
+# API discovery (CRDs come and go rarely) and its own ConfigMap of device pools (a thousand
+# models resynced every 10 s would read it a hundred times a second).
+DISCOVERY_SECONDS = 60.0
+CONFIGMAP_SECONDS = 5.0
 
 
-class Discovery:
-    """Which optional resources (KEDA's) the API server serves, asked at most once a minute: a
-    model's reconcile must not cost a discovery request each time."""
+class Recent:
+    """Answers reused for a while, shared by the clients that `Kube.knowing` makes."""
 
     def __init__(self) -> None:
-        self._answers: dict[Resource, tuple[float, bool]] = {}
+        self._answers: dict[tuple, tuple[float, object]] = {}
         self._lock = threading.Lock()
 
-    def serves(self, kube: Kube, resource: Resource) -> bool:
+    def get(self, key: tuple, *, seconds: float, ask: Callable[[], object]) -> object:
         with self._lock:
-            known = self._answers.get(resource)
-        if known is not None and time.monotonic() - known[0] < DISCOVERY_SECONDS:
+            known = self._answers.get(key)
+        if known is not None and time.monotonic() - known[0] < seconds:
             return known[1]
-        # GET /apis/GROUP/VERSION lists the group version's resources (any user may ask: system:discovery)
-        found = kube.discover(resource)
+        answer = ask()
         with self._lock:
-            self._answers[resource] = (time.monotonic(), found)
-        return found
+            self._answers[key] = (time.monotonic(), answer)
+        return answer
 
 
 class Kube:
     """Requests to the API server through a configured `kubernetes.client.ApiClient`.
 
     `known` holds, for the resources the operator watches, the objects as the watch last saw
-    them: `get` answers from there instead of asking the API server again.
+    them: `get` answers from there instead of asking the API server again, and ConfigMaps from
+    an answer at most CONFIGMAP_SECONDS old.
     """
 
     def __init__(self, client: kubernetes.client.ApiClient, *, known: Mapping[Resource, Known] | None = None,
-                 discovery: Discovery | None = None) -> None:
+                 recent: Recent | None = None) -> None:
         self.client = client
         self.known = dict(known or {})
-        self.discovery = discovery or Discovery()
+        self.recent = recent or Recent()
 
     def knowing(self, known: Mapping[Resource, Known]) -> Kube:
         """This client, answering `get` from `known` for the resources it has."""
-        return Kube(self.client, known=known, discovery=self.discovery)
+        return Kube(self.client, known=known, recent=self.recent)
 
     def indexed(self, resource: Resource) -> list[dict]:
         """Every object of `resource` that the watch holds (whatever kopf's index keeps)."""
@@ -144,9 +147,10 @@ class Kube:
 
     def serves(self, resource: Resource) -> bool:
         """Whether the API server serves `resource` (its CRD is installed), from a recent answer."""
-        return self.discovery.serves(self, resource)
+        return self.recent.get(("serves", resource), seconds=DISCOVERY_SECONDS, ask=lambda: self.discover(resource))
 
     def discover(self, resource: Resource) -> bool:
+        """Asks GET /apis/GROUP/VERSION, which lists the group version's resources (any user may: system:discovery)."""
         plural = resource.plural.partition("/")[0]
         base = f"/api/{resource.version}" if not resource.group else f"/apis/{resource.group}/{resource.version}"
         found = self._call("GET", base, missing_ok=True)
@@ -168,7 +172,10 @@ class Kube:
         """
         if not fresh and resource in self.known:
             return next(iter(self.known[resource].get((namespace, name), ())), None)
-        return self._request("GET", "get", resource, resource.path(namespace, name), missing_ok=True)
+        ask = lambda: self._request("GET", "get", resource, resource.path(namespace, name), missing_ok=True)  # noqa: E731
+        if not fresh and resource == CONFIGMAPS:
+            return self.recent.get(("get", resource, namespace, name), seconds=CONFIGMAP_SECONDS, ask=ask)
+        return ask()
 
     def list(self, resource: Resource, *, namespace: str, selector: str) -> list[dict]:
         found = self._request("GET", "list", resource, resource.path(namespace),
