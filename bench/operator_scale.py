@@ -10,14 +10,20 @@ its own ServiceAccount, applies N InferenceModels in one `kubectl apply`, and me
   writes (create/patch/update/delete) and reads, until all are Ready and then in a steady-state
   window in which nothing changes;
 - the operator's peak RSS (VmHWM);
-- the requests of a restarted operator in a window as long as the steady one: its resume
-  handlers and resyncs look at every model again, and should change nothing.
-Target (issue 5): all Ready, RSS below 200 MB, no more writes per model than the objects the
-operator must create plus its status updates.
+- where the time goes: the control plane's writes by program (controller-manager, scheduler,
+  kwok) second by second, and the CPU seconds of each process until all are Ready (with
+  --profile, a py-spy record of the operator over that time);
+- a restarted operator: how long until it has reconciled every model once, and its requests in
+  a window as long as the steady one: its resume handlers and resyncs look at every model again,
+  and should change nothing.
+Targets (issue 21): 1,000 models all Ready, RSS below 300 MB, 0 writes per model per minute while
+steady and after a restart, and the times bounded by the control plane (its clients' QPS
+limits, its CPU), not by the operator's own work.
 
 Run from the repository root with the project's venv (builds the control plane when missing):
 
-    .venv/bin/python bench/operator_scale.py [--models 100] [--resync 10] [--steady 60]
+    .venv/bin/python bench/operator_scale.py [--models 100] [--resync 10] [--steady 60] \
+        [--controller-qps 20] [--profile stacks.txt]
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,6 +158,25 @@ def reconciled_once_each(metrics_port: int, models: int) -> bool:
         return False  # still starting
 
 
+def py_spy() -> str:
+    """py-spy (`pip install py-spy`): beside this Python (a venv's bin/ need not be on PATH), else on PATH."""
+    found = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found is None:
+        raise SystemExit("operator_scale: --profile needs py-spy: pip install py-spy")
+    return found
+
+
+def record(pid: int, output: Path) -> subprocess.Popen:
+    """py-spy sampling process `pid` 50 times a second, collapsed stacks to `output` once stopped."""
+    return subprocess.Popen([py_spy(), "record", "--pid", str(pid), "--format", "raw", "--rate", "50",
+                             "--output", str(output)], stdout=subprocess.DEVNULL)
+
+
+def stop(spy: subprocess.Popen) -> None:
+    spy.send_signal(signal.SIGINT)
+    spy.wait(timeout=60)
+
+
 def run(*, models: int, resync: float, steady: float, controller_qps: int | None, profile: Path | None,
         work: Path) -> dict:
     go = cp.find_go()
@@ -171,7 +197,9 @@ def run(*, models: int, resync: float, steady: float, controller_qps: int | None
         kubectl.run("wait", "--for=condition=Ready", "--timeout=120s", "node", "--all")
         create_model_namespace(kubectl, NAMESPACE)
         metrics_port = cp.free_port()
-        operator = operator_process(kubectl, work / "operator", resync_seconds=resync, metrics_port=metrics_port)
+        # as deployed: kopf's per-handler lines (--verbose) would cost a good part of its time here
+        operator = operator_process(kubectl, work / "operator", resync_seconds=resync, metrics_port=metrics_port,
+                                    verbose=False)
         operator.start()
         cp.wait_until("the operator's metrics endpoint", lambda: reconciles(metrics_port) >= 0,
                       timeout=60, procs=[operator.process])
@@ -180,8 +208,7 @@ def run(*, models: int, resync: float, steady: float, controller_qps: int | None
                     "items": [inference_model(f"model-{i:03d}", replicas=1) for i in range(models)]}
         pids = {p.name: p.popen.pid for p in plane.processes} | {"operator": operator.process.popen.pid}
         cpu_at_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        spy = profile and subprocess.Popen(["py-spy", "record", "--pid", str(pids["operator"]), "--format", "raw",
-                                            "--rate", "50", "--output", str(profile)], stdout=subprocess.DEVNULL)
+        spy = profile and record(pids["operator"], profile)
         start_stamp, start = utc_now(), time.monotonic()
         kubectl.apply(manifest, namespace=NAMESPACE)
         cp.wait_until(f"{models} Ready InferenceModels", lambda: ready_count(kubectl) == models,
@@ -190,8 +217,7 @@ def run(*, models: int, resync: float, steady: float, controller_qps: int | None
         ready_stamp, reconciles_at_ready = utc_now(), reconciles(metrics_port)
         cpu_until_ready = {name: round(cpu_seconds(pid) - cpu_at_start[name], 1) for name, pid in pids.items()}
         if spy:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(timeout=60)
+            stop(spy)
         operator_cpu = cpu_seconds(pids["operator"])
         time.sleep(steady)
         steady_stamp, reconciles_at_end = utc_now(), reconciles(metrics_port)
@@ -199,9 +225,12 @@ def run(*, models: int, resync: float, steady: float, controller_qps: int | None
         rss = peak_rss_mb(operator.process.popen.pid)
         operator.restart()
         restarted = time.monotonic()
+        spy = profile and record(operator.process.popen.pid, profile.with_name(profile.name + ".restart"))
         cp.wait_until("the restarted operator's first reconcile of every model",
                       lambda: reconciled_once_each(metrics_port, models), timeout=600, procs=[operator.process])
         resynced_after_restart = time.monotonic() - restarted
+        if spy:
+            stop(spy)
         time.sleep(max(0.0, steady - resynced_after_restart))
         restarted_stamp = utc_now()
         operator.stop()
@@ -248,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds observed after all are Ready, and again after a restart of the operator")
     p.add_argument("--controller-qps", type=int, help="kube-controller-manager's --kube-api-qps (burst twice that)")
     p.add_argument("--profile", type=Path,
-                   help="record the operator with py-spy until all are Ready (collapsed stacks, to this file)")
+                   help="record the operator with py-spy until all are Ready (collapsed stacks, to this file), "
+                        "and after its restart until it has reconciled every model (to this file + .restart)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="operator-scale-") as tmp:
         result = run(models=args.models, resync=args.resync, steady=args.steady, controller_qps=args.controller_qps,

@@ -229,9 +229,6 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, *, create_
         memo.api = kube.Kube.from_environment()
         memo.config = config
         settings.networking.error_backoffs = EndlessBackoffs()
-        # kopf's own Events only when something went wrong: "Handler 'spec_changed' succeeded." and
-        # "Creation is processed" told a user nothing our Events do not, at 2 writes per model.
-        settings.posting.level = logging.WARNING
         # Progress and the last-handled spec as annotations of our own: the structural schema
         # would prune kopf's default `status.kopf`.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelkiln.io")
