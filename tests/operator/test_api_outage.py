@@ -43,7 +43,7 @@ def test_a_resync_round_stops_at_the_first_model_the_api_server_does_not_answer(
         model = make_model()
         model["metadata"].update(namespace="vision", name=name, resourceVersion="1")
         models["vision", name] = [model]
-    indexes = {handlers.MODELS_INDEX: models, handlers.UNREADY_NODES_INDEX: {}, handlers.PODS_INDEX: {},
+    indexes = {handlers.MODELS_INDEX: models, handlers.UNREADY_NODES_INDEX: {},
                **{child.plural: {} for child in handlers.WATCHED_CHILDREN}}
     memo = kopf.Memo(api=unreachable_api(), config=CONFIG)
     resync = handlers._Resync(handler_context=contextvars.copy_context())

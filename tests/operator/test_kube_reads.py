@@ -82,14 +82,3 @@ def test_a_configmap_is_read_at_most_once_in_configmap_seconds_by_every_client_k
     assert api.get(kube.CONFIGMAPS, namespace="modelkiln-system", name="pools", fresh=True)["data"]["n"] == "2"
     monkeypatch.setattr(kube, "CONFIGMAP_SECONDS", 0.0)  # older than that: asked again
     assert api.get(kube.CONFIGMAPS, namespace="modelkiln-system", name="pools")["data"]["n"] == "3"
-
-
-def test_a_watched_resource_is_listed_from_what_the_watch_saw_by_namespace_and_labels():
-    pod = lambda ns, name, **labels: {"metadata": {"namespace": ns, "name": name, "labels": labels}}  # noqa: E731
-    watched = {(ns, name): [pod(ns, name, **labels)] for ns, name, labels in (
-        ("vision", "digits-1", {"app": "digits", "role": "server"}), ("vision", "letters-1", {"app": "letters"}),
-        ("audio", "digits-1", {"app": "digits", "role": "server"}))}
-    api = kube.Kube(None).knowing({kube.PODS: watched})  # no API server: any request would fail
-    assert api.list(kube.PODS, namespace="vision", selector="app=digits,role=server") == \
-        [pod("vision", "digits-1", app="digits", role="server")]
-    assert api.list(kube.PODS, namespace="vision", selector="app=faces") == []

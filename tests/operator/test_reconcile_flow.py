@@ -32,7 +32,6 @@ class RecordingApi:
         self.objects: dict[tuple[str, str | None, str], dict] = {}
         self.writes: list[tuple[str, str, str]] = []
         self.served: set[kube.Resource] = set()  # the optional resources (KEDA's) this cluster has
-        self.lists: list[tuple[str, str, bool]] = []  # (plural, selector, fresh)
         self.put(kube.CONFIGMAPS, {"metadata": {"namespace": "modelkiln-system", "name": "pools"},
                                    "data": {"devicePools": yaml.safe_dump(pools)}})
         self.put(kube.CLAIMS, {"metadata": {"namespace": "vision", "name": "models"}})
@@ -51,8 +50,7 @@ class RecordingApi:
     def indexed(self, resource):  # kopf's index of the nodes holds those that are not Ready
         return [copy.deepcopy(o) for (plural, _, _), o in self.objects.items() if plural == resource.plural]
 
-    def list(self, resource, *, namespace, selector, fresh=False):
-        self.lists.append((resource.plural, selector, fresh))
+    def list(self, resource, *, namespace, selector):
         wanted = dict(part.split("=") for part in selector.split(","))
         return [copy.deepcopy(o) for (plural, ns, _), o in self.objects.items()
                 if plural == resource.plural and ns == namespace
@@ -133,18 +131,6 @@ def test_a_new_model_starts_one_conversion_job_and_waits(make_model, api):
     assert [reason for _, reason, _ in result.events] == ["Converting"]
     api.writes.clear()
     assert reconcile(model, api).events == [] and api.writes == []  # a replay changes nothing
-
-
-def test_a_conversion_reads_its_pods_from_the_watch_while_it_runs_and_afresh_once_its_job_is_done(make_model, api):
-    model = make_model()
-    reconcile(model, api)
-    reconcile(model, api)
-    selector = f"job-name={job_name(model)}"
-    assert api.lists == [("pods", selector, False)] * 2
-    api.finish_job(job_name(model), summary=summary(model, 7))
-    api.lists.clear()
-    reconcile(model, api)
-    assert ("pods", selector, True) in api.lists and ("pods", selector, False) not in api.lists
 
 
 def test_a_converted_model_is_served_and_becomes_ready(make_model, api):

@@ -96,14 +96,13 @@ operator.watchNamespaces in a Role of each watched namespace. */}}
   resources: [inferencemodels/finalizers]
   verbs: [update]
 # Conversion: the Job (watched: its changes reconcile the model), its pods' termination
-# messages (the pods of both are watched, and listed afresh once the Job is done), the model
-# repository's claim.
+# messages, the model repository's claim.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, watch]
+  verbs: [list]
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [get]

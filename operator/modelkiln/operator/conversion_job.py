@@ -208,11 +208,6 @@ def _resources(spec: dict, pool: DevicePool, defaults: dict) -> dict:
     return resources
 
 
-def finished(job: dict) -> bool:
-    """Whether the Job is Complete or Failed."""
-    return bool(_condition(job, "Complete") or _condition(job, "Failed"))
-
-
 def _condition(job: dict, kind: str) -> dict | None:
     for condition in job.get("status", {}).get("conditions", []):
         if condition.get("type") == kind and condition.get("status") == "True":

@@ -184,9 +184,7 @@ def _converge_conversion(*, model: dict, spec: dict, key: str, old: dict, api: k
         job = api.create(kube.JOBS, conversion_job.build_job(
             model=model, spec=spec, key=key, image=config.converter_image,
             repository_claim=config.repository_claim, pool=pool))
-    # afresh once the Job is done: the pods' watch may not show the termination message yet
-    pods = api.list(kube.PODS, namespace=namespace, selector=f"job-name={job_name}",
-                    fresh=conversion_job.finished(job))
+    pods = api.list(kube.PODS, namespace=namespace, selector=f"job-name={job_name}")
     outcome = conversion_job.conversion_outcome(job=job, pods=pods)
     if outcome["state"] == "running":
         reason = outcome["message"] or _mount_hint(spec, pods)

@@ -59,9 +59,6 @@ TRIGGERING_CHILDREN = (kube.DEPLOYMENTS, kube.JOBS, kube.SERVICES)
 MODELS_INDEX = PLURAL
 # kopf's index of the nodes that are not Ready (nodes.py), by (None, name).
 UNREADY_NODES_INDEX = "unready_nodes"
-# kopf's index of our pods (conversion and serving; what a reconcile reads of them), by key: a
-# model waiting for its pods reads why from there, not with a request each time.
-PODS_INDEX = "pods"
 # Seconds between kopf's retries of a failed API request (its watches, its patches): endless, the
 # last one repeated. kopf's default sequence ends after 54 s, and then its watcher of a resource
 # fails for good, so an API server down a little longer (an upgrade) left a running operator
@@ -89,7 +86,6 @@ FRAMEWORK_PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     CRDS: frozenset({"list", "watch"}),
     (kube.PEERINGS.group, kube.PEERINGS.plural): frozenset({"get", "list", "watch", "patch"}),
     (kube.NODES.group, kube.NODES.plural): frozenset({"list", "watch"}),  # cluster-scoped, like peering
-    (kube.PODS.group, kube.PODS.plural): frozenset({"list", "watch"}),
 }
 
 # Sync handlers run in kopf's thread pool: a child's event, the model's own handler and the resync
@@ -128,18 +124,6 @@ def _current(namespace: str, name: str, models: kube.Known) -> tuple[dict | None
     return copy.deepcopy(seen), version
 
 
-def _pod_fields(body: kopf.Body) -> dict:
-    """What a reconcile reads of a pod: its name, labels and age, its node and containers' limits,
-    and its status (termination messages, waiting reasons, IP)."""
-    meta, spec = body["metadata"], body.get("spec", {})
-    return {"metadata": {key: meta[key] for key in ("namespace", "name", "labels", "creationTimestamp",
-                                                      "deletionTimestamp") if key in meta},
-            "spec": {"nodeName": spec.get("nodeName"),
-                     "containers": [{"name": c["name"], "resources": c.get("resources", {})}
-                                    for c in spec.get("containers", [])]},
-            "status": dict(body.get("status", {}))}
-
-
 def _trimmed(body: kopf.Body) -> dict:
     """`body` without its managedFields, which nothing here reads: kept for each of thousands of objects."""
     obj = dict(body)
@@ -156,7 +140,7 @@ def _reconcile(namespace: str, name: str, memo: kopf.Memo, indexes: Mapping[str,
     be older) and patch what changed in its status."""
     with _model_lock(namespace, name):
         api = memo.api.knowing({**{child: indexes[child.plural] for child in WATCHED_CHILDREN},
-                                kube.NODES: indexes[UNREADY_NODES_INDEX], kube.PODS: indexes[PODS_INDEX]})
+                                kube.NODES: indexes[UNREADY_NODES_INDEX]})
         try:
             model, seen_version = _current(namespace, name, indexes[MODELS_INDEX])
             if model is None or model["metadata"].get("deletionTimestamp"):
@@ -302,11 +286,6 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, *, create_
                 when=lambda body, **_: nodes.not_ready(dict(body)) is not None)
     def unready_nodes(name: str, body: kopf.Body, **_) -> dict:
         return {(None, name): dict(body)}
-
-    @kopf.index(kube.PODS.group, kube.PODS.version, kube.PODS.plural, id=PODS_INDEX, labels=objects.MANAGED_BY,
-                registry=registry)
-    def pods(namespace: str, name: str, body: kopf.Body, **_) -> dict:
-        return {(namespace, name): _pod_fields(body)}
 
     for child in WATCHED_CHILDREN:
         # Handlers get the index as the keyword argument named by its id (the plural).

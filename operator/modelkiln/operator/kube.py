@@ -68,7 +68,7 @@ PERMISSIONS: dict[Resource, frozenset[str]] = {
     # reads the model from kopf's watch)
     MODEL_STATUS: frozenset({"patch"}),
     JOBS: frozenset({"get", "create"}),
-    PODS: frozenset({"list"}),  # afresh: a conversion's outcome must not come from a lagging watch
+    PODS: frozenset({"list"}),
     DEPLOYMENTS: _APPLY,
     SERVICES: _APPLY | {"delete"},  # a model back from scale to zero drops its -pods Service
     AUTOSCALERS: _APPLY | {"delete"},
@@ -177,13 +177,7 @@ class Kube:
             return self.recent.get(("get", resource, namespace, name), seconds=CONFIGMAP_SECONDS, ask=ask)
         return ask()
 
-    def list(self, resource: Resource, *, namespace: str, selector: str, fresh: bool = False) -> list[dict]:
-        """The objects in `namespace` with the labels of `selector` ("key=value,..."); from the watch
-        unless `fresh` or not watched."""
-        if not fresh and resource in self.known:
-            wanted = dict(part.split("=", 1) for part in selector.split(",")).items()
-            return [obj for (ns, _), objects in self.known[resource].items() if ns == namespace
-                    for obj in objects if wanted <= obj["metadata"].get("labels", {}).items()]
+    def list(self, resource: Resource, *, namespace: str, selector: str) -> list[dict]:
         found = self._request("GET", "list", resource, resource.path(namespace),
                               query={"labelSelector": selector})
         return found["items"]
