@@ -233,6 +233,7 @@ def run(*, models: int, resync: float, steady: float, controller_qps: int | None
             stop(spy)
         time.sleep(max(0.0, steady - resynced_after_restart))
         restarted_stamp = utc_now()
+        rss_restarted = peak_rss_mb(operator.process.popen.pid)
         operator.stop()
     finally:
         plane.stop()
@@ -240,14 +241,19 @@ def run(*, models: int, resync: float, steady: float, controller_qps: int | None
     to_ready = audit_counts(audit_log, since=start_stamp, until=ready_stamp)
     in_steady = audit_counts(audit_log, since=ready_stamp, until=steady_stamp)
     after_restart = audit_counts(audit_log, since=steady_stamp, until=restarted_stamp)
-    operator_writes = [seconds_since(start_stamp, e["requestReceivedTimestamp"])
-                       for e in audit_events(audit_log, since=start_stamp, until=ready_stamp)
-                       if e["verb"] in WRITE_VERBS]
+    operator_writes: dict[str, list[float]] = collections.defaultdict(list)
+    for event in audit_events(audit_log, since=start_stamp, until=ready_stamp):
+        if event["verb"] in WRITE_VERBS:
+            ref = event.get("objectRef", {})
+            kind = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+            operator_writes[f"{event['verb']} {kind}"].append(seconds_since(start_stamp, event["requestReceivedTimestamp"]))
     return {
         "models": models, "resyncSeconds": resync, "steadySeconds": steady,
         "controllerManagerQPS": controller_qps or "default (20, burst 30)",
         "secondsUntilAllReady": round(all_ready, 1),
-        "secondOfTheOperatorsLastWriteUntilReady": round(max(operator_writes), 1),
+        # when the operator did its part: e.g. all 1,000 Jobs created by second N
+        "operatorWritesFirstAndLastSecond": {kind: [round(min(t), 1), round(max(t), 1), len(t)]
+                                             for kind, t in sorted(operator_writes.items())},
         "controlPlaneWritesUntilReady": write_rates(audit_log, since=start_stamp, until=ready_stamp),
         "cpuSecondsUntilReady": cpu_until_ready,
         "reconcilesPerSecond": round(reconciles_at_ready / all_ready, 1),
@@ -259,6 +265,7 @@ def run(*, models: int, resync: float, steady: float, controller_qps: int | None
         "reconcilesPerSecondSteady": round((reconciles_at_end - reconciles_at_ready) / steady, 1),
         "operatorCpuShareSteady": round(operator_cpu_steady / steady, 2),
         "operatorPeakRssMB": round(rss, 1),
+        "restartedOperatorPeakRssMB": round(rss_restarted, 1),
         "secondsUntilEveryModelReconciledAfterRestart": round(resynced_after_restart, 1),
         "writesPerModelAfterRestart": round(total(after_restart, "write") / models, 1),
         "readsPerModelAfterRestart": round(total(after_restart, "read") / models, 1),
