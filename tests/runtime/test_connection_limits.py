@@ -92,7 +92,9 @@ def assert_refused(response: bytes, status: int, error: str) -> dict[str, str]:
 
 def assert_took(started: float, timeout: float) -> None:
     elapsed = time.monotonic() - started
-    assert timeout <= elapsed < timeout + SLACK, elapsed
+    # uvloop (libuv) counts a timer from the loop time cached at the start of the loop's turn, so it
+    # may fire up to that turn's length early by this clock: 1.49994 s was seen for a 1.5 s timeout.
+    assert timeout - 0.01 <= elapsed < timeout + SLACK, elapsed
 
 
 def assert_still_served(server) -> None:
