@@ -10,7 +10,7 @@ import kopf
 import prometheus_client
 
 from modelkiln.operator import config as operator_config
-from modelkiln.operator import handlers
+from modelkiln.operator import handlers, startup_gate
 from modelkiln.redaction import scrubbed
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -68,6 +68,7 @@ def main(argv: list[str]) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port)
+    startup_gate.apply()
     registry = kopf.OperatorRegistry()
     handlers.register(registry, config, create_peering=args.create_peering, namespaced=bool(args.namespace))
     kopf.run(
