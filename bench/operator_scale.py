@@ -23,7 +23,7 @@ limits, its CPU), not by the operator's own work.
 Run from the repository root with the project's venv (builds the control plane when missing):
 
     .venv/bin/python bench/operator_scale.py [--models 100] [--resync 10] [--steady 60] \
-        [--controller-qps 20] [--profile stacks.txt]
+        [--restarts 1] [--workers N] [--controller-qps 20] [--profile stacks.txt]
 """
 
 from __future__ import annotations
@@ -177,8 +177,8 @@ def stop(spy: subprocess.Popen) -> None:
     spy.wait(timeout=60)
 
 
-def run(*, models: int, resync: float, steady: float, controller_qps: int | None, profile: Path | None,
-        work: Path) -> dict:
+def run(*, models: int, resync: float, steady: float, restarts: int, controller_qps: int | None, workers: int | None,
+        profile: Path | None, work: Path) -> dict:
     go = cp.find_go()
     if go is None:
         raise SystemExit("operator_scale: needs Go (to build the control plane); see e2e/README.md")
@@ -199,7 +199,7 @@ def run(*, models: int, resync: float, steady: float, controller_qps: int | None
         metrics_port = cp.free_port()
         # as deployed: kopf's per-handler lines (--verbose) would cost a good part of its time here
         operator = operator_process(kubectl, work / "operator", resync_seconds=resync, metrics_port=metrics_port,
-                                    verbose=False)
+                                    verbose=False, workers=workers)
         operator.start()
         cp.wait_until("the operator's metrics endpoint", lambda: reconciles(metrics_port) >= 0,
                       timeout=60, procs=[operator.process])
@@ -223,17 +223,21 @@ def run(*, models: int, resync: float, steady: float, controller_qps: int | None
         steady_stamp, reconciles_at_end = utc_now(), reconciles(metrics_port)
         operator_cpu_steady = cpu_seconds(pids["operator"]) - operator_cpu
         rss = peak_rss_mb(operator.process.popen.pid)
-        operator.restart()
-        restarted = time.monotonic()
-        spy = profile and record(operator.process.popen.pid, profile.with_name(profile.name + ".restart"))
-        cp.wait_until("the restarted operator's first reconcile of every model",
-                      lambda: reconciled_once_each(metrics_port, models), timeout=600, procs=[operator.process])
-        resynced_after_restart = time.monotonic() - restarted
-        if spy:
-            stop(spy)
-        time.sleep(max(0.0, steady - resynced_after_restart))
+        resynced_after_restart, rss_restarted = [], []
+        for restart in range(restarts):
+            operator.restart()
+            restarted = time.monotonic()
+            spy = profile and restart == 0 and record(operator.process.popen.pid,
+                                                      profile.with_name(profile.name + ".restart"))
+            cp.wait_until("the restarted operator's first reconcile of every model",
+                          lambda: reconciled_once_each(metrics_port, models), timeout=600, procs=[operator.process])
+            resynced_after_restart.append(round(time.monotonic() - restarted, 1))
+            if spy:
+                stop(spy)
+            # the last restart is watched as long as the steady window; the others until their burst is over
+            time.sleep(max(0.0, (steady if restart == restarts - 1 else 10.0) - resynced_after_restart[-1]))
+            rss_restarted.append(round(peak_rss_mb(operator.process.popen.pid), 1))
         restarted_stamp = utc_now()
-        rss_restarted = peak_rss_mb(operator.process.popen.pid)
         operator.stop()
     finally:
         plane.stop()
@@ -250,6 +254,7 @@ def run(*, models: int, resync: float, steady: float, controller_qps: int | None
     return {
         "models": models, "resyncSeconds": resync, "steadySeconds": steady,
         "controllerManagerQPS": controller_qps or "default (20, burst 30)",
+        "operatorWorkers": workers or "default (kopf's: cores + 4)",
         "secondsUntilAllReady": round(all_ready, 1),
         # when the operator did its part: e.g. all 1,000 Jobs created by second N
         "operatorWritesFirstAndLastSecond": {kind: [round(min(t), 1), round(max(t), 1), len(t)]
@@ -265,10 +270,11 @@ def run(*, models: int, resync: float, steady: float, controller_qps: int | None
         "reconcilesPerSecondSteady": round((reconciles_at_end - reconciles_at_ready) / steady, 1),
         "operatorCpuShareSteady": round(operator_cpu_steady / steady, 2),
         "operatorPeakRssMB": round(rss, 1),
-        "restartedOperatorPeakRssMB": round(rss_restarted, 1),
-        "secondsUntilEveryModelReconciledAfterRestart": round(resynced_after_restart, 1),
-        "writesPerModelAfterRestart": round(total(after_restart, "write") / models, 1),
-        "readsPerModelAfterRestart": round(total(after_restart, "read") / models, 1),
+        # one entry per restart, in order
+        "restartedOperatorPeakRssMB": rss_restarted,
+        "secondsUntilEveryModelReconciledAfterRestart": resynced_after_restart,
+        "writesPerModelAfterRestarts": round(total(after_restart, "write") / models, 1),
+        "readsPerModelAfterRestarts": round(total(after_restart, "read") / models, 1),
         "untilReadyByRequest": per_model(to_ready, models),
         "steadyByRequest": per_model(in_steady, models),
         "afterRestartByRequest": per_model(after_restart, models),
@@ -282,14 +288,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resync", type=float, default=10.0, help="MODELKILN_RESYNC_SECONDS (the manifests' 10)")
     p.add_argument("--steady", type=float, default=60.0,
                    help="seconds observed after all are Ready, and again after a restart of the operator")
+    p.add_argument("--restarts", type=int, default=1,
+                   help="restart the operator this many times, one after another, once all are Ready")
     p.add_argument("--controller-qps", type=int, help="kube-controller-manager's --kube-api-qps (burst twice that)")
+    p.add_argument("--workers", type=int, help="the operator's --workers (threads for reconciles)")
     p.add_argument("--profile", type=Path,
                    help="record the operator with py-spy until all are Ready (collapsed stacks, to this file), "
                         "and after its restart until it has reconciled every model (to this file + .restart)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="operator-scale-") as tmp:
-        result = run(models=args.models, resync=args.resync, steady=args.steady, controller_qps=args.controller_qps,
-                     profile=args.profile, work=Path(tmp))
+        result = run(models=args.models, resync=args.resync, steady=args.steady, restarts=args.restarts,
+                     controller_qps=args.controller_qps,
+                     workers=args.workers, profile=args.profile, work=Path(tmp))
     print(json.dumps(result, indent=2))
     return 0
 

@@ -136,13 +136,14 @@ class OperatorProcess:
 
 
 def operator_process(kubectl: cp.Kubectl, work_dir: Path, *, resync_seconds: float = 2.0,
-                     metrics_port: int = 0, verbose: bool = True) -> OperatorProcess:
+                     metrics_port: int = 0, verbose: bool = True, workers: int | None = None) -> OperatorProcess:
     """`modelkiln operator` from this checkout, with its ServiceAccount's token (not started);
-    `verbose` (kopf's line per handler run, for a failing test's log) or as deployed."""
+    `verbose` (kopf's line per handler run, for a failing test's log) or as deployed; `workers`: its --workers."""
     work_dir.mkdir(parents=True, exist_ok=True)
     return OperatorProcess(
         argv=[sys.executable, "-m", "modelkiln.cli", "operator", *(["--verbose"] if verbose else []),
-              f"--metrics-port={metrics_port}", f"--health-port={cp.free_port()}"],
+              f"--metrics-port={metrics_port}", f"--health-port={cp.free_port()}",
+              *([f"--workers={workers}"] if workers else [])],
         kubeconfig=service_account_kubeconfig(kubectl, work_dir / "kubeconfig"),
         log_dir=work_dir, resync_seconds=resync_seconds,
     )

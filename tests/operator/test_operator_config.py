@@ -36,6 +36,14 @@ def test_the_operator_command_refuses_bad_settings_before_connecting():
     assert "MODELKILN_RESYNC_SECONDS must be a number of seconds" in result.stderr
 
 
+def test_the_operator_command_refuses_a_thread_count_below_one_by_name():
+    for bad in ("0", "-2", "many"):
+        result = subprocess.run([sys.executable, "-m", "modelkiln.cli", "operator", f"--workers={bad}"],
+                                capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=60)
+        assert result.returncode == 2
+        assert f"argument --workers: a whole number of threads, 1 or more, is expected, got '{bad}'" in result.stderr
+
+
 def test_the_operators_log_never_shows_credentials_or_signatures_in_uris():
     # at DEBUG (--verbose) the Kubernetes client logs every response body, a Job's arguments included
     stream, handler = io.StringIO(), log_handler()

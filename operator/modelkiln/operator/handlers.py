@@ -213,10 +213,10 @@ def _owner(body: kopf.Body) -> str | None:
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig, *, create_peering: bool = True,
-             namespaced: bool = False) -> None:
+             namespaced: bool = False, workers: int | None = None) -> None:
     """Register the handlers for the InferenceModel resource in `registry`; with `create_peering`,
     the operator creates its peering object when missing (else its deployer does); `namespaced`:
-    it watches only the namespaces it was given."""
+    it watches only the namespaces it was given; `workers`: threads for reconciles (None: kopf's)."""
     resource = dict(group=GROUP, version=VERSION, plural=PLURAL)
 
     @kopf.on.login(registry=registry)
@@ -229,6 +229,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, *, create_
         memo.api = kube.Kube.from_environment()
         memo.config = config
         settings.networking.error_backoffs = EndlessBackoffs()
+        if workers is not None:
+            settings.execution.max_workers = workers  # before start_resync takes the executor
         # Progress and the last-handled spec as annotations of our own: the structural schema
         # would prune kopf's default `status.kopf`.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelkiln.io")

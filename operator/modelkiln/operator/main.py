@@ -16,6 +16,16 @@ from modelkiln.redaction import scrubbed
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of threads, 1 or more, is expected, got {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="modelkiln operator",
@@ -38,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: off)")
     p.add_argument("--health-port", type=int, default=8080,
                    help="liveness endpoint port, GET /healthz (0: off)")
+    p.add_argument("--workers", type=at_least_one, metavar="N",
+                   help="threads that reconcile models at once (default: kopf's, the cores + 4, at most 32)")
     p.add_argument("--verbose", action="store_true", help="log at DEBUG level")
     return p
 
@@ -70,7 +82,8 @@ def main(argv: list[str]) -> int:
         prometheus_client.start_http_server(args.metrics_port)
     startup_gate.apply()
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, config, create_peering=args.create_peering, namespaced=bool(args.namespace))
+    handlers.register(registry, config, create_peering=args.create_peering, namespaced=bool(args.namespace),
+                      workers=args.workers)
     kopf.run(
         registry=registry,
         clusterwide=not args.namespace,
